@@ -1,0 +1,111 @@
+"""Shipway's one exception tree.
+
+Every error Shipway raises on purpose is a :class:`ShipwayError` with a stable ``code``
+(a short snake_case string that clients and scripts may rely on) and a one-sentence message.
+Domain code raises these and knows nothing of HTTP; the HTTP face maps codes to statuses
+(``shipway.api.errors``) and the CLI prints the message and exits non-zero.
+
+    ShipwayError                      code
+    ├── ConfigError                   config_error        settings or environment are wrong
+    │   └── ManifestError             manifest_invalid    shipway.yaml fails validation (file, line, field)
+    ├── InputError                    invalid_input       a file or argument given by the user is unusable
+    ├── ContractViolation             contract_violation  inputs break the data contract (fields listed)
+    ├── BadRequest                    bad_request         a request body is not the expected shape
+    ├── NotFound                      not_found           a named thing does not exist
+    ├── ModelError                    model_error         a model failed to load or to predict
+    │   └── ArtifactIntegrityError    artifact_integrity  an artifact's sha256 differs from the store's
+    ├── StoreError                    store_unavailable   the database cannot be reached or written
+    └── Unavailable                   unavailable         the service is not ready (starting, shutting down)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ShipwayError(Exception):
+    """Base of every error Shipway raises on purpose."""
+
+    code = "shipway_error"
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+    def to_dict(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"code": self.code, "message": self.message}
+        body.update({k: v for k, v in self.details.items() if v is not None})
+        return body
+
+
+class ConfigError(ShipwayError):
+    code = "config_error"
+
+
+class ManifestError(ConfigError):
+    """The manifest does not validate. ``problems`` lists each as file:line: field: rule."""
+
+    code = "manifest_invalid"
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        super().__init__(message, problems=problems or None)
+        self.problems = problems or []
+
+
+class InputError(ShipwayError):
+    code = "invalid_input"
+
+
+class ContractViolation(ShipwayError):
+    """Inputs break the contract; ``fields`` holds one dict per violation.
+
+    Each violation has ``row``, ``field``, ``rule`` and, where they apply, ``value`` and
+    ``expected``. Rules: ``unknown_field``, ``required``, ``type``, ``nullable``, ``min``, ``max``,
+    ``category``.
+    """
+
+    code = "contract_violation"
+
+    def __init__(self, message: str, fields: list[dict[str, Any]]) -> None:
+        super().__init__(message, fields=fields)
+        self.fields = fields
+
+
+class BadRequest(ShipwayError):
+    code = "bad_request"
+
+
+class NotFound(ShipwayError):
+    code = "not_found"
+
+
+class ModelError(ShipwayError):
+    code = "model_error"
+
+
+class ArtifactIntegrityError(ModelError):
+    code = "artifact_integrity"
+
+
+class StoreError(ShipwayError):
+    code = "store_unavailable"
+
+
+class Unavailable(ShipwayError):
+    code = "unavailable"
+
+
+__all__ = [
+    "ArtifactIntegrityError",
+    "BadRequest",
+    "ConfigError",
+    "ContractViolation",
+    "InputError",
+    "ManifestError",
+    "ModelError",
+    "NotFound",
+    "ShipwayError",
+    "StoreError",
+    "Unavailable",
+]
