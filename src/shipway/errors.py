@@ -5,17 +5,17 @@ Every error Shipway raises on purpose is a :class:`ShipwayError` with a stable `
 Domain code raises these and knows nothing of HTTP; the HTTP face maps codes to statuses
 (``shipway.api.errors``) and the CLI prints the message and exits non-zero.
 
-    ShipwayError                      code
-    ├── ConfigError                   config_error        settings or environment are wrong
-    │   └── ManifestError             manifest_invalid    shipway.yaml fails validation (file, line, field)
-    ├── InputError                    invalid_input       a file or argument given by the user is unusable
-    ├── ContractViolation             contract_violation  inputs break the data contract (fields listed)
-    ├── BadRequest                    bad_request         a request body is not the expected shape
-    ├── NotFound                      not_found           a named thing does not exist
-    ├── ModelError                    model_error         a model failed to load or to predict
-    │   └── ArtifactIntegrityError    artifact_integrity  an artifact's sha256 differs from the store's
-    ├── StoreError                    store_unavailable   the database cannot be reached or written
-    └── Unavailable                   unavailable         the service is not ready (starting, shutting down)
+    ShipwayError                    code
+    ├── ConfigError                 config_error        settings or environment are wrong
+    │   └── ManifestError           manifest_invalid    shipway.yaml fails (file:line: field)
+    ├── InputError                  invalid_input       a file or argument is unusable
+    ├── ContractViolation           contract_violation  inputs break the contract (fields)
+    ├── BadRequest                  bad_request         a body is not the expected shape
+    ├── NotFound                    not_found           a named thing does not exist
+    ├── ModelError                  model_error         a model failed to load or predict
+    │   └── ArtifactIntegrityError  artifact_integrity  an artifact's sha256 is not the store's
+    ├── StoreError                  store_unavailable   the database cannot be read or written
+    └── Unavailable                 unavailable         not ready (starting, shutting down)
 """
 
 from __future__ import annotations

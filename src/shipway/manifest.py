@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -37,7 +37,8 @@ class Owner(_Model):
 
 class ServiceSpec(_Model):
     name: str = Field(
-        ..., pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$",
+        ...,
+        pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$",
         description="Service name: lowercase letters, digits, '-' and '_'.",
     )
     description: str = Field("", description="One line on what the service decides.")
@@ -225,14 +226,18 @@ def parse_manifest(text: str, path: str = MANIFEST_FILENAME) -> Manifest:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else path
         problem = getattr(exc, "problem", None) or str(exc)
-        raise ManifestError(f"{where}: not valid YAML: {problem}", [f"{where}: {problem}"]) from None
+        raise ManifestError(
+            f"{where}: not valid YAML: {problem}", [f"{where}: {problem}"]
+        ) from None
     if not isinstance(data, dict):
         raise ManifestError(f"{path}: the manifest must be a mapping of keys to values")
     try:
         return Manifest.model_validate(data)
     except ValidationError as exc:
         problems = _describe(exc.errors(), path, root)
-        head = problems[0] if len(problems) == 1 else f"{len(problems)} problems, first: {problems[0]}"
+        head = (
+            problems[0] if len(problems) == 1 else f"{len(problems)} problems, first: {problems[0]}"
+        )
         raise ManifestError(f"{path} is not a valid manifest: {head}", problems) from None
 
 
@@ -247,6 +252,11 @@ def load_manifest(path: str | Path) -> Manifest:
 
 def dump_manifest(manifest: Manifest) -> str:
     data = manifest.model_dump(mode="json", exclude_none=True)
+    # Inputs are the bulk of a manifest: keep each to the keys that say something.
+    data["contract"]["inputs"] = [
+        f.model_dump(mode="json", exclude_none=True, exclude_defaults=True) | {"type": f.type}
+        for f in manifest.contract.inputs
+    ]
     return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=100)
 
 

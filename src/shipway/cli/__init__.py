@@ -1,1 +1,282 @@
-"""cli."""
+"""The command line: ``shipway init | serve | decisions export | demo``."""
+
+from __future__ import annotations
+
+import csv
+import getpass
+import os
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import orjson
+import typer
+from rich.console import Console
+
+from shipway import __version__
+from shipway.errors import ShipwayError
+from shipway.settings import Settings
+
+app = typer.Typer(
+    name="shipway",
+    help="Take an AI pilot to production: a validated, logged, monitored service.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+decisions_app = typer.Typer(help="Read the decision log.", no_args_is_help=True)
+app.add_typer(decisions_app, name="decisions")
+
+console = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True)
+
+
+def _actor(settings: Settings) -> str:
+    if settings.actor:
+        return settings.actor
+    try:
+        return getpass.getuser()
+    except Exception:
+        return "unknown"
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"shipway {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    """Shipway: every request becomes a logged, validated Decision."""
+
+
+@app.command()
+def init(
+    model: Annotated[
+        str,
+        typer.Option(
+            "--model", help="Pilot model: a joblib file (scikit-learn) or python:module:function."
+        ),
+    ],
+    data: Annotated[Path, typer.Option("--data", help="The pilot's data (CSV or Parquet).")],
+    target: Annotated[str, typer.Option("--target", help="Name of the label column in DATA.")],
+    name: Annotated[
+        str | None, typer.Option(help="Service name (default: from DATA's name).")
+    ] = None,
+    directory: Annotated[Path, typer.Option("--dir", help="Where to write shipway.yaml.")] = Path(
+        "."
+    ),
+    holdout: Annotated[float, typer.Option(help="Share of DATA held out for scoring.")] = 0.2,
+    range_margin: Annotated[
+        float, typer.Option(help="Widen observed numeric ranges by this share of their span.")
+    ] = 0.1,
+    force: Annotated[bool, typer.Option(help="Overwrite an existing manifest.")] = False,
+) -> None:
+    """Write shipway.yaml from a pilot and register it as model version 1.
+
+    Model files are Python pickles: loading one runs code. Only use files from sources you trust.
+    """
+    from shipway.lifecycle.onboard import init_service
+
+    settings = Settings()
+    if not 0 < holdout < 1:
+        raise fail(f"--holdout must be between 0 and 1, not {holdout}")
+    try:
+        with console.status("Inferring the contract and scoring the pilot on a holdout..."):
+            res = init_service(
+                model=model,
+                data=data,
+                target=target,
+                name=name,
+                directory=directory,
+                settings=settings,
+                holdout_fraction=holdout,
+                range_margin=range_margin,
+                actor=_actor(settings),
+                force=force,
+            )
+    except ShipwayError as exc:
+        raise fail(exc.message) from None
+    m = res.manifest
+    out.print(f"[green]Wrote[/] {res.manifest_path}")
+    out.print(
+        f"  service [bold]{m.service.name}[/]: {len(m.contract.inputs)} inputs, "
+        f"{m.output.kind}" + (f" with labels {m.output.labels}" if m.output.labels else "")
+    )
+    out.print(f"  model version {res.version} registered ({m.model.uri})")
+    scores = ", ".join(f"{k}={v:.4f}" for k, v in res.metrics.items())
+    out.print(f"  holdout ({res.holdout_rows} of {res.rows} rows): {scores}")
+    out.print(f"Next: [bold]shipway serve {res.manifest_path}[/]")
+
+
+@app.command()
+def serve(
+    manifest: Annotated[Path, typer.Argument(help="The manifest (or its folder).")] = Path(
+        "shipway.yaml"
+    ),
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+    access_log: Annotated[bool, typer.Option(help="Log every request line.")] = False,
+) -> None:
+    """Serve the manifest's model over HTTP (own JSON API) until stopped."""
+    import uvicorn
+
+    from shipway.api import create_app
+    from shipway.service import Service
+
+    try:
+        service = Service.open(manifest, Settings())
+    except ShipwayError as exc:
+        raise fail(exc.message) from None
+    console.print(
+        f"Serving [bold]{service.name}[/] model v{service.champion.version} on "
+        f"http://{host}:{port}  (docs: /docs, metrics: /metrics)",
+        highlight=False,
+    )
+    config = uvicorn.Config(
+        create_app(service),
+        host=host,
+        port=port,
+        log_level=log_level,
+        access_log=access_log,
+        loop="auto",
+        http="auto",
+        lifespan="on",
+        timeout_graceful_shutdown=10,
+    )
+    server = uvicorn.Server(config)
+    server.run()
+    if not server.started:
+        raise typer.Exit(1)
+
+
+def _parse_since(text: str | None) -> float | None:
+    if text is None:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        dt = datetime.fromisoformat(text)
+    except ValueError:
+        raise fail(f"--since {text!r} is neither an ISO date/time nor a Unix timestamp") from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return dt.timestamp()
+
+
+@decisions_app.command("export")
+def decisions_export(
+    manifest: Annotated[Path, typer.Argument(help="The manifest (or its folder).")] = Path(
+        "shipway.yaml"
+    ),
+    fmt: Annotated[str, typer.Option("--format", help="jsonl or csv.")] = "jsonl",
+    since: Annotated[
+        str | None,
+        typer.Option(help="Only decisions at or after this time (ISO 8601 or Unix seconds)."),
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write here instead of standard output.")
+    ] = None,
+) -> None:
+    """Write every logged decision of the service, oldest first."""
+    from shipway.decisions import iter_decisions
+    from shipway.manifest import load_manifest
+    from shipway.service import Location, open_service_store
+
+    if fmt not in ("jsonl", "csv"):
+        raise fail(f"--format must be jsonl or csv, not {fmt!r}")
+    ts_since = _parse_since(since)
+    try:
+        m = load_manifest(manifest)
+        mpath = manifest if manifest.is_file() else manifest / "shipway.yaml"
+        location = Location.of(m, mpath.resolve(), Settings())
+        store = open_service_store(location, m)
+    except ShipwayError as exc:
+        raise fail(exc.message) from None
+    stream = open(output, "w", newline="", encoding="utf-8") if output else sys.stdout  # noqa: SIM115
+    count = 0
+    try:
+        rows = iter_decisions(store.engine, service=m.service.name, since=ts_since)
+        if fmt == "jsonl":
+            for d in rows:
+                d["time"] = datetime.fromtimestamp(d["ts"], UTC).isoformat()
+                stream.write(orjson.dumps(d).decode() + "\n")
+                count += 1
+        else:
+            fields = [
+                "id",
+                "time",
+                "ts",
+                "service",
+                "model_version",
+                "route",
+                "output",
+                "confidence",
+                "latency_ms",
+                "caller",
+            ]
+            input_names = [f.name for f in m.contract.inputs]
+            writer = csv.writer(stream)
+            writer.writerow(fields + [f"input.{n}" for n in input_names])
+            for d in rows:
+                d["time"] = datetime.fromtimestamp(d["ts"], UTC).isoformat()
+                writer.writerow(
+                    [_cell(d.get(f)) for f in fields]
+                    + [_cell(d["inputs"].get(n)) for n in input_names]
+                )
+                count += 1
+        stream.flush()
+    finally:
+        if output:
+            stream.close()
+        store.close()
+    console.print(f"exported {count} decisions", style="dim")
+
+
+def _cell(v: Any) -> Any:
+    if isinstance(v, dict | list):
+        return orjson.dumps(v).decode()
+    return "" if v is None else v
+
+
+@app.command()
+def demo(
+    duration: Annotated[
+        float | None,
+        typer.Option(help="Stop after this many seconds (default: serve until Ctrl-C)."),
+    ] = None,
+    port: Annotated[int, typer.Option(help="Port for the demo service.")] = 8000,
+    workdir: Annotated[
+        Path | None, typer.Option(help="Workspace to use (default: a new temporary folder).")
+    ] = None,
+) -> None:
+    """Train a pilot on a bundled data set, init, serve, replay traffic and report."""
+    from shipway.cli.demo import run_demo
+
+    try:
+        code = run_demo(duration=duration, port=port, workdir=workdir, console=out)
+    except ShipwayError as exc:
+        raise fail(exc.message) from None
+    raise typer.Exit(code)
+
+
+def main() -> None:
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    app()
+
+
+__all__ = ["app", "main"]

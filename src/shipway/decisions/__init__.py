@@ -1,1 +1,5 @@
-"""decisions."""
+"""The decision log: durable group-commit writer and queries."""
+
+from shipway.decisions.log import DecisionLog, DecisionRow, get_decision, iter_decisions
+
+__all__ = ["DecisionLog", "DecisionRow", "get_decision", "iter_decisions"]

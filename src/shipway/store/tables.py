@@ -52,8 +52,9 @@ model_versions = Table(
 decisions = Table(
     "decisions",
     metadata,
-    Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
-           autoincrement=True),
+    Column(
+        "seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
     Column("id", String(36), nullable=False, unique=True),
     Column("ts", Float, nullable=False),
     Column("service", String(64), nullable=False),

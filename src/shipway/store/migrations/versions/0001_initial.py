@@ -46,7 +46,9 @@ def upgrade() -> None:
     op.create_table(
         "decisions",
         sa.Column(
-            "seq", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True,
+            "seq",
+            sa.BigInteger().with_variant(sa.Integer, "sqlite"),
+            primary_key=True,
             autoincrement=True,
         ),
         sa.Column("id", sa.String(36), nullable=False, unique=True),

@@ -1,0 +1,203 @@
+"""The HTTP face: ``create_app(service)`` builds the ASGI app.
+
+FastAPI carries the control routes and the OpenAPI document; the predict route is a plain
+Starlette endpoint (no per-request model building) whose schema is written into the OpenAPI
+document from the service's real contract.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import orjson
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from shipway import __version__
+from shipway.api.errors import error_response, status_for
+from shipway.api.openapi import predict_openapi
+from shipway.errors import BadRequest, ShipwayError
+from shipway.service import Service
+
+_JSON = "application/json"
+
+
+def _json(body: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(body), status_code=status, media_type=_JSON)
+
+
+class MetricsMiddleware:
+    """Counts every request by route template and status, and times it (pure ASGI, cheap)."""
+
+    def __init__(self, app: ASGIApp, service: Service) -> None:
+        self.app = app
+        self.metrics = service.metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        t0 = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = scope.get("route")
+            path = getattr(route, "path", None) or "unmatched"
+            self.metrics.observe_http(path, status, time.perf_counter() - t0)
+
+
+def create_app(service: Service, *, manage_lifecycle: bool = True) -> FastAPI:
+    max_body = service.manifest.serving.max_body_bytes
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if manage_lifecycle:
+            service.start()
+        try:
+            yield
+        finally:
+            if manage_lifecycle:
+                service.stop()
+
+    app = FastAPI(
+        title=f"Shipway: {service.name}",
+        version=__version__,
+        description=service.manifest.service.description
+        or "Predictions validated against the service's data contract and logged.",
+        lifespan=lifespan,
+    )
+    app.state.service = service
+
+    # -- errors: one JSON body everywhere ------------------------------------------------------
+
+    @app.exception_handler(ShipwayError)
+    async def _shipway_error(_req: Request, exc: ShipwayError) -> Response:
+        return error_response(exc.to_dict(), status_for(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_req: Request, exc: StarletteHTTPException) -> Response:
+        code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(
+            exc.status_code, "http_error"
+        )
+        headers = getattr(exc, "headers", None)
+        return error_response({"code": code, "message": str(exc.detail)}, exc.status_code, headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_req: Request, exc: RequestValidationError) -> Response:
+        fields = [
+            {"field": ".".join(str(p) for p in e["loc"]), "rule": e["type"], "message": e["msg"]}
+            for e in exc.errors()
+        ]
+        return error_response(
+            {
+                "code": "bad_request",
+                "message": "the request does not fit this route",
+                "fields": fields,
+            },
+            400,
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_req: Request, exc: Exception) -> Response:
+        return error_response(
+            {
+                "code": "internal_error",
+                "message": f"unexpected {type(exc).__name__}; see the server log",
+            },
+            500,
+        )
+
+    # -- the predict path ----------------------------------------------------------------------
+
+    async def predict(request: Request) -> Response:
+        try:
+            length = int(request.headers.get("content-length") or 0)
+        except ValueError:
+            length = 0
+        if length > max_body:
+            return error_response(
+                {
+                    "code": "payload_too_large",
+                    "message": f"the body has {length} bytes; the limit is {max_body}",
+                },
+                413,
+            )
+        body = await request.body()
+        if len(body) > max_body:
+            return error_response(
+                {
+                    "code": "payload_too_large",
+                    "message": f"the body has {len(body)} bytes; the limit is {max_body}",
+                },
+                413,
+            )
+        try:
+            payload = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            err = BadRequest(f"the body is not valid JSON: {exc}")
+            return error_response(err.to_dict(), 400)
+        caller = request.headers.get("x-shipway-caller")
+        if caller is None and request.client is not None:
+            caller = request.client.host
+        try:
+            result = await service.predict(payload, caller)
+        except ShipwayError as exc:
+            return error_response(exc.to_dict(), status_for(exc))
+        return _json(result)
+
+    app.router.routes.append(Route("/v1/predict", predict, methods=["POST"], name="predict"))
+
+    # -- health, metrics, control --------------------------------------------------------------
+
+    @app.get("/healthz", tags=["operations"], summary="The process is up")
+    async def healthz() -> Response:
+        return _json({"status": "ok"})
+
+    @app.get("/readyz", tags=["operations"], summary="Model loaded and store reachable")
+    async def readyz() -> Response:
+        state = service.readiness()
+        return _json(state, 200 if state["ready"] else 503)
+
+    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics")
+    async def metrics() -> Response:
+        return Response(service.metrics.exposition(), media_type="text/plain; version=0.0.4")
+
+    @app.get("/v1/service", tags=["control"], summary="What this service is and who answers")
+    async def describe() -> Response:
+        return _json(service.describe())
+
+    @app.get("/v1/decisions/{decision_id}", tags=["control"], summary="One logged decision")
+    async def decision(decision_id: str) -> Response:
+        return _json(service.decision(decision_id))
+
+    # -- OpenAPI with the real contract ---------------------------------------------------------
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = FastAPI.openapi(app)
+            predict_openapi(schema, service.manifest)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    app.add_middleware(MetricsMiddleware, service=service)
+    return app
+
+
+__all__ = ["create_app"]

@@ -1,0 +1,127 @@
+"""The predict route's OpenAPI description, built from the service's contract."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shipway.contract import contract_json_schema
+from shipway.manifest import Manifest
+
+_ERROR = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["code", "message"],
+            "properties": {
+                "code": {"type": "string", "description": "Stable error code."},
+                "message": {"type": "string"},
+                "fields": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "properties": {
+                            "row": {"type": "integer"},
+                            "field": {"type": ["string", "null"]},
+                            "rule": {"type": "string"},
+                            "value": {},
+                            "expected": {"type": "string"},
+                        },
+                    },
+                },
+            },
+        }
+    },
+}
+
+
+def _output_schema(manifest: Manifest) -> dict[str, Any]:
+    out = manifest.output
+    if out.kind == "classification" and out.labels:
+        return {"enum": list(out.labels)}
+    return {"type": "number"}
+
+
+def predict_openapi(schema: dict[str, Any], manifest: Manifest) -> None:
+    comps = schema.setdefault("components", {}).setdefault("schemas", {})
+    comps["InputRecord"] = contract_json_schema(manifest.contract)
+    comps["Decision"] = {
+        "type": "object",
+        "required": ["id", "output", "confidence", "model_version", "route"],
+        "properties": {
+            "id": {"type": "string", "description": "Decision id in the decision log."},
+            "output": _output_schema(manifest),
+            "confidence": {"type": ["number", "null"]},
+            "model_version": {"type": "integer"},
+            "route": {"type": "string", "description": "Who answered: champion, ..."},
+        },
+    }
+    comps["PredictRequest"] = {
+        "type": "object",
+        "required": ["inputs"],
+        "additionalProperties": False,
+        "properties": {
+            "inputs": {
+                "oneOf": [
+                    {"$ref": "#/components/schemas/InputRecord"},
+                    {
+                        "type": "array",
+                        "minItems": 1,
+                        "maxItems": manifest.serving.max_batch_rows,
+                        "items": {"$ref": "#/components/schemas/InputRecord"},
+                    },
+                ]
+            }
+        },
+    }
+    comps["BatchResponse"] = {
+        "type": "object",
+        "required": ["decisions"],
+        "properties": {
+            "decisions": {"type": "array", "items": {"$ref": "#/components/schemas/Decision"}},
+            "rejected": {"type": "array", "items": {"type": "object"}},
+        },
+    }
+    comps["Error"] = _ERROR
+    err = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+    schema.setdefault("paths", {})["/v1/predict"] = {
+        "post": {
+            "tags": ["predict"],
+            "summary": "Score one row or a batch",
+            "description": (
+                "Validates the inputs against the data contract, answers with the champion "
+                "model and logs every answered row before replying."
+            ),
+            "operationId": "predict",
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/PredictRequest"}}
+                },
+            },
+            "responses": {
+                "200": {
+                    "description": "One decision (single row) or a list (batch).",
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "oneOf": [
+                                    {"$ref": "#/components/schemas/Decision"},
+                                    {"$ref": "#/components/schemas/BatchResponse"},
+                                ]
+                            }
+                        }
+                    },
+                },
+                "400": {"description": "Body is not the expected shape.", "content": err},
+                "413": {"description": "Body too large.", "content": err},
+                "422": {"description": "Inputs break the contract.", "content": err},
+                "500": {"description": "The model failed.", "content": err},
+                "503": {"description": "The decision log cannot be written.", "content": err},
+            },
+        }
+    }
+
+
+__all__ = ["predict_openapi"]

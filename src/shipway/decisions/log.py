@@ -1,0 +1,132 @@
+"""The decision log: every answered row, committed before the caller hears the answer.
+
+Writers on the request path ``await log.write(rows)``; a dedicated thread gathers what every
+concurrent request queued and commits it in one transaction (group commit), then wakes them.
+No answer leaves the server before its decision is committed, so an acknowledged prediction
+cannot be missing from the log, even if the process is killed right after replying.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+from sqlalchemy import Engine, insert, select
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
+
+from shipway.concurrency import BatchWorker
+from shipway.errors import StoreError
+from shipway.store.tables import decisions
+
+DecisionRow = dict[str, Any]
+"""Keys: id, ts, service, model_version, route, inputs (dict), output, confidence,
+latency_ms, caller."""
+
+_RETRIES = 5
+
+
+def _encode(row: DecisionRow) -> dict[str, Any]:
+    out = dict(row)
+    out["inputs"] = orjson.dumps(row["inputs"]).decode()
+    out["output"] = orjson.dumps(row["output"]).decode()
+    return out
+
+
+class DecisionLog:
+    def __init__(self, engine: Engine, *, max_batch: int = 512) -> None:
+        self.engine = engine
+        self._worker: BatchWorker[list[DecisionRow], None] = BatchWorker(
+            self._commit, name="shipway-decision-log", max_items=max_batch, weight=len
+        )
+        self.committed = 0
+
+    def start(self) -> None:
+        self._worker.start()
+
+    def stop(self) -> None:
+        """Commit everything queued, then stop the writer."""
+        self._worker.stop()
+
+    async def write(self, rows: list[DecisionRow]) -> None:
+        """Return once ``rows`` are committed (raises StoreError if they could not be)."""
+        await self._worker.submit(rows)
+
+    def write_sync(self, rows: list[DecisionRow]) -> None:
+        self._commit([rows])
+
+    @property
+    def group_commits(self) -> int:
+        return self._worker.batches
+
+    def _commit(self, batches: list[list[DecisionRow]]) -> list[None]:
+        encoded = [_encode(r) for rows in batches for r in rows]
+        delay = 0.01
+        for attempt in range(_RETRIES):
+            try:
+                with self.engine.begin() as conn:
+                    conn.execute(insert(decisions), encoded)
+                self.committed += len(encoded)
+                return [None] * len(batches)
+            except OperationalError as exc:
+                if attempt == _RETRIES - 1:
+                    raise StoreError(
+                        f"the decision log could not commit {len(encoded)} decisions: "
+                        f"{str(exc).splitlines()[0]}"
+                    ) from None
+                time.sleep(delay)
+                delay *= 2
+            except SQLAlchemyError as exc:
+                raise StoreError(
+                    f"the decision log could not commit {len(encoded)} decisions: "
+                    f"{str(exc).splitlines()[0]}"
+                ) from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _decode(row: Any) -> dict[str, Any]:
+    d = dict(row)
+    d.pop("seq", None)
+    d["inputs"] = orjson.loads(d["inputs"])
+    d["output"] = orjson.loads(d["output"]) if d["output"] is not None else None
+    return d
+
+
+def iter_decisions(
+    engine: Engine,
+    *,
+    service: str | None = None,
+    since: float | None = None,
+    until: float | None = None,
+    chunk: int = 5000,
+) -> Iterator[dict[str, Any]]:
+    """Every logged decision in commit order, read in chunks (constant memory)."""
+    last = 0
+    while True:
+        q = select(decisions).where(decisions.c.seq > last)
+        if service is not None:
+            q = q.where(decisions.c.service == service)
+        if since is not None:
+            q = q.where(decisions.c.ts >= since)
+        if until is not None:
+            q = q.where(decisions.c.ts < until)
+        q = q.order_by(decisions.c.seq).limit(chunk)
+        with engine.connect() as conn:
+            rows = conn.execute(q).mappings().all()
+        if not rows:
+            return
+        for r in rows:
+            yield _decode(r)
+        last = rows[-1]["seq"]
+
+
+def get_decision(engine: Engine, decision_id: str) -> dict[str, Any] | None:
+    with engine.connect() as conn:
+        row = (
+            conn.execute(select(decisions).where(decisions.c.id == decision_id)).mappings().first()
+        )
+    return _decode(row) if row is not None else None
+
+
+__all__ = ["DecisionLog", "DecisionRow", "get_decision", "iter_decisions"]

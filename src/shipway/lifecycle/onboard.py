@@ -1,0 +1,326 @@
+"""``shipway init``: turn a pilot (a model and its data) into a manifest and model version 1."""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from shipway.contract import Contract, column_stats, infer_contract
+from shipway.errors import InputError, ModelError, ShipwayError
+from shipway.manifest import (
+    MANIFEST_FILENAME,
+    Manifest,
+    ModelRef,
+    OutputSpec,
+    QualitySpec,
+    ServiceSpec,
+    Threshold,
+    dump_manifest,
+)
+from shipway.models import Registry, SklearnPredictor
+from shipway.models.predictor import (
+    FunctionPredictor,
+    Predictor,
+    import_callable,
+    load_sklearn_bytes,
+)
+from shipway.models.registry import model_params, sklearn_uri
+from shipway.settings import Settings
+from shipway.store.artifacts import sha256_file
+
+#: Metrics where lower is better get a ``max`` threshold; the rest a ``min``.
+LOWER_IS_BETTER = {"mae", "rmse", "log_loss"}
+#: How far below (or above) the holdout score the written thresholds sit.
+THRESHOLD_SLACK = 0.02
+
+
+@dataclass(frozen=True)
+class InitResult:
+    manifest_path: Path
+    manifest: Manifest
+    version: int
+    metrics: dict[str, Any]
+    holdout_rows: int
+    rows: int
+
+
+def read_data(path: Path) -> pd.DataFrame:
+    if not path.exists():
+        raise InputError(f"data file {path} does not exist")
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".parquet", ".pq"):
+            return pq.read_table(path).to_pandas()
+        if suffix in (".csv", ".txt", ".tsv"):
+            return pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",")
+    except Exception as exc:
+        raise InputError(f"cannot read data file {path}: {exc}") from None
+    raise InputError(f"data file {path} is neither CSV nor Parquet (by its extension)")
+
+
+def _holdout_split(
+    frame: pd.DataFrame, target: str, fraction: float, classification: bool, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    n = len(frame)
+    if classification:
+        hold: list[int] = []
+        for _label, idx in frame.groupby(target, sort=True).indices.items():
+            idx = np.array(idx)
+            rng.shuffle(idx)
+            k = max(1, round(len(idx) * fraction)) if len(idx) > 1 else 0
+            hold.extend(idx[:k].tolist())
+        mask = np.zeros(n, dtype=bool)
+        mask[hold] = True
+    else:
+        mask = rng.random(n) < fraction
+    return np.flatnonzero(~mask), np.flatnonzero(mask)
+
+
+def score(
+    kind: str, y_true: list[Any], y_pred: list[Any], proba: np.ndarray | None, labels: list[Any]
+) -> dict[str, float]:
+    from sklearn import metrics as skm
+
+    out: dict[str, float] = {}
+    if kind == "classification":
+        out["accuracy"] = float(skm.accuracy_score(y_true, y_pred))
+        out["f1_macro"] = float(skm.f1_score(y_true, y_pred, average="macro", zero_division=0))
+        if proba is not None and len(set(y_true)) > 1:
+            try:
+                if len(labels) == 2:
+                    out["roc_auc"] = float(skm.roc_auc_score(y_true, proba[:, 1]))
+                else:
+                    out["roc_auc"] = float(
+                        skm.roc_auc_score(y_true, proba, multi_class="ovr", labels=labels)
+                    )
+                out["log_loss"] = float(skm.log_loss(y_true, proba, labels=labels))
+            except ValueError:
+                pass
+    else:
+        yt = np.asarray(y_true, dtype=float)
+        yp = np.asarray(y_pred, dtype=float)
+        out["mae"] = float(np.mean(np.abs(yt - yp)))
+        out["rmse"] = float(math.sqrt(np.mean((yt - yp) ** 2)))
+        out["r2"] = float(skm.r2_score(yt, yp))
+    return out
+
+
+def thresholds_from(metrics: dict[str, float]) -> dict[str, Threshold]:
+    out = {}
+    for name, value in metrics.items():
+        if name in LOWER_IS_BETTER:
+            out[name] = Threshold(max=round(value * (1 + THRESHOLD_SLACK) + 1e-12, 6))
+        else:
+            out[name] = Threshold(min=round(value - THRESHOLD_SLACK, 6))
+    return out
+
+
+def _rows(frame: pd.DataFrame) -> list[tuple[Any, ...]]:
+    """Rows as tuples of plain Python values, nulls as None."""
+    cols = []
+    for c in frame.columns:
+        s = frame[c]
+        vals = s.astype(object).where(s.notna(), None).tolist()
+        cols.append([v.item() if isinstance(v, np.generic) else v for v in vals])
+    return list(zip(*cols, strict=True))
+
+
+def init_service(
+    *,
+    model: str,
+    data: str | Path,
+    target: str,
+    name: str | None = None,
+    directory: str | Path = ".",
+    settings: Settings | None = None,
+    holdout_fraction: float = 0.2,
+    range_margin: float = 0.1,
+    actor: str = "unknown",
+    force: bool = False,
+) -> InitResult:
+    """Infer the contract, score the pilot on a holdout, register version 1, write the manifest."""
+    from shipway.service import Location, open_service_store
+
+    settings = settings or Settings()
+    directory = Path(directory)
+    data_path = Path(data)
+    frame = read_data(data_path)
+    if target not in frame.columns:
+        raise InputError(
+            f"target column {target!r} is not in {data_path.name} "
+            f"(columns: {', '.join(map(str, frame.columns[:12]))}"
+            f"{', ...' if len(frame.columns) > 12 else ''})"
+        )
+    if len(frame) < 10:
+        raise InputError(f"{data_path.name} has {len(frame)} rows; init needs at least 10")
+    frame.columns = [str(c) for c in frame.columns]
+    features = frame.drop(columns=[target])
+    y = frame[target]
+    if y.isna().any():
+        raise InputError(f"target column {target!r} has {int(y.isna().sum())} empty values")
+
+    manifest_path = directory / MANIFEST_FILENAME
+    if manifest_path.exists() and not force:
+        raise InputError(f"{manifest_path} already exists; pass --force to overwrite it")
+
+    contract_spec = infer_contract(features, range_margin=range_margin)
+    names = [f.name for f in contract_spec.inputs]
+    numeric = all(f.type in ("int", "float", "bool") for f in contract_spec.inputs)
+
+    # -- load the pilot -----------------------------------------------------------------------
+    model_file: Path | None = None
+    if model.startswith("python:"):
+        predictor: Predictor = FunctionPredictor(import_callable(model), names)
+        flavor, params = "python", {}
+    else:
+        model_file = Path(model)
+        if not model_file.exists():
+            raise InputError(f"model file {model_file} does not exist")
+        obj = load_sklearn_bytes(model_file.read_bytes())
+        predictor = SklearnPredictor(obj, names, numeric)
+        flavor, params = "sklearn", model_params(obj)
+
+    all_rows = _rows(features)
+    if isinstance(predictor, SklearnPredictor):
+        predictor.probe(all_rows[:64])
+    try:
+        pred_all = predictor.predict(all_rows)
+    except ShipwayError:
+        raise
+    except Exception as exc:
+        raise ModelError(
+            f"the model cannot predict on {data_path.name}: {type(exc).__name__}: {exc}"
+        ) from None
+
+    classes = getattr(predictor, "classes", None)
+    is_classification = classes is not None or not pd.api.types.is_float_dtype(y.dtype)
+    if is_classification:
+        labels = classes if classes is not None else sorted({*map(_plain, y.tolist())}, key=str)
+        output = OutputSpec(kind="classification", labels=labels)
+    else:
+        output = OutputSpec(kind="regression", min=float(y.min()), max=float(y.max()))
+
+    # -- holdout metrics ----------------------------------------------------------------------
+    _train_idx, hold_idx = _holdout_split(frame, target, holdout_fraction, is_classification)
+    y_hold = [_plain(v) for v in y.iloc[hold_idx].tolist()]
+    pred_hold = [pred_all.outputs[i] for i in hold_idx]
+    proba = None
+    if isinstance(predictor, SklearnPredictor) and predictor.has_proba and is_classification:
+        hold_rows = [all_rows[i] for i in hold_idx]
+        x = (
+            predictor._array(hold_rows)
+            if predictor.native_input == "numpy"
+            else predictor._frame(hold_rows)
+        )
+        proba = np.asarray(predictor.model.predict_proba(x))
+    metrics = score(output.kind, y_hold, pred_hold, proba, list(output.labels or []))
+
+    # -- check the data passes its own contract -----------------------------------------------
+    checked = Contract(contract_spec).validate_table(
+        pa.Table.from_pandas(features, preserve_index=False)
+    )
+    if checked.bad_count:  # pragma: no cover - inference guarantees this; a bug if not
+        raise ShipwayError(
+            f"internal error: {checked.bad_count} pilot rows fail the inferred contract"
+        )
+
+    # -- reference statistics and data ---------------------------------------------------------
+    reference: dict[str, Any] = {
+        "rows": len(frame),
+        "holdout_rows": len(hold_idx),
+        "inputs": {f.name: column_stats(features[f.name], f.type) for f in contract_spec.inputs},
+    }
+    out_series = pd.Series(pred_all.outputs)
+    reference["output"] = column_stats(
+        out_series, "category" if output.kind == "classification" else "float"
+    )
+    if any(c is not None for c in pred_all.confidence):
+        reference["confidence"] = column_stats(pd.Series(pred_all.confidence, dtype=float), "float")
+    ref_frame = features.copy()
+    ref_frame["__output__"] = [
+        str(o) if output.kind == "classification" else o for o in pred_all.outputs
+    ]
+    ref_frame["__confidence__"] = pd.Series(pred_all.confidence, dtype=float)
+    ref_frame["__target__"] = y.values
+    ref_frame["__holdout__"] = np.isin(np.arange(len(frame)), hold_idx)
+    buf = io.BytesIO()
+    pq.write_table(pa.Table.from_pandas(ref_frame, preserve_index=False), buf)
+
+    # -- register -------------------------------------------------------------------------------
+    svc_name = name or _default_name(directory, data_path)
+    manifest = Manifest(
+        service=ServiceSpec(
+            name=svc_name, description=f"Predicts {target!r} from {len(names)} inputs."
+        ),
+        model=ModelRef(version=1, uri="pending", source=str(model)),
+        contract=contract_spec,
+        output=output,
+        quality=QualitySpec(holdout_fraction=holdout_fraction, metrics=thresholds_from(metrics)),
+    )
+    location = Location.of(manifest, manifest_path.resolve(), settings)
+    store = open_service_store(location, manifest)
+    try:
+        registry = Registry(store)
+        if registry.list(svc_name) and not force:
+            raise InputError(
+                f"the store at {location.database_url.split('@')[-1]} already has service "
+                f"{svc_name!r}; choose another --name or pass --force to add a new version"
+            )
+        artifact = None
+        uri = model
+        if model_file is not None:
+            artifact = registry.store_artifact(model_file, "model")
+            uri = sklearn_uri(artifact)
+        ref_digest = registry.store_artifact_bytes(buf.getvalue(), "reference")
+        mv = registry.add(
+            svc_name,
+            uri=uri,
+            flavor=flavor,
+            contract=contract_spec,
+            artifact_sha256=artifact,
+            source=str(Path(model).resolve()) if model_file else model,
+            data_sha256=sha256_file(data_path),
+            reference_sha256=ref_digest,
+            params=params,
+            metrics={"holdout": metrics},
+            reference=reference,
+            note="registered by shipway init",
+            actor=actor,
+        )
+    finally:
+        store.close()
+    manifest = manifest.model_copy(
+        update={"model": ModelRef(version=mv.version, uri=uri, source=str(model))}
+    )
+    directory.mkdir(parents=True, exist_ok=True)
+    header = (
+        f"# Shipway manifest for service {svc_name!r}, written by 'shipway init'.\n"
+        "# The contract was inferred from the pilot data: numeric min/max are the observed range\n"
+        f"# widened by {range_margin:.0%} of its span. Edit freely; 'shipway serve' validates it.\n"
+    )
+    manifest_path.write_text(header + dump_manifest(manifest), encoding="utf-8")
+    return InitResult(manifest_path, manifest, mv.version, metrics, len(hold_idx), len(frame))
+
+
+def _plain(v: Any) -> Any:
+    return v.item() if isinstance(v, np.generic) else v
+
+
+def _default_name(directory: Path, data: Path) -> str:
+    import re
+
+    base = data.stem.lower()
+    base = re.sub(r"[^a-z0-9_-]+", "-", base).strip("-_") or "pilot"
+    return base[:63]
+
+
+__all__ = ["InitResult", "init_service", "read_data", "score"]

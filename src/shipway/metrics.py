@@ -1,0 +1,100 @@
+"""Prometheus metrics, one registry per service (never the process-global one)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.002,
+    0.005,
+    0.01,
+    0.02,
+    0.05,
+    0.1,
+    0.2,
+    0.5,
+    1.0,
+    2.0,
+    5.0,
+    10.0,
+)
+
+
+class ServiceMetrics:
+    def __init__(self, service: str) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.service = service
+        self.http_requests = Counter(
+            "shipway_http_requests",
+            "HTTP requests by route and status.",
+            ["route", "status"],
+            registry=r,
+        )
+        self.http_latency = Histogram(
+            "shipway_http_request_duration_seconds",
+            "HTTP request latency by route.",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.decisions = Counter(
+            "shipway_decisions",
+            "Answered rows by decision route and model version.",
+            ["route", "model_version"],
+            registry=r,
+        )
+        self.contract_violations = Counter(
+            "shipway_contract_violations",
+            "Contract violations by field and rule.",
+            ["field", "rule"],
+            registry=r,
+        )
+        self.rejected_rows = Counter(
+            "shipway_rejected_rows",
+            "Rows refused for breaking the contract.",
+            registry=r,
+        )
+        self.model_errors = Counter(
+            "shipway_model_errors",
+            "Failed model calls by model version.",
+            ["model_version"],
+            registry=r,
+        )
+        self.model_batch_rows = Histogram(
+            "shipway_model_batch_rows",
+            "Rows per model call (after batching).",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
+            registry=r,
+        )
+        self.log_commits = Counter(
+            "shipway_decision_log_commits",
+            "Group commits of the decision log.",
+            registry=r,
+        )
+        self.model_loaded = Gauge(
+            "shipway_model_loaded",
+            "1 when the champion model is loaded.",
+            registry=r,
+        )
+        self._http_children: dict[tuple[str, int], Counter] = {}
+        self._lat_children: dict[str, Histogram] = {}
+
+    def observe_http(self, route: str, status: int, seconds: float) -> None:
+        key = (route, status)
+        c = self._http_children.get(key)
+        if c is None:
+            c = self._http_children[key] = self.http_requests.labels(route, str(status))
+        c.inc()
+        h = self._lat_children.get(route)
+        if h is None:
+            h = self._lat_children[route] = self.http_latency.labels(route)
+        h.observe(seconds)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+__all__ = ["ServiceMetrics"]

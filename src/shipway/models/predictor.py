@@ -1,0 +1,202 @@
+"""Predictors: the runtime face of a model.
+
+A predictor takes a batch of validated rows (tuples in contract field order) and returns one
+output and one confidence per row. Loaders turn a model reference into a predictor:
+
+* ``sklearn`` — a scikit-learn estimator or pipeline saved with joblib, loaded only from the
+  artifact store after its sha256 has been checked. A model file is code (pickle): load only
+  files from sources you trust.
+* ``python:module:function`` — a callable that takes a list of input dicts and returns a list of
+  outputs, or a list of ``{"output": ..., "confidence": ...}`` dicts.
+"""
+
+from __future__ import annotations
+
+import importlib
+import io
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from shipway.errors import ModelError
+
+Row = tuple[Any, ...]
+
+# When a model fitted on a DataFrame is handed its native NumPy input, scikit-learn warns on
+# every call that the array has no feature names. Shipway orders the columns itself (and checks
+# the result against the DataFrame path at load), so the warning is noise on the hot path.
+warnings.filterwarnings("ignore", message="X does not have valid feature names")
+
+
+@dataclass(frozen=True)
+class Predictions:
+    outputs: list[Any]
+    confidence: list[float | None]
+
+
+class Predictor(Protocol):
+    """Anything that can score a batch of rows."""
+
+    flavor: str
+
+    def predict(self, rows: Sequence[Row]) -> Predictions: ...
+
+
+def _py(v: Any) -> Any:
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
+
+
+class SklearnPredictor:
+    """A scikit-learn estimator, fed NumPy when it accepts that and a DataFrame otherwise."""
+
+    flavor = "sklearn"
+
+    def __init__(self, model: Any, feature_names: Sequence[str], numeric: bool) -> None:
+        if not hasattr(model, "predict"):
+            raise ModelError(f"the loaded object ({type(model).__name__}) has no predict method")
+        self.model = model
+        self.feature_names = list(feature_names)
+        self.has_proba = hasattr(model, "predict_proba")
+        self.classes = [_py(c) for c in getattr(model, "classes_", [])] or None
+        self._numpy_ok = False
+        self._order: list[int] | None = None
+        fitted = getattr(model, "feature_names_in_", None)
+        if fitted is not None:
+            missing = [str(f) for f in fitted if str(f) not in self.feature_names]
+            if missing:
+                raise ModelError(
+                    f"the model needs features the contract does not have: {missing[:5]}"
+                )
+            pos = {n: i for i, n in enumerate(self.feature_names)}
+            self._order = [pos[str(f)] for f in fitted]
+        self._numeric = numeric
+
+    def probe(self, rows: Sequence[Row]) -> None:
+        """Decide whether the model can take NumPy input; it must match the DataFrame path."""
+        if not self._numeric or not rows:
+            return
+        try:
+            via_frame = self._call(self._frame(rows))
+            via_numpy = self._call(self._array(rows))
+        except Exception:
+            return
+        same = all(a == b for a, b in zip(via_frame.outputs, via_numpy.outputs, strict=True))
+        same = same and all(
+            (a is None and b is None) or (a is not None and b is not None and abs(a - b) < 1e-9)
+            for a, b in zip(via_frame.confidence, via_numpy.confidence, strict=True)
+        )
+        self._numpy_ok = same
+
+    @property
+    def native_input(self) -> str:
+        return "numpy" if self._numpy_ok else "dataframe"
+
+    def _array(self, rows: Sequence[Row]) -> np.ndarray:
+        x = np.array(rows, dtype=np.float64)
+        if self._order is not None:
+            x = x[:, self._order]
+        return x
+
+    def _frame(self, rows: Sequence[Row]) -> Any:
+        import pandas as pd
+
+        frame = pd.DataFrame.from_records(list(rows), columns=self.feature_names)
+        if self._order is not None:
+            frame = frame[[self.feature_names[i] for i in self._order]]
+        return frame
+
+    def _call(self, x: Any) -> Predictions:
+        if self.has_proba and self.classes is not None:
+            proba = np.asarray(self.model.predict_proba(x))
+            idx = proba.argmax(axis=1)
+            classes = self.classes
+            outputs = [classes[i] for i in idx.tolist()]
+            conf = proba[np.arange(len(idx)), idx].tolist()
+            return Predictions(outputs, conf)
+        out = np.asarray(self.model.predict(x)).tolist()
+        return Predictions(out, [None] * len(out))
+
+    def predict(self, rows: Sequence[Row]) -> Predictions:
+        x = self._array(rows) if self._numpy_ok else self._frame(rows)
+        return self._call(x)
+
+
+class FunctionPredictor:
+    """A Python callable: ``fn(list of input dicts) -> list of outputs``."""
+
+    flavor = "python"
+
+    def __init__(self, fn: Callable[[list[dict[str, Any]]], Any], names: Sequence[str]) -> None:
+        self.fn = fn
+        self.names = list(names)
+        self.classes = None
+
+    def predict(self, rows: Sequence[Row]) -> Predictions:
+        names = self.names
+        result = self.fn([dict(zip(names, r, strict=True)) for r in rows])
+        result = list(result)
+        if len(result) != len(rows):
+            raise ModelError(f"the function returned {len(result)} answers for {len(rows)} rows")
+        outputs: list[Any] = []
+        conf: list[float | None] = []
+        for item in result:
+            if isinstance(item, dict) and "output" in item:
+                outputs.append(_py(item["output"]))
+                c = item.get("confidence")
+                conf.append(None if c is None else float(c))
+            else:
+                outputs.append(_py(item))
+                conf.append(None)
+        return Predictions(outputs, conf)
+
+
+def import_callable(ref: str) -> Callable[..., Any]:
+    """``python:package.module:function`` → the function."""
+    body = ref.removeprefix("python:")
+    mod_name, _, attr = body.partition(":")
+    if not mod_name or not attr:
+        raise ModelError(f"{ref!r} is not of the form python:module:function")
+    try:
+        mod = importlib.import_module(mod_name)
+    except Exception as exc:
+        raise ModelError(f"cannot import module {mod_name!r}: {exc}") from None
+    fn = mod
+    for part in attr.split("."):
+        fn = getattr(fn, part, None)  # type: ignore[assignment]
+        if fn is None:
+            raise ModelError(f"module {mod_name!r} has no attribute {attr!r}")
+    if not callable(fn):
+        raise ModelError(f"{ref!r} is not callable")
+    return fn  # type: ignore[return-value]
+
+
+def load_sklearn_bytes(data: bytes) -> Any:
+    import joblib
+
+    try:
+        return joblib.load(io.BytesIO(data))
+    except Exception as exc:
+        raise ModelError(
+            f"the model file does not load with joblib ({type(exc).__name__}: {exc})"
+        ) from None
+
+
+def is_finite_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+__all__ = [
+    "FunctionPredictor",
+    "Predictions",
+    "Predictor",
+    "Row",
+    "SklearnPredictor",
+    "import_callable",
+    "load_sklearn_bytes",
+]

@@ -1,0 +1,191 @@
+"""The model registry: immutable, numbered model versions with their lineage.
+
+A version records where the model came from, the sha256 of its artifact (the only way it is
+ever loaded), the contract it was checked against, the data it was evaluated on, its metrics,
+its parameters, and the reference statistics later used for drift monitoring.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, insert, select
+from sqlalchemy.exc import IntegrityError
+
+from shipway.errors import ModelError, NotFound
+from shipway.manifest import ContractSpec
+from shipway.models.predictor import (
+    FunctionPredictor,
+    Predictor,
+    SklearnPredictor,
+    import_callable,
+    load_sklearn_bytes,
+)
+from shipway.store import Store
+from shipway.store.tables import artifacts, model_versions
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    service: str
+    version: int
+    uri: str
+    flavor: str
+    artifact_sha256: str | None
+    source: str
+    contract_sha256: str
+    data_sha256: str | None
+    reference_sha256: str | None
+    params: dict[str, Any]
+    metrics: dict[str, Any]
+    reference: dict[str, Any]
+    note: str
+    created_by: str
+    created_at: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def sklearn_uri(digest: str) -> str:
+    return f"sklearn:sha256:{digest}"
+
+
+def model_params(model: Any) -> dict[str, Any]:
+    """JSON-safe top-level parameters of a scikit-learn estimator (empty for others)."""
+    get = getattr(model, "get_params", None)
+    if get is None:
+        return {}
+    out: dict[str, Any] = {"class": f"{type(model).__module__}.{type(model).__qualname__}"}
+    try:
+        params = get(deep=False)
+    except Exception:
+        return out
+    for k, v in params.items():
+        if v is None or isinstance(v, bool | int | float | str):
+            out[k] = v
+        else:
+            out[k] = type(v).__name__
+    return out
+
+
+class Registry:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def store_artifact(self, path: str | Path, kind: str) -> str:
+        digest, size = self.store.artifacts.put_file(path)
+        self._record_artifact(digest, size, kind)
+        return digest
+
+    def store_artifact_bytes(self, data: bytes, kind: str) -> str:
+        digest, size = self.store.artifacts.put_bytes(data)
+        self._record_artifact(digest, size, kind)
+        return digest
+
+    def _record_artifact(self, digest: str, size: int, kind: str) -> None:
+        with self.store.engine.begin() as conn:
+            exists = conn.execute(
+                select(artifacts.c.sha256).where(artifacts.c.sha256 == digest)
+            ).first()
+            if not exists:
+                conn.execute(
+                    insert(artifacts).values(
+                        sha256=digest, size=size, kind=kind, created_at=time.time()
+                    )
+                )
+
+    def add(
+        self,
+        service: str,
+        *,
+        uri: str,
+        flavor: str,
+        contract: ContractSpec,
+        artifact_sha256: str | None = None,
+        source: str = "",
+        data_sha256: str | None = None,
+        reference_sha256: str | None = None,
+        params: dict[str, Any] | None = None,
+        metrics: dict[str, Any] | None = None,
+        reference: dict[str, Any] | None = None,
+        note: str = "",
+        actor: str = "unknown",
+    ) -> ModelVersion:
+        for _attempt in range(5):
+            with self.store.engine.begin() as conn:
+                current = conn.execute(
+                    select(func.max(model_versions.c.version)).where(
+                        model_versions.c.service == service
+                    )
+                ).scalar()
+                row = {
+                    "service": service,
+                    "version": (current or 0) + 1,
+                    "uri": uri,
+                    "flavor": flavor,
+                    "artifact_sha256": artifact_sha256,
+                    "source": source,
+                    "contract_sha256": contract.digest(),
+                    "data_sha256": data_sha256,
+                    "reference_sha256": reference_sha256,
+                    "params": params or {},
+                    "metrics": metrics or {},
+                    "reference": reference or {},
+                    "note": note,
+                    "created_by": actor,
+                    "created_at": time.time(),
+                }
+                try:
+                    conn.execute(insert(model_versions).values(**row))
+                except IntegrityError:
+                    continue  # another writer took that number; take the next
+            return ModelVersion(**row)
+        raise ModelError(f"could not allocate a version number for service {service!r}")
+
+    def get(self, service: str, version: int) -> ModelVersion:
+        with self.store.engine.connect() as conn:
+            row = (
+                conn.execute(
+                    select(model_versions).where(
+                        model_versions.c.service == service, model_versions.c.version == version
+                    )
+                )
+                .mappings()
+                .first()
+            )
+        if row is None:
+            raise NotFound(f"service {service!r} has no model version {version} in the store")
+        return ModelVersion(**{k: v for k, v in row.items() if k != "id"})
+
+    def list(self, service: str) -> list[ModelVersion]:
+        with self.store.engine.connect() as conn:
+            rows = (
+                conn.execute(
+                    select(model_versions)
+                    .where(model_versions.c.service == service)
+                    .order_by(model_versions.c.version)
+                )
+                .mappings()
+                .all()
+            )
+        return [ModelVersion(**{k: v for k, v in r.items() if k != "id"}) for r in rows]
+
+    def load(self, mv: ModelVersion, contract: ContractSpec) -> Predictor:
+        """A predictor for a registered version; sklearn bytes are verified before unpickling."""
+        names = [f.name for f in contract.inputs]
+        if mv.flavor == "python":
+            return FunctionPredictor(import_callable(mv.uri), names)
+        if mv.flavor == "sklearn":
+            if not mv.artifact_sha256:
+                raise ModelError(f"model version {mv.version} has no artifact digest")
+            data = self.store.artifacts.read_verified(mv.artifact_sha256)
+            numeric = all(f.type in ("int", "float", "bool") for f in contract.inputs)
+            return SklearnPredictor(load_sklearn_bytes(data), names, numeric)
+        raise ModelError(f"unknown model flavor {mv.flavor!r} for version {mv.version}")
+
+
+__all__ = ["ModelVersion", "Registry", "model_params", "sklearn_uri"]
