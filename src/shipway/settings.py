@@ -6,7 +6,7 @@ logging). Tests build their own ``Settings`` and pass them in.
 
 from __future__ import annotations
 
-from pydantic import SecretStr
+from pydantic import SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -15,6 +15,11 @@ class Settings(BaseSettings):
 
     database_url: SecretStr | None = None
     """SQLAlchemy URL of the store. Unset: SQLite at ``<manifest dir>/.shipway/shipway.db``."""
+
+    @field_validator("database_url", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, v: object) -> object:
+        return None if v == "" else v
 
     log_level: str = "info"
     actor: str | None = None

@@ -37,9 +37,10 @@ def _json(body: Any, status: int = 200) -> Response:
 class MetricsMiddleware:
     """Counts every request by route template and status, and times it (pure ASGI, cheap)."""
 
-    def __init__(self, app: ASGIApp, service: Service) -> None:
+    def __init__(self, app: ASGIApp, service: Service, static_paths: frozenset[str]) -> None:
         self.app = app
         self.metrics = service.metrics
+        self.static_paths = static_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -57,8 +58,10 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            route = scope.get("route")
-            path = getattr(route, "path", None) or "unmatched"
+            path = scope["path"]
+            if path not in self.static_paths:
+                route = scope.get("route")
+                path = getattr(route, "path", None) or "unmatched"
             self.metrics.observe_http(path, status, time.perf_counter() - t0)
 
 
@@ -196,7 +199,8 @@ def create_app(service: Service, *, manage_lifecycle: bool = True) -> FastAPI:
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
-    app.add_middleware(MetricsMiddleware, service=service)
+    static = frozenset(p for r in app.router.routes if "{" not in (p := getattr(r, "path", "{")))
+    app.add_middleware(MetricsMiddleware, service=service, static_paths=static)
     return app
 
 

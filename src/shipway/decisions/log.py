@@ -86,7 +86,7 @@ class DecisionLog:
 
 
 def _decode(row: Any) -> dict[str, Any]:
-    d = dict(row)
+    d = {str(k): v for k, v in row.items()}
     d.pop("seq", None)
     d["inputs"] = orjson.loads(d["inputs"])
     d["output"] = orjson.loads(d["output"]) if d["output"] is not None else None

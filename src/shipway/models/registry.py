@@ -159,7 +159,7 @@ class Registry:
             )
         if row is None:
             raise NotFound(f"service {service!r} has no model version {version} in the store")
-        return ModelVersion(**{k: v for k, v in row.items() if k != "id"})
+        return ModelVersion(**{str(k): v for k, v in row.items() if k != "id"})
 
     def list(self, service: str) -> list[ModelVersion]:
         with self.store.engine.connect() as conn:
@@ -172,7 +172,7 @@ class Registry:
                 .mappings()
                 .all()
             )
-        return [ModelVersion(**{k: v for k, v in r.items() if k != "id"}) for r in rows]
+        return [ModelVersion(**{str(k): v for k, v in r.items() if k != "id"}) for r in rows]
 
     def load(self, mv: ModelVersion, contract: ContractSpec) -> Predictor:
         """A predictor for a registered version; sklearn bytes are verified before unpickling."""
