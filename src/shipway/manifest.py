@@ -36,13 +36,15 @@ class Owner(_Model):
 
 
 class ServiceSpec(_Model):
+    """The service's identity."""
+
     name: str = Field(
         ...,
         pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$",
         description="Service name: lowercase letters, digits, '-' and '_'.",
     )
     description: str = Field("", description="One line on what the service decides.")
-    owner: Owner = Field(default_factory=Owner)
+    owner: Owner = Field(default_factory=Owner, description="Who answers for it.")
 
 
 class InputField(_Model):
@@ -103,6 +105,8 @@ class ContractSpec(_Model):
 
 
 class OutputSpec(_Model):
+    """What the model answers: a class label or a number."""
+
     kind: Literal["classification", "regression"]
     labels: list[Scalar] | None = Field(None, description="Class labels (classification).")
     min: float | None = Field(None, description="Smallest observed target (regression).")
@@ -127,18 +131,28 @@ class ModelRef(_Model):
 
 
 class Threshold(_Model):
-    min: float | None = None
-    max: float | None = None
+    """A bound on one quality metric."""
+
+    min: float | None = Field(None, description="The metric must be at least this.")
+    max: float | None = Field(None, description="The metric must be at most this.")
 
 
 class QualitySpec(_Model):
     """Quality the service must keep, measured on the holdout at init."""
 
-    holdout_fraction: float = Field(0.2, gt=0, lt=1)
-    metrics: dict[str, Threshold] = Field(default_factory=dict)
+    holdout_fraction: float = Field(0.2, gt=0, lt=1, description="Share of data held out.")
+    metrics: dict[str, Threshold] = Field(
+        default_factory=dict,
+        description=(
+            "Per metric a min (higher is better) or max (lower is better); init writes the "
+            "holdout score less 0.02 (or plus 2% for error metrics)."
+        ),
+    )
 
 
 class DecisionLogSpec(_Model):
+    """How decisions are committed (every answer is committed before it is sent)."""
+
     sync: Literal["normal", "full"] = Field(
         "normal",
         description=(
@@ -150,14 +164,20 @@ class DecisionLogSpec(_Model):
 
 
 class ServingSpec(_Model):
+    """Limits of the predict path and the decision log's durability."""
+
     max_batch_rows: int = Field(
         1000, ge=1, description="Largest batch one predict request may carry."
     )
     max_body_bytes: int = Field(10_000_000, ge=1024, description="Largest request body.")
-    decision_log: DecisionLogSpec = Field(default_factory=DecisionLogSpec)
+    decision_log: DecisionLogSpec = Field(
+        default_factory=DecisionLogSpec, description="Durability and group-commit size."
+    )
 
 
 class StorageSpec(_Model):
+    """Local state. ``SHIPWAY_DATABASE_URL`` (e.g. PostgreSQL) replaces the SQLite file."""
+
     path: str = Field(
         ".shipway",
         description="Folder (relative to the manifest) for the SQLite store and artifacts.",
@@ -167,14 +187,16 @@ class StorageSpec(_Model):
 class Manifest(_Model):
     """``shipway.yaml``."""
 
-    version: Literal[1] = 1
-    service: ServiceSpec
-    model: ModelRef
-    contract: ContractSpec
-    output: OutputSpec
-    quality: QualitySpec = Field(default_factory=QualitySpec)
-    serving: ServingSpec = Field(default_factory=ServingSpec)
-    storage: StorageSpec = Field(default_factory=StorageSpec)
+    version: Literal[1] = Field(1, description="Manifest format version.")
+    service: ServiceSpec = Field(..., description="Name, description and owner.")
+    model: ModelRef = Field(..., description="The registered model version that answers.")
+    contract: ContractSpec = Field(..., description="The inputs every request must satisfy.")
+    output: OutputSpec = Field(..., description="What the model answers.")
+    quality: QualitySpec = Field(
+        default_factory=QualitySpec, description="Quality thresholds from the holdout."
+    )
+    serving: ServingSpec = Field(default_factory=ServingSpec, description="Request limits, log.")
+    storage: StorageSpec = Field(default_factory=StorageSpec, description="Where state lives.")
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,0 +1,25 @@
+"""A pilot written as a plain Python function (``python:tests.pilots.rules:predict``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def predict(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Flags large tumours: a hand-written rule, as many pilots begin."""
+    out = []
+    for r in rows:
+        big = r["mean radius"] > 15.0
+        out.append({"output": 0 if big else 1, "confidence": 0.8 if big else 0.6})
+    return out
+
+
+def broken(rows: list[dict[str, Any]]) -> list[Any]:
+    raise ValueError("this pilot always fails")
+
+
+def fragile(rows: list[dict[str, Any]]) -> list[Any]:
+    """Fails on very large tumours, like a pilot that was never tested on them."""
+    if any(r["mean radius"] > 25 for r in rows):
+        raise ZeroDivisionError("division by zero")
+    return predict(rows)
