@@ -26,9 +26,9 @@ def fragile_workspace(pilot: Pilot, tmp_path: Path) -> Path:
     manifest = tmp_path / "shipway.yaml"
     data = yaml.safe_load(manifest.read_text())
     # Same registered function family, switched to a variant that fails on big tumours.
+    from shipway.manifest import load_manifest
     from shipway.models import Registry
     from shipway.service import Location, open_service_store
-    from shipway.manifest import load_manifest
 
     m = load_manifest(manifest)
     store = open_service_store(Location.of(m, manifest.resolve(), Settings(database_url=None)))
@@ -107,3 +107,20 @@ def test_service_description(client: Client) -> None:
     assert d["champion"]["version"] == 2
     assert d["champion"]["uri"] == "python:tests.pilots.rules:fragile"
     assert len(d["contract"]["inputs"]) == 30
+
+
+def test_an_unwritable_log_means_no_answer(
+    client: Client, pilot: Pilot, fragile_workspace: Path
+) -> None:
+    import sqlite3
+
+    db = sqlite3.connect(fragile_workspace / ".shipway" / "shipway.db")
+    db.execute("ALTER TABLE decisions RENAME TO decisions_gone")
+    db.commit()
+    db.close()
+    r = client.post("/v1/predict", json={"inputs": pilot.rows[0]})
+    assert r.status_code == 503
+    err = r.json()["error"]
+    assert err["code"] == "store_unavailable"
+    assert "could not commit 1 decisions" in err["message"]
+    assert "output" not in r.json()

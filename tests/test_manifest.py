@@ -1,3 +1,4 @@
+# ruff: noqa: E501  (the cases read best one to a line)
 """Manifest errors name the file, the line and the field."""
 
 from __future__ import annotations

@@ -8,13 +8,14 @@ cannot be missing from the log, even if the process is killed right after replyi
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import orjson
-from sqlalchemy import Engine, insert, select
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy import Engine, select
 
 from shipway.concurrency import BatchWorker
 from shipway.errors import StoreError
@@ -27,16 +28,27 @@ latency_ms, caller."""
 _RETRIES = 5
 
 
-def _encode(row: DecisionRow) -> dict[str, Any]:
-    out = dict(row)
-    out["inputs"] = orjson.dumps(row["inputs"]).decode()
-    out["output"] = orjson.dumps(row["output"]).decode()
-    return out
+_dumps = orjson.dumps
+
+
+_COLUMNS = (
+    "id", "ts", "service", "model_version", "route", "inputs", "output", "confidence",
+    "latency_ms", "caller",
+)  # fmt: skip
 
 
 class DecisionLog:
+    """The group-commit writer. It holds one database connection of its own."""
+
     def __init__(self, engine: Engine, *, max_batch: int = 512) -> None:
         self.engine = engine
+        mark = "?" if engine.dialect.paramstyle == "qmark" else "%s"
+        self._sql = (
+            f"INSERT INTO decisions ({', '.join(_COLUMNS)}) "
+            f"VALUES ({', '.join([mark] * len(_COLUMNS))})"
+        )
+        self._raw: Any = None
+        self._lock = threading.Lock()
         self._worker: BatchWorker[list[DecisionRow], None] = BatchWorker(
             self._commit, name="shipway-decision-log", max_items=max_batch, weight=len
         )
@@ -46,8 +58,10 @@ class DecisionLog:
         self._worker.start()
 
     def stop(self) -> None:
-        """Commit everything queued, then stop the writer."""
+        """Commit everything queued, then stop the writer and release its connection."""
         self._worker.stop()
+        with self._lock:
+            self._close()
 
     async def write(self, rows: list[DecisionRow]) -> None:
         """Return once ``rows`` are committed (raises StoreError if they could not be)."""
@@ -60,29 +74,52 @@ class DecisionLog:
     def group_commits(self) -> int:
         return self._worker.batches
 
+    def _close(self) -> None:
+        if self._raw is not None:
+            with contextlib.suppress(Exception):
+                self._raw.close()
+            self._raw = None
+
     def _commit(self, batches: list[list[DecisionRow]]) -> list[None]:
-        encoded = [_encode(r) for rows in batches for r in rows]
+        params = [
+            (r["id"], r["ts"], r["service"], r["model_version"], r["route"],
+             _dumps(r["inputs"]).decode(), _dumps(r["output"]).decode(), r["confidence"],
+             r["latency_ms"], r["caller"])
+            for rows in batches
+            for r in rows
+        ]  # fmt: skip
         delay = 0.01
-        for attempt in range(_RETRIES):
-            try:
-                with self.engine.begin() as conn:
-                    conn.execute(insert(decisions), encoded)
-                self.committed += len(encoded)
-                return [None] * len(batches)
-            except OperationalError as exc:
-                if attempt == _RETRIES - 1:
-                    raise StoreError(
-                        f"the decision log could not commit {len(encoded)} decisions: "
-                        f"{str(exc).splitlines()[0]}"
-                    ) from None
-                time.sleep(delay)
-                delay *= 2
-            except SQLAlchemyError as exc:
-                raise StoreError(
-                    f"the decision log could not commit {len(encoded)} decisions: "
-                    f"{str(exc).splitlines()[0]}"
-                ) from None
+        with self._lock:
+            for attempt in range(_RETRIES):
+                try:
+                    if self._raw is None:
+                        self._raw = self.engine.raw_connection()
+                    cur = self._raw.cursor()
+                    try:
+                        cur.executemany(self._sql, params)
+                    finally:
+                        cur.close()
+                    self._raw.commit()
+                    self.committed += len(params)
+                    return [None] * len(batches)
+                except Exception as exc:  # DBAPI errors differ by driver
+                    with contextlib.suppress(Exception):
+                        self._raw.rollback()
+                    self._close()
+                    if attempt == _RETRIES - 1 or _is_permanent(exc):
+                        raise StoreError(
+                            f"the decision log could not commit {len(params)} decisions: "
+                            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                        ) from None
+                    time.sleep(delay)
+                    delay *= 2
         raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _is_permanent(exc: Exception) -> bool:
+    """Constraint violations do not heal by retrying; lost connections and locks may."""
+    name = type(exc).__name__
+    return name in ("IntegrityError", "UniqueViolation", "ProgrammingError", "DataError")
 
 
 def _decode(row: Any) -> dict[str, Any]:
