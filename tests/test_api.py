@@ -19,9 +19,20 @@ from tests.conftest import Pilot, run_cli
 
 @pytest.fixture
 def fragile_workspace(pilot: Pilot, tmp_path: Path) -> Path:
-    res = run_cli("init", "--model", "python:tests.pilots.rules:predict", "--data",
-                  str(pilot.data), "--target", "target", "--name", "rules", "--dir",
-                  str(tmp_path), env={"SHIPWAY_DATABASE_URL": ""})
+    res = run_cli(
+        "init",
+        "--model",
+        "python:tests.pilots.rules:predict",
+        "--data",
+        str(pilot.data),
+        "--target",
+        "target",
+        "--name",
+        "rules",
+        "--dir",
+        str(tmp_path),
+        env={"SHIPWAY_DATABASE_URL": ""},
+    )
     assert res.returncode == 0, res.stderr
     manifest = tmp_path / "shipway.yaml"
     data = yaml.safe_load(manifest.read_text())
@@ -32,8 +43,9 @@ def fragile_workspace(pilot: Pilot, tmp_path: Path) -> Path:
 
     m = load_manifest(manifest)
     store = open_service_store(Location.of(m, manifest.resolve(), Settings(database_url=None)))
-    mv = Registry(store).add("rules", uri="python:tests.pilots.rules:fragile", flavor="python",
-                             contract=m.contract)
+    mv = Registry(store).add(
+        "rules", uri="python:tests.pilots.rules:fragile", flavor="python", contract=m.contract
+    )
     store.close()
     data["model"]["version"] = mv.version
     data["model"]["uri"] = mv.uri
@@ -76,7 +88,7 @@ def client(fragile_workspace: Path) -> Iterator[Client]:
     c.close()
 
 
-def test_model_failure_is_a_clear_error_and_not_logged(client: Client, pilot: Pilot) -> None:
+def test_model_failure_is_a_clear_error_logged_as_failed(client: Client, pilot: Pilot) -> None:
     big = {**pilot.rows[0], "mean radius": 27.0}
     r = client.post("/v1/predict", json={"inputs": big})
     assert r.status_code == 500
@@ -90,6 +102,13 @@ def test_model_failure_is_a_clear_error_and_not_logged(client: Client, pilot: Pi
     assert decision["inputs"] == pilot.rows[1]
     assert client.get("/v1/decisions/unknown").status_code == 404
     assert 'shipway_model_errors_total{model_version="2"} 1.0' in client.get("/metrics").text
+    from shipway.decisions import iter_decisions
+
+    logged = list(iter_decisions(client.service.store.engine))
+    failed = [d for d in logged if d["error"]]
+    assert len(failed) == 1 and failed[0]["output"] is None
+    assert "ZeroDivisionError" in failed[0]["error"]
+    assert failed[0]["inputs"]["mean radius"] == 27.0
 
 
 def test_limits_on_body_and_batch(client: Client, pilot: Pilot) -> None:

@@ -12,6 +12,8 @@ Domain code raises these and knows nothing of HTTP; the HTTP face maps codes to 
     ├── ContractViolation           contract_violation  inputs break the contract (fields)
     ├── BadRequest                  bad_request         a body is not the expected shape
     ├── NotFound                    not_found           a named thing does not exist
+    ├── Conflict                    conflict            the move does not fit the current state
+    │   └── GateFailed              gate_failed         the version failed its evaluation gate
     ├── ModelError                  model_error         a model failed to load or predict
     │   └── ArtifactIntegrityError  artifact_integrity  an artifact's sha256 is not the store's
     ├── StoreError                  store_unavailable   the database cannot be read or written
@@ -80,6 +82,14 @@ class NotFound(ShipwayError):
     code = "not_found"
 
 
+class Conflict(ShipwayError):
+    code = "conflict"
+
+
+class GateFailed(Conflict):
+    code = "gate_failed"
+
+
 class ModelError(ShipwayError):
     code = "model_error"
 
@@ -100,7 +110,9 @@ __all__ = [
     "ArtifactIntegrityError",
     "BadRequest",
     "ConfigError",
+    "Conflict",
     "ContractViolation",
+    "GateFailed",
     "InputError",
     "ManifestError",
     "ModelError",

@@ -141,6 +141,14 @@ class QualitySpec(_Model):
     """Quality the service must keep, measured on the holdout at init."""
 
     holdout_fraction: float = Field(0.2, gt=0, lt=1, description="Share of data held out.")
+    not_worse_than_champion_by: float | None = Field(
+        None,
+        ge=0,
+        description=(
+            "A new version may trail the champion by at most this much on every threshold "
+            "metric (same holdout)."
+        ),
+    )
     metrics: dict[str, Threshold] = Field(
         default_factory=dict,
         description=(
@@ -175,6 +183,46 @@ class ServingSpec(_Model):
     )
 
 
+class RolloutSpec(_Model):
+    """How new versions reach traffic: shadow, then canary steps, then champion."""
+
+    steps: list[float] = Field(
+        default_factory=lambda: [5.0, 25.0, 50.0, 100.0],
+        description="Canary traffic shares (percent) that `shipway rollout step` moves through.",
+    )
+    min_requests: int = Field(
+        100, ge=0, description="Canary decisions needed at a step before it may proceed."
+    )
+    max_error_rate: float = Field(
+        0.02, ge=0, le=1, description="Largest share of failed canary calls allowed at a step."
+    )
+    max_p99_ms: float | None = Field(
+        None, gt=0, description="Largest canary p99 latency (ms) allowed at a step."
+    )
+    min_agreement: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="Least share of shadow answers equal to the champion's (classification).",
+    )
+    auto: bool = Field(False, description="Step automatically when a step's checks pass.")
+    check_interval_s: float = Field(10.0, gt=0, description="How often automatic steps check.")
+    shadow_timeout_ms: float = Field(
+        1000.0, gt=0, description="A shadow answer later than this is recorded as timed out."
+    )
+    shadow_max_pending: int = Field(
+        256, ge=1, description="Shadow rows in flight at most; beyond it samples are skipped."
+    )
+
+    @model_validator(mode="after")
+    def _steps_increase(self) -> RolloutSpec:
+        if not self.steps or any(not 0 < s <= 100 for s in self.steps):
+            raise ValueError("steps must be percentages in (0, 100]")
+        if any(b <= a for a, b in zip(self.steps, self.steps[1:], strict=False)):
+            raise ValueError("steps must increase")
+        return self
+
+
 class StorageSpec(_Model):
     """Local state. ``SHIPWAY_DATABASE_URL`` (e.g. PostgreSQL) replaces the SQLite file."""
 
@@ -196,6 +244,7 @@ class Manifest(_Model):
         default_factory=QualitySpec, description="Quality thresholds from the holdout."
     )
     serving: ServingSpec = Field(default_factory=ServingSpec, description="Request limits, log.")
+    rollout: RolloutSpec = Field(default_factory=RolloutSpec, description="Shadow and canary.")
     storage: StorageSpec = Field(default_factory=StorageSpec, description="Where state lives.")
 
 
@@ -291,6 +340,7 @@ __all__ = [
     "OutputSpec",
     "Owner",
     "QualitySpec",
+    "RolloutSpec",
     "ServiceSpec",
     "ServingSpec",
     "StorageSpec",

@@ -79,6 +79,27 @@ class ServiceMetrics:
             "1 when the champion model is loaded.",
             registry=r,
         )
+        self.shadow_skipped = Counter(
+            "shipway_shadow_skipped_rows",
+            "Rows not mirrored to a shadow (too much pending).",
+            ["model_version"],
+            registry=r,
+        )
+        self.shadow_errors = Counter(
+            "shipway_shadow_errors",
+            "Shadow rows that failed or timed out.",
+            ["model_version"],
+            registry=r,
+        )
+        self.rollout = Gauge(
+            "shipway_rollout_version",
+            "Model version per role in the current rollout plan (0: none).",
+            ["role"],
+            registry=r,
+        )
+        self.canary_percent = Gauge(
+            "shipway_canary_percent", "Share of traffic sent to the canary.", registry=r
+        )
         self._http_children: dict[tuple[str, int], Counter] = {}
         self._lat_children: dict[str, Histogram] = {}
 

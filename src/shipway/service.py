@@ -6,8 +6,12 @@ a Service the same way: ``Service.open(path_to_manifest, settings)``.
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import io
 import logging
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,8 +19,9 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from shipway.contract import Contract
-from shipway.decisions import DecisionLog, get_decision
-from shipway.errors import ModelError, NotFound
+from shipway.decisions import DecisionLog, ShadowLog, get_decision
+from shipway.errors import ModelError, NotFound, ShipwayError
+from shipway.lifecycle.rollout import Rollout, RolloutState
 from shipway.manifest import Manifest, load_manifest
 from shipway.metrics import ServiceMetrics
 from shipway.models import ModelVersion, Predictor, Registry, SklearnPredictor
@@ -26,6 +31,11 @@ from shipway.settings import Settings
 from shipway.store import Store, open_store
 
 log = logging.getLogger("shipway")
+
+#: How often a server looks for a new rollout plan (seconds).
+ROLLOUT_POLL_S = 0.25
+#: Lanes no plan uses any more are stopped after this long (in-flight requests finish first).
+LANE_GRACE_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -53,12 +63,23 @@ def open_service_store(location: Location, manifest: Manifest | None = None) -> 
     return open_store(location.database_url, location.artifacts_dir, sqlite_sync=sync)
 
 
+def open_manifest(
+    path: str | Path, settings: Settings | None = None
+) -> tuple[Manifest, Location, Store]:
+    """Load a manifest and open its store (what every command that reads state needs)."""
+    settings = settings or Settings()
+    manifest_path = Path(path)
+    if manifest_path.is_dir():
+        manifest_path = manifest_path / "shipway.yaml"
+    manifest = load_manifest(manifest_path)
+    location = Location.of(manifest, manifest_path.resolve(), settings)
+    return manifest, location, open_service_store(location, manifest)
+
+
 def reference_rows(store: Store, mv: ModelVersion, names: list[str], n: int = 64) -> list[Any]:
     """A few rows of the version's reference data, in contract order (for load-time probes)."""
     if not mv.reference_sha256:
         return []
-    import io
-
     data = store.artifacts.read_verified(mv.reference_sha256)
     table = pq.read_table(io.BytesIO(data), columns=names).slice(0, n)
     cols = [table.column(c).to_pylist() for c in names]
@@ -68,70 +89,202 @@ def reference_rows(store: Store, mv: ModelVersion, names: list[str], n: int = 64
 def load_predictor(
     store: Store, registry: Registry, mv: ModelVersion, manifest: Manifest
 ) -> Predictor:
-    predictor = registry.load(mv, manifest.contract)
+    predictor = registry.load(mv, manifest.contract, list(manifest.output.labels or []))
     if isinstance(predictor, SklearnPredictor):
         names = [f.name for f in manifest.contract.inputs]
         predictor.probe(reference_rows(store, mv, names))
     return predictor
 
 
+class Lanes:
+    """Loaded model versions, kept while a plan uses them (and a grace period after)."""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+        self._lanes: dict[int, Lane] = {}
+        self._unused_since: dict[int, float] = {}
+        self._lock = threading.Lock()
+
+    def get(self, version: int) -> Lane:
+        with self._lock:
+            lane = self._lanes.get(version)
+        if lane is not None:
+            return lane
+        s = self.service
+        mv = s.registry.get(s.name, version)
+        if mv.contract_sha256 != s.manifest.contract.digest():
+            log.warning(
+                "model version %s was checked against another contract than the manifest's "
+                "(edited since?)",
+                version,
+            )
+        lane = Lane(version, load_predictor(s.store, s.registry, mv, s.manifest), s.metrics)
+        with self._lock:
+            existing = self._lanes.get(version)
+            if existing is not None:
+                return existing
+            self._lanes[version] = lane
+        if s.started:
+            lane.start()
+        return lane
+
+    def start_all(self) -> None:
+        with self._lock:
+            lanes = list(self._lanes.values())
+        for lane in lanes:
+            lane.start()
+
+    def retire_unused(self, in_use: set[int], keep: set[int], now: float) -> None:
+        stop: list[Lane] = []
+        with self._lock:
+            for v, lane in list(self._lanes.items()):
+                if v in in_use or v in keep:
+                    self._unused_since.pop(v, None)
+                    continue
+                since = self._unused_since.setdefault(v, now)
+                if now - since >= LANE_GRACE_S:
+                    stop.append(lane)
+                    del self._lanes[v]
+                    del self._unused_since[v]
+        for lane in stop:
+            lane.stop()
+
+    def stop_all(self) -> None:
+        with self._lock:
+            lanes = list(self._lanes.values())
+            self._lanes.clear()
+        for lane in lanes:
+            lane.stop()
+
+
 class Service:
-    """A manifest brought to life: store, contract, model, decision log, metrics."""
+    """A manifest brought to life: store, contract, models, rollout, decision log, metrics."""
 
     def __init__(
-        self,
-        manifest: Manifest,
-        location: Location,
-        settings: Settings,
-        store: Store,
-        registry: Registry,
-        champion: ModelVersion,
-        predictor: Predictor,
+        self, manifest: Manifest, location: Location, settings: Settings, store: Store
     ) -> None:
         self.manifest = manifest
         self.name = manifest.service.name
         self.location = location
         self.settings = settings
         self.store = store
-        self.registry = registry
-        self.champion = champion
+        self.registry = Registry(store)
+        self.rollout = Rollout(store, manifest, self.registry)
         self.contract = Contract(manifest.contract)
         self.metrics = ServiceMetrics(self.name)
         self.log = DecisionLog(store.engine, max_batch=manifest.serving.decision_log.max_batch)
-        self.router = Router(Lane("champion", champion.version, predictor, self.metrics))
+        self.shadow_log = ShadowLog(store.engine)
+        self.lanes = Lanes(self)
+        self.started = False
+        self.state = self.rollout.state()
+        router = self._build_router(self.state)
         self.predict_path = PredictPath(
             service=self.name,
             contract=self.contract,
-            router=self.router,
+            router=router,
             log=self.log,
+            shadow_log=self.shadow_log,
             metrics=self.metrics,
             max_batch_rows=manifest.serving.max_batch_rows,
+            rollout=manifest.rollout,
         )
-        self.started = False
+        self._publish(self.state)
+        self._stop = threading.Event()
+        self._watcher: threading.Thread | None = None
+        self._refresh_lock = threading.Lock()
+        self._last_auto_step = 0.0
 
     @classmethod
     def open(cls, path: str | Path, settings: Settings | None = None) -> Service:
         settings = settings or Settings()
-        manifest_path = Path(path)
-        if manifest_path.is_dir():
-            manifest_path = manifest_path / "shipway.yaml"
-        manifest = load_manifest(manifest_path)
-        location = Location.of(manifest, manifest_path.resolve(), settings)
-        store = open_service_store(location, manifest)
+        manifest, location, store = open_manifest(path, settings)
         try:
-            registry = Registry(store)
-            mv = registry.get(manifest.service.name, manifest.model.version)
-            if mv.contract_sha256 != manifest.contract.digest():
-                log.warning(
-                    "the manifest's contract differs from the one model version %s was checked "
-                    "against (edited since init?)",
-                    mv.version,
-                )
-            predictor = load_predictor(store, registry, mv, manifest)
+            return cls(manifest, location, settings, store)
         except (NotFound, ModelError):
             store.close()
             raise
-        return cls(manifest, location, settings, store, registry, mv, predictor)
+
+    # -- rollout plan -> router -----------------------------------------------------------
+
+    def _build_router(self, st: RolloutState) -> Router:
+        champion = self.lanes.get(st.champion)
+        canary = self.lanes.get(st.canary) if st.canary is not None else None
+        shadows = [self.lanes.get(v) for v in st.shadows]
+        if st.previous_champion is not None:
+            # Keep the previous champion loaded so that a rollback is instant.
+            with contextlib.suppress(ShipwayError):
+                self.lanes.get(st.previous_champion)
+        return Router(
+            champion,
+            canary=canary,
+            percent=st.canary_percent,
+            key=st.canary_key,
+            shadows=shadows,
+            names=self.contract.names,
+            generation=st.generation,
+        )
+
+    def _publish(self, st: RolloutState) -> None:
+        m = self.metrics
+        m.rollout.labels("champion").set(st.champion)
+        m.rollout.labels("canary").set(st.canary or 0)
+        m.canary_percent.set(st.canary_percent if st.canary is not None else 0)
+
+    @property
+    def router(self) -> Router:
+        return self.predict_path.router
+
+    def refresh(self) -> bool:
+        """Load the stored plan if it changed; swap the router. True when it changed."""
+        with self._refresh_lock:
+            if self.rollout.generation() == self.router.generation:
+                return False
+            st = self.rollout.state()
+            router = self._build_router(st)  # loads new versions here, off the request path
+            self.predict_path.router = router
+            self.state = st
+            self._publish(st)
+            in_use = {lane.version for lane in router.lanes()}
+            keep = {st.previous_champion} if st.previous_champion is not None else set()
+            self.lanes.retire_unused(in_use, keep, time.monotonic())
+            log.info(
+                "rollout plan generation %s: champion v%s, canary %s, shadows %s",
+                st.generation,
+                st.champion,
+                st.canary,
+                list(st.shadows),
+            )
+            return True
+
+    def _watch(self) -> None:
+        while not self._stop.wait(ROLLOUT_POLL_S):
+            try:
+                self.refresh()
+                self._maybe_auto_step()
+                router = self.router
+                self.lanes.retire_unused(
+                    {lane.version for lane in router.lanes()},
+                    {self.state.previous_champion} if self.state.previous_champion else set(),
+                    time.monotonic(),
+                )
+            except Exception:
+                log.exception("rollout watcher: refresh failed; the current plan stays")
+
+    def _maybe_auto_step(self) -> None:
+        spec = self.manifest.rollout
+        st = self.state
+        if not spec.auto or st.canary is None:
+            return
+        now = time.monotonic()
+        if now - self._last_auto_step < spec.check_interval_s:
+            return
+        self._last_auto_step = now
+        if st.canary_percent >= spec.steps[-1]:
+            return
+        if self.rollout.canary_report(st).ready:
+            with contextlib.suppress(ShipwayError):
+                self.rollout.step(actor="shipway-auto", reason="automatic step: checks passed")
+                self.refresh()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -139,39 +292,44 @@ class Service:
         if self.started:
             return
         self.log.start()
-        for lane in self.router.lanes():
-            lane.start()
+        self.shadow_log.start()
+        self.started = True
+        self.lanes.start_all()
         self.metrics.model_loaded.set(1)
         # Everything loaded so far lives as long as the process: keep it out of GC scans.
         gc.collect()
         gc.freeze()
-        self.started = True
+        self._stop.clear()
+        self._watcher = threading.Thread(target=self._watch, name="shipway-rollout", daemon=True)
+        self._watcher.start()
 
     def stop(self) -> None:
         """Finish in-flight model calls and commit every queued decision, then close."""
-        for lane in self.router.lanes():
-            lane.stop()
+        self._stop.set()
+        if self._watcher is not None:
+            self._watcher.join(5)
+        self.lanes.stop_all()
         self.log.stop()
+        self.shadow_log.stop()
         self.metrics.model_loaded.set(0)
         self.store.close()
         self.started = False
 
     # -- the faces call these ----------------------------------------------------------------
 
-    async def predict(self, payload: Any, caller: str | None = None) -> dict[str, Any]:
-        return await self.predict_path.run(payload, caller)
+    async def predict(
+        self, payload: Any, caller: str | None = None, headers: Any = None
+    ) -> dict[str, Any]:
+        return await self.predict_path.run(payload, caller, headers)
 
     def readiness(self) -> dict[str, Any]:
         store_ok = self.store.ping()
-        checks = {
-            "model_loaded": self.started,
-            "store_reachable": store_ok,
-        }
+        checks = {"model_loaded": self.started, "store_reachable": store_ok}
         return {
             "ready": all(checks.values()),
             "checks": checks,
             "service": self.name,
-            "model_version": self.champion.version,
+            "model_version": self.router.champion.version,
         }
 
     def decision(self, decision_id: str) -> dict[str, Any]:
@@ -181,19 +339,40 @@ class Service:
         return d
 
     def describe(self) -> dict[str, Any]:
+        champion = self.registry.get(self.name, self.router.champion.version)
         return {
             "service": self.name,
             "description": self.manifest.service.description,
             "owner": self.manifest.service.owner.model_dump(),
             "champion": {
-                "version": self.champion.version,
-                "flavor": self.champion.flavor,
-                "uri": self.champion.uri,
-                "metrics": self.champion.metrics,
+                "version": champion.version,
+                "flavor": champion.flavor,
+                "uri": champion.uri,
+                "metrics": champion.metrics,
             },
+            "rollout": self.state.to_dict(),
             "contract": self.manifest.contract.model_dump(mode="json", exclude_none=True),
             "output": self.manifest.output.model_dump(mode="json", exclude_none=True),
         }
 
+    def models(self) -> list[dict[str, Any]]:
+        st = self.state
+        out = []
+        for mv in self.registry.list(self.name):
+            roles = []
+            if mv.version == st.champion:
+                roles.append("champion")
+            if mv.version == st.canary:
+                roles.append("canary")
+            if mv.version in st.shadows:
+                roles.append("shadow")
+            if mv.version == st.previous_champion:
+                roles.append("previous")
+            d = mv.to_dict()
+            d.pop("reference", None)
+            d["aliases"] = roles
+            out.append(d)
+        return out
 
-__all__ = ["Location", "Service", "open_service_store"]
+
+__all__ = ["Location", "Service", "open_manifest", "open_service_store"]

@@ -23,3 +23,16 @@ def fragile(rows: list[dict[str, Any]]) -> list[Any]:
     if any(r["mean radius"] > 25 for r in rows):
         raise ZeroDivisionError("division by zero")
     return predict(rows)
+
+
+def sleepy(rows: list[dict[str, Any]]) -> list[Any]:
+    """A shadow candidate that answers, but far too slowly."""
+    import time
+
+    time.sleep(2.0)
+    return predict(rows)
+
+
+def explodes(rows: list[dict[str, Any]]) -> list[Any]:
+    """A shadow candidate that always fails."""
+    raise RuntimeError("shadow model exploded")

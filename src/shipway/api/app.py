@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import Response
@@ -22,6 +23,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shipway import __version__
+from shipway.api.control import RolloutMove, apply_move, rollout_report
 from shipway.api.errors import error_response, status_for
 from shipway.api.openapi import predict_openapi
 from shipway.errors import BadRequest, ShipwayError
@@ -159,7 +161,7 @@ def create_app(service: Service, *, manage_lifecycle: bool = True) -> FastAPI:
         if caller is None and request.client is not None:
             caller = request.client.host
         try:
-            result = await service.predict(payload, caller)
+            result = await service.predict(payload, caller, request.headers)
         except ShipwayError as exc:
             return error_response(exc.to_dict(), status_for(exc))
         return _json(result)
@@ -188,6 +190,28 @@ def create_app(service: Service, *, manage_lifecycle: bool = True) -> FastAPI:
     @app.get("/v1/decisions/{decision_id}", tags=["control"], summary="One logged decision")
     async def decision(decision_id: str) -> Response:
         return _json(service.decision(decision_id))
+
+    # -- models and rollout (the CLI's moves, over HTTP) ----------------------------------------
+
+    def _actor(request: Request) -> str:
+        return request.headers.get("x-shipway-actor") or "api"
+
+    @app.get("/v1/models", tags=["models"], summary="Registered versions, roles and metrics")
+    async def models() -> Response:
+        return _json({"models": await run_in_threadpool(service.models)})
+
+    @app.get("/v1/rollout", tags=["rollout"], summary="The plan, canary checks, agreement")
+    async def rollout_status() -> Response:
+        return _json(await run_in_threadpool(rollout_report, service))
+
+    @app.get("/v1/rollout/history", tags=["rollout"], summary="Every rollout move")
+    async def rollout_history(limit: int = 100) -> Response:
+        return _json({"events": await run_in_threadpool(service.rollout.history, limit)})
+
+    @app.post("/v1/rollout/{move}", tags=["rollout"], summary="Make a rollout move")
+    async def rollout_move(move: str, body: RolloutMove, request: Request) -> Response:
+        result = await run_in_threadpool(apply_move, service, move, body, _actor(request))
+        return _json(result)
 
     # -- OpenAPI with the real contract ---------------------------------------------------------
 

@@ -19,6 +19,8 @@ STATUS_BY_CODE: dict[str, int] = {
     "invalid_input": 400,
     "not_found": 404,
     "contract_violation": 422,
+    "conflict": 409,
+    "gate_failed": 409,
     "manifest_invalid": 500,
     "config_error": 500,
     "model_error": 500,

@@ -27,6 +27,13 @@ app = typer.Typer(
 )
 decisions_app = typer.Typer(help="Read the decision log.", no_args_is_help=True)
 app.add_typer(decisions_app, name="decisions")
+models_app = typer.Typer(help="Register and list model versions.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+rollout_app = typer.Typer(
+    help="Move traffic between versions: shadow, canary, step, promote, rollback.",
+    no_args_is_help=True,
+)
+app.add_typer(rollout_app, name="rollout")
 
 console = Console(stderr=True, soft_wrap=True)
 out = Console(soft_wrap=True)
@@ -141,7 +148,7 @@ def serve(
     except ShipwayError as exc:
         raise fail(exc.message) from None
     console.print(
-        f"Serving [bold]{service.name}[/] model v{service.champion.version} on "
+        f"Serving [bold]{service.name}[/] model v{service.router.champion.version} on "
         f"http://{host}:{port}  (docs: /docs, metrics: /metrics)",
         highlight=False,
     )
@@ -228,6 +235,7 @@ def decisions_export(
                 "confidence",
                 "latency_ms",
                 "caller",
+                "error",
             ]
             input_names = [f.name for f in m.contract.inputs]
             writer = csv.writer(stream)
@@ -272,6 +280,11 @@ def demo(
     except ShipwayError as exc:
         raise fail(exc.message) from None
     raise typer.Exit(code)
+
+
+from shipway.cli.lifecycle import register as _register_lifecycle  # noqa: E402
+
+_register_lifecycle(models_app, rollout_app)
 
 
 def main() -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import orjson
@@ -23,7 +23,7 @@ from shipway.store.tables import decisions
 
 DecisionRow = dict[str, Any]
 """Keys: id, ts, service, model_version, route, inputs (dict), output, confidence,
-latency_ms, caller."""
+latency_ms, caller, error (None for an answered row)."""
 
 _RETRIES = 5
 
@@ -31,26 +31,33 @@ _RETRIES = 5
 _dumps = orjson.dumps
 
 
-_COLUMNS = (
-    "id", "ts", "service", "model_version", "route", "inputs", "output", "confidence",
-    "latency_ms", "caller",
-)  # fmt: skip
+class GroupCommitWriter:
+    """Commits rows queued by many concurrent callers in shared transactions.
 
+    It holds one database connection of its own and inserts with ``executemany``.
+    """
 
-class DecisionLog:
-    """The group-commit writer. It holds one database connection of its own."""
-
-    def __init__(self, engine: Engine, *, max_batch: int = 512) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        table: str,
+        columns: tuple[str, ...],
+        to_params: Callable[[dict[str, Any]], tuple[Any, ...]],
+        max_batch: int = 512,
+    ) -> None:
         self.engine = engine
+        self.table = table
         mark = "?" if engine.dialect.paramstyle == "qmark" else "%s"
         self._sql = (
-            f"INSERT INTO decisions ({', '.join(_COLUMNS)}) "
-            f"VALUES ({', '.join([mark] * len(_COLUMNS))})"
+            f"INSERT INTO {table} ({', '.join(columns)}) "
+            f"VALUES ({', '.join([mark] * len(columns))})"
         )
+        self._to_params = to_params
         self._raw: Any = None
         self._lock = threading.Lock()
-        self._worker: BatchWorker[list[DecisionRow], None] = BatchWorker(
-            self._commit, name="shipway-decision-log", max_items=max_batch, weight=len
+        self._worker: BatchWorker[list[dict[str, Any]], None] = BatchWorker(
+            self._commit, name=f"shipway-{table}-writer", max_items=max_batch, weight=len
         )
         self.committed = 0
 
@@ -63,11 +70,11 @@ class DecisionLog:
         with self._lock:
             self._close()
 
-    async def write(self, rows: list[DecisionRow]) -> None:
+    async def write(self, rows: list[dict[str, Any]]) -> None:
         """Return once ``rows`` are committed (raises StoreError if they could not be)."""
         await self._worker.submit(rows)
 
-    def write_sync(self, rows: list[DecisionRow]) -> None:
+    def write_sync(self, rows: list[dict[str, Any]]) -> None:
         self._commit([rows])
 
     @property
@@ -80,14 +87,9 @@ class DecisionLog:
                 self._raw.close()
             self._raw = None
 
-    def _commit(self, batches: list[list[DecisionRow]]) -> list[None]:
-        params = [
-            (r["id"], r["ts"], r["service"], r["model_version"], r["route"],
-             _dumps(r["inputs"]).decode(), _dumps(r["output"]).decode(), r["confidence"],
-             r["latency_ms"], r["caller"])
-            for rows in batches
-            for r in rows
-        ]  # fmt: skip
+    def _commit(self, batches: list[list[dict[str, Any]]]) -> list[None]:
+        to_params = self._to_params
+        params = [to_params(r) for rows in batches for r in rows]
         delay = 0.01
         with self._lock:
             for attempt in range(_RETRIES):
@@ -107,13 +109,59 @@ class DecisionLog:
                         self._raw.rollback()
                     self._close()
                     if attempt == _RETRIES - 1 or _is_permanent(exc):
+                        first = str(exc).splitlines()[0] if str(exc) else ""
                         raise StoreError(
-                            f"the decision log could not commit {len(params)} decisions: "
-                            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                            f"the {self.table.replace('_', ' ')} log could not commit "
+                            f"{len(params)} decisions: {type(exc).__name__}: {first}"
                         ) from None
                     time.sleep(delay)
                     delay *= 2
         raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _decision_params(r: DecisionRow) -> tuple[Any, ...]:
+    return (
+        r["id"], r["ts"], r["service"], r["model_version"], r["route"],
+        _dumps(r["inputs"]).decode(), _dumps(r["output"]).decode(), r["confidence"],
+        r["latency_ms"], r.get("caller"), r.get("error"),
+    )  # fmt: skip
+
+
+class DecisionLog(GroupCommitWriter):
+    """Every decision (answered, or failed with ``error`` set), committed before replying."""
+
+    def __init__(self, engine: Engine, *, max_batch: int = 512) -> None:
+        super().__init__(
+            engine,
+            table="decisions",
+            columns=("id", "ts", "service", "model_version", "route", "inputs", "output",
+                     "confidence", "latency_ms", "caller", "error"),
+            to_params=_decision_params,
+            max_batch=max_batch,
+        )  # fmt: skip
+
+
+def _shadow_params(r: dict[str, Any]) -> tuple[Any, ...]:
+    out = r.get("output")
+    return (
+        r["decision_id"], r["ts"], r["service"], r["model_version"],
+        None if out is None and r.get("error") else _dumps(out).decode(),
+        r.get("confidence"), r.get("latency_ms"), r.get("error"),
+    )  # fmt: skip
+
+
+class ShadowLog(GroupCommitWriter):
+    """Answers of shadow versions, keyed by the decision they shadowed."""
+
+    def __init__(self, engine: Engine, *, max_batch: int = 512) -> None:
+        super().__init__(
+            engine,
+            table="shadow_decisions",
+            columns=("decision_id", "ts", "service", "model_version", "output", "confidence",
+                     "latency_ms", "error"),
+            to_params=_shadow_params,
+            max_batch=max_batch,
+        )  # fmt: skip
 
 
 def _is_permanent(exc: Exception) -> bool:
@@ -166,4 +214,11 @@ def get_decision(engine: Engine, decision_id: str) -> dict[str, Any] | None:
     return _decode(row) if row is not None else None
 
 
-__all__ = ["DecisionLog", "DecisionRow", "get_decision", "iter_decisions"]
+__all__ = [
+    "DecisionLog",
+    "DecisionRow",
+    "GroupCommitWriter",
+    "ShadowLog",
+    "get_decision",
+    "iter_decisions",
+]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ import pyarrow.parquet as pq
 
 from shipway.contract import Contract, column_stats, infer_contract
 from shipway.errors import InputError, ModelError, ShipwayError
+from shipway.lifecycle.evaluate import LOWER_IS_BETTER, score
 from shipway.manifest import (
     MANIFEST_FILENAME,
     Manifest,
@@ -36,8 +36,6 @@ from shipway.models.registry import model_params, sklearn_uri
 from shipway.settings import Settings
 from shipway.store.artifacts import sha256_file
 
-#: Metrics where lower is better get a ``max`` threshold; the rest a ``min``.
-LOWER_IS_BETTER = {"mae", "rmse", "log_loss"}
 #: How far below (or above) the holdout score the written thresholds sit.
 THRESHOLD_SLACK = 0.02
 
@@ -83,35 +81,6 @@ def _holdout_split(
     else:
         mask = rng.random(n) < fraction
     return np.flatnonzero(~mask), np.flatnonzero(mask)
-
-
-def score(
-    kind: str, y_true: list[Any], y_pred: list[Any], proba: np.ndarray | None, labels: list[Any]
-) -> dict[str, float]:
-    from sklearn import metrics as skm
-
-    out: dict[str, float] = {}
-    if kind == "classification":
-        out["accuracy"] = float(skm.accuracy_score(y_true, y_pred))
-        out["f1_macro"] = float(skm.f1_score(y_true, y_pred, average="macro", zero_division=0))
-        if proba is not None and len(set(y_true)) > 1:
-            try:
-                if len(labels) == 2:
-                    out["roc_auc"] = float(skm.roc_auc_score(y_true, proba[:, 1]))
-                else:
-                    out["roc_auc"] = float(
-                        skm.roc_auc_score(y_true, proba, multi_class="ovr", labels=labels)
-                    )
-                out["log_loss"] = float(skm.log_loss(y_true, proba, labels=labels))
-            except ValueError:
-                pass
-    else:
-        yt = np.asarray(y_true, dtype=float)
-        yp = np.asarray(y_pred, dtype=float)
-        out["mae"] = float(np.mean(np.abs(yt - yp)))
-        out["rmse"] = float(math.sqrt(np.mean((yt - yp) ** 2)))
-        out["r2"] = float(skm.r2_score(yt, yp))
-    return out
 
 
 def thresholds_from(metrics: dict[str, float]) -> dict[str, Threshold]:
@@ -323,4 +292,4 @@ def _default_name(directory: Path, data: Path) -> str:
     return base[:63]
 
 
-__all__ = ["InitResult", "init_service", "read_data", "score"]
+__all__ = ["InitResult", "init_service", "read_data"]

@@ -126,6 +126,13 @@ class SklearnPredictor:
         x = self._array(rows) if self._numpy_ok else self._frame(rows)
         return self._call(x)
 
+    def predict_proba(self, rows: Sequence[Row]) -> np.ndarray | None:
+        """Class probabilities in ``classes`` order (None for a model without them)."""
+        if not self.has_proba:
+            return None
+        x = self._array(rows) if self._numpy_ok else self._frame(rows)
+        return np.asarray(self.model.predict_proba(x), dtype=np.float64)
+
 
 class FunctionPredictor:
     """A Python callable: ``fn(list of input dicts) -> list of outputs``."""

@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import func, insert, select
 from sqlalchemy.exc import IntegrityError
 
-from shipway.errors import ModelError, NotFound
+from shipway.errors import InputError, ModelError, NotFound
 from shipway.manifest import ContractSpec
 from shipway.models.predictor import (
     FunctionPredictor,
@@ -174,17 +174,62 @@ class Registry:
             )
         return [ModelVersion(**{str(k): v for k, v in r.items() if k != "id"}) for r in rows]
 
-    def load(self, mv: ModelVersion, contract: ContractSpec) -> Predictor:
-        """A predictor for a registered version; sklearn bytes are verified before unpickling."""
+    def stage(self, model: str, scratch: Path) -> tuple[str, str, str | None, Any]:
+        """Store a model source as an artifact: (flavor, uri, sha256, loaded object or None).
+
+        ``model`` is a joblib file (scikit-learn), an ``.onnx`` file, an MLflow model folder or
+        ``models:/`` / ``runs:/`` URI, or ``python:module:function``.
+        """
+        if model.startswith("python:"):
+            import_callable(model)
+            return "python", model, None, None
+        if model.startswith(("models:/", "runs:/")):
+            from shipway.models.formats import fetch_mlflow_uri, pack_directory
+
+            folder = fetch_mlflow_uri(model, scratch / "mlflow")
+            digest = self.store_artifact_bytes(pack_directory(folder), "mlflow")
+            return "mlflow", f"mlflow:sha256:{digest}", digest, None
+        path = Path(model)
+        if not path.exists():
+            raise InputError(f"model {model} does not exist")
+        if path.is_dir():
+            if not (path / "MLmodel").exists():
+                raise InputError(f"{model} is a folder without an MLmodel file")
+            from shipway.models.formats import pack_directory
+
+            digest = self.store_artifact_bytes(pack_directory(path), "mlflow")
+            return "mlflow", f"mlflow:sha256:{digest}", digest, None
+        if path.suffix.lower() == ".onnx":
+            digest = self.store_artifact(path, "onnx")
+            return "onnx", f"onnx:sha256:{digest}", digest, None
+        obj = load_sklearn_bytes(path.read_bytes())
+        digest = self.store_artifact(path, "model")
+        return "sklearn", sklearn_uri(digest), digest, obj
+
+    def load(
+        self, mv: ModelVersion, contract: ContractSpec, labels: list[Any] | None = None
+    ) -> Predictor:
+        """A predictor for a registered version; artifact bytes are verified before loading."""
         names = [f.name for f in contract.inputs]
         if mv.flavor == "python":
             return FunctionPredictor(import_callable(mv.uri), names)
+        if not mv.artifact_sha256:
+            raise ModelError(f"model version {mv.version} has no artifact digest")
+        data = self.store.artifacts.read_verified(mv.artifact_sha256)
         if mv.flavor == "sklearn":
-            if not mv.artifact_sha256:
-                raise ModelError(f"model version {mv.version} has no artifact digest")
-            data = self.store.artifacts.read_verified(mv.artifact_sha256)
             numeric = all(f.type in ("int", "float", "bool") for f in contract.inputs)
             return SklearnPredictor(load_sklearn_bytes(data), names, numeric)
+        if mv.flavor == "onnx":
+            from shipway.models.formats import OnnxPredictor
+
+            return OnnxPredictor(data, names, labels)
+        if mv.flavor == "mlflow":
+            from shipway.models.formats import MlflowPredictor, unpack_directory
+
+            folder = unpack_directory(
+                data, self.store.artifacts.root / "unpacked" / mv.artifact_sha256
+            )
+            return MlflowPredictor(folder, names, labels)
         raise ModelError(f"unknown model flavor {mv.flavor!r} for version {mv.version}")
 
 

@@ -1,22 +1,26 @@
-"""The predict path: validate, route, score, log, answer.
+"""The predict path: validate, route, score, log, answer; then mirror to shadows.
 
 Kept lean on purpose: no per-request imports, no database round trip other than the group
-commit of the decision log, and the model runs on its own thread so the event loop only
-parses, validates and answers.
+commit of the decision log, and models run on their own threads so the event loop only
+parses, validates and answers. Shadows run after the answer is committed, in the background,
+bounded and timed out, so they never change what or when a caller hears.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 from shipway.contract import Contract
-from shipway.decisions import DecisionLog
-from shipway.errors import BadRequest, ContractViolation, ModelError
+from shipway.decisions import DecisionLog, ShadowLog
+from shipway.errors import BadRequest, ContractViolation, ModelError, ShipwayError
+from shipway.manifest import RolloutSpec
 from shipway.metrics import ServiceMetrics
-from shipway.models.predictor import Predictions
-from shipway.serving.router import Router
+from shipway.models.predictor import Predictions, Row
+from shipway.serving.router import Lane, Route, Router
 
 _uuid4 = uuid.uuid4
 _now = time.time
@@ -39,19 +43,25 @@ class PredictPath:
         contract: Contract,
         router: Router,
         log: DecisionLog,
+        shadow_log: ShadowLog,
         metrics: ServiceMetrics,
         max_batch_rows: int,
+        rollout: RolloutSpec,
     ) -> None:
         self.service = service
         self.contract = contract
         self.router = router
         self.log = log
+        self.shadow_log = shadow_log
         self.metrics = metrics
         self.max_batch_rows = max_batch_rows
         self.partial = contract.spec.on_bad_rows == "partial"
+        self.shadow_timeout = rollout.shadow_timeout_ms / 1000.0
+        self.shadow_max_pending = rollout.shadow_max_pending
         self._names = contract.names
         self._violation_children: dict[tuple[str, str], Any] = {}
         self._decision_children: dict[tuple[str, int], Any] = {}
+        self._background: set[asyncio.Task[None]] = set()
 
     def _count_violations(self, fields: list[dict[str, Any]], bad_rows: int) -> None:
         self.metrics.rejected_rows.inc(bad_rows)
@@ -62,30 +72,43 @@ class PredictPath:
                 c = self._violation_children[key] = self.metrics.contract_violations.labels(*key)
             c.inc()
 
-    async def run(self, payload: Any, caller: str | None = None) -> dict[str, Any]:
-        """Answer one predict request body; raises ShipwayError subclasses on refusal."""
-        t0 = _perf()
+    def _parse(self, payload: Any) -> tuple[list[Any], bool]:
         if type(payload) is not dict or "inputs" not in payload:
             raise BadRequest('the body must be a JSON object with an "inputs" field')
-        extra = payload.keys() - {"inputs"}
-        if extra:
-            raise BadRequest(f'unknown top-level field(s): {sorted(extra)}; only "inputs" is read')
+        if len(payload) > 1:
+            extra = sorted(payload.keys() - {"inputs"})
+            raise BadRequest(f'unknown top-level field(s): {extra}; only "inputs" is read')
         inputs = payload["inputs"]
-        single = type(inputs) is dict
-        if single:
-            records = [inputs]
-        elif type(inputs) is list:
-            records = inputs
-            if not records:
-                raise BadRequest('"inputs" is an empty list: send at least one row')
-            if len(records) > self.max_batch_rows:
-                raise BadRequest(
-                    f'"inputs" has {len(records)} rows; this service takes at most '
-                    f"{self.max_batch_rows} per request (serving.max_batch_rows)"
-                )
-        else:
+        if type(inputs) is dict:
+            return [inputs], True
+        if type(inputs) is not list:
             raise BadRequest('"inputs" must be an object (one row) or a list of objects (a batch)')
+        if not inputs:
+            raise BadRequest('"inputs" is an empty list: send at least one row')
+        if len(inputs) > self.max_batch_rows:
+            raise BadRequest(
+                f'"inputs" has {len(inputs)} rows; this service takes at most '
+                f"{self.max_batch_rows} per request (serving.max_batch_rows)"
+            )
+        return inputs, False
 
+    async def _score(self, route: Route, values: list[Row]) -> Predictions:
+        rows = [values[i] for i in route.rows] if len(route.rows) != len(values) else values
+        try:
+            return await route.lane.runner.submit(rows)
+        except ModelError:
+            raise
+        except Exception as exc:
+            raise ModelError(
+                f"model version {route.lane.version} failed: {type(exc).__name__}: {exc}"
+            ) from None
+
+    async def run(
+        self, payload: Any, caller: str | None = None, headers: Mapping[str, str] | None = None
+    ) -> dict[str, Any]:
+        """Answer one predict request body; raises ShipwayError subclasses on refusal."""
+        t0 = _perf()
+        records, single = self._parse(payload)
         checked = self.contract.validate_records(records)
         rejected: list[dict[str, Any]] = []
         if checked.violations:
@@ -96,59 +119,50 @@ class PredictPath:
                 )
             rejected = checked.violations
 
-        lane = self.router.pick()
-        try:
-            pred: Predictions = await lane.runner.submit(checked.values)
-        except ModelError:
-            self.metrics.model_errors.labels(str(lane.version)).inc()
-            raise
-        except Exception as exc:
-            self.metrics.model_errors.labels(str(lane.version)).inc()
-            raise ModelError(
-                f"model version {lane.version} failed: {type(exc).__name__}: {exc}"
-            ) from None
-
+        router = self.router  # one plan for the whole request, even if a swap happens now
+        values = checked.values
+        routes = router.split(values, headers)
+        if len(routes) == 1:
+            try:
+                results: list[Any] = [await self._score(routes[0], values)]
+            except ShipwayError as exc:
+                results = [exc]
+        else:
+            results = list(await asyncio.gather(
+                *(self._score(r, values) for r in routes), return_exceptions=True
+            ))  # fmt: skip
+        failure = next((r for r in results if isinstance(r, BaseException)), None)
         latency_ms = (_perf() - t0) * 1000.0
         ts = _now()
         names = self._names
-        rows = []
-        out = []
-        for i, vals, output, conf in zip(
-            checked.good, checked.values, pred.outputs, pred.confidence, strict=True
-        ):
-            did = str(_uuid4())
-            rows.append(
-                {
-                    "id": did,
-                    "ts": ts,
-                    "service": self.service,
-                    "model_version": lane.version,
-                    "route": lane.route,
-                    "inputs": dict(zip(names, vals, strict=True)),
-                    "output": output,
-                    "confidence": conf,
-                    "latency_ms": latency_ms,
+        good = checked.good
+        if failure is not None:
+            await self._log_failure(routes, results, values, names, caller, ts, latency_ms)
+            if isinstance(failure, ShipwayError):
+                raise failure
+            raise ModelError(f"model call failed: {type(failure).__name__}: {failure}")
+
+        n = len(values)
+        out: list[dict[str, Any]] = [{} for _ in range(n)]
+        rows: list[dict[str, Any]] = [{} for _ in range(n)]
+        service = self.service
+        for route, pred in zip(routes, results, strict=True):
+            version = route.lane.version
+            name = route.route
+            for k, output, conf in zip(route.rows, pred.outputs, pred.confidence, strict=True):
+                did = str(_uuid4())
+                rows[k] = {
+                    "id": did, "ts": ts, "service": service, "model_version": version,
+                    "route": name, "inputs": dict(zip(names, values[k], strict=True)),
+                    "output": output, "confidence": conf, "latency_ms": latency_ms,
                     "caller": caller,
-                }
-            )
-            out.append(
-                {
-                    "id": did,
-                    "output": output,
-                    "confidence": conf,
-                    "model_version": lane.version,
-                    "route": lane.route,
-                    "row": i,
-                }
-            )
+                }  # fmt: skip
+                out[k] = {"id": did, "output": output, "confidence": conf,
+                          "model_version": version, "route": name, "row": good[k]}  # fmt: skip
+            self._count_decisions(name, version, len(route.rows))
         await self.log.write(rows)
-        key = (lane.route, lane.version)
-        c = self._decision_children.get(key)
-        if c is None:
-            c = self._decision_children[key] = self.metrics.decisions.labels(
-                lane.route, str(lane.version)
-            )
-        c.inc(len(rows))
+        if router.shadows:
+            self._start_shadows(router.shadows, rows, values)
         if single:
             d = out[0]
             del d["row"]
@@ -160,6 +174,101 @@ class PredictPath:
             for d in out:
                 del d["row"]
         return body
+
+    def _count_decisions(self, route: str, version: int, n: int) -> None:
+        key = (route, version)
+        c = self._decision_children.get(key)
+        if c is None:
+            c = self._decision_children[key] = self.metrics.decisions.labels(route, str(version))
+        c.inc(n)
+
+    async def _log_failure(
+        self,
+        routes: list[Route],
+        results: list[Any],
+        values: list[Row],
+        names: list[str],
+        caller: str | None,
+        ts: float,
+        latency_ms: float,
+    ) -> None:
+        """Failed rows become decisions with ``error`` set (their callers get an error)."""
+        rows = []
+        for route, res in zip(routes, results, strict=True):
+            if not isinstance(res, BaseException):
+                continue
+            self.metrics.model_errors.labels(str(route.lane.version)).inc()
+            msg = res.message if isinstance(res, ShipwayError) else f"{type(res).__name__}: {res}"
+            for k in route.rows:
+                rows.append({
+                    "id": str(_uuid4()), "ts": ts, "service": self.service,
+                    "model_version": route.lane.version, "route": route.route,
+                    "inputs": dict(zip(names, values[k], strict=True)), "output": None,
+                    "confidence": None, "latency_ms": latency_ms, "caller": caller,
+                    "error": msg[:2000],
+                })  # fmt: skip
+        await self.log.write(rows)
+
+    # -- shadows ---------------------------------------------------------------------------
+
+    def _start_shadows(
+        self, shadows: tuple[Lane, ...], rows: list[dict[str, Any]], values: list[Row]
+    ) -> None:
+        for lane in shadows:
+            if lane.in_flight + len(values) > self.shadow_max_pending:
+                self.metrics.shadow_skipped.labels(str(lane.version)).inc(len(values))
+                continue
+            task = asyncio.ensure_future(self._shadow(lane, rows, values))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def _shadow(self, lane: Lane, rows: list[dict[str, Any]], values: list[Row]) -> None:
+        n = len(values)
+        lane.in_flight += n
+        fut = lane.runner.submit(values)
+
+        def _done(_f: asyncio.Future[Any]) -> None:
+            lane.in_flight -= n
+            if not _f.cancelled():
+                _f.exception()  # retrieved, so a late failure is not reported as unhandled
+
+        fut.add_done_callback(_done)
+        t0 = _perf()
+        error: str | None = None
+        pred: Predictions | None = None
+        try:
+            pred = await asyncio.wait_for(asyncio.shield(fut), self.shadow_timeout)
+        except TimeoutError:
+            error = f"timeout: no answer within {self.shadow_timeout * 1000:.0f} ms"
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"[:2000]
+        latency_ms = (_perf() - t0) * 1000.0
+        ts = _now()
+        version = lane.version
+        if pred is not None:
+            shadow_rows = [
+                {"decision_id": r["id"], "ts": ts, "service": self.service,
+                 "model_version": version, "output": o, "confidence": c,
+                 "latency_ms": latency_ms, "error": None}
+                for r, o, c in zip(rows, pred.outputs, pred.confidence, strict=True)
+            ]  # fmt: skip
+        else:
+            self.metrics.shadow_errors.labels(str(version)).inc(n)
+            shadow_rows = [
+                {"decision_id": r["id"], "ts": ts, "service": self.service,
+                 "model_version": version, "output": None, "confidence": None,
+                 "latency_ms": latency_ms, "error": error}
+                for r in rows
+            ]  # fmt: skip
+        try:
+            await self.shadow_log.write(shadow_rows)
+        except ShipwayError:
+            self.metrics.shadow_errors.labels(str(version)).inc(n)
+
+    async def drain(self, timeout: float = 10.0) -> None:
+        """Wait for background shadow work (used at shutdown)."""
+        if self._background:
+            await asyncio.wait(list(self._background), timeout=timeout)
 
 
 __all__ = ["PredictPath"]

@@ -1,9 +1,19 @@
-"""The traffic plan: which model version answers a request, and by which route."""
+"""The traffic plan: which model version answers each row, and by which route.
+
+A :class:`Lane` is one loaded model version behind its batching runner thread. A
+:class:`Router` is an immutable plan over lanes: the champion, optionally a canary taking a
+share of rows (sticky by an input field or a header when a key is set), and shadows that see
+every answered row but never answer. The service swaps in a new Router when the rollout state
+changes; requests in flight keep the lanes they already hold.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import random
+import zlib
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from shipway.concurrency import BatchWorker
 from shipway.metrics import ServiceMetrics
@@ -13,7 +23,9 @@ from shipway.models.predictor import Predictions, Predictor, Row
 MAX_MODEL_BATCH = 256
 
 
-def _run_batches(predictor: Predictor, metrics: ServiceMetrics | None):  # type: ignore[no-untyped-def]
+def _run_batches(
+    predictor: Predictor, metrics: ServiceMetrics | None
+) -> Callable[[list[Sequence[Row]]], list[Predictions]]:
     def handle(items: list[Sequence[Row]]) -> list[Predictions]:
         if len(items) == 1:
             rows = items[0]
@@ -35,15 +47,16 @@ def _run_batches(predictor: Predictor, metrics: ServiceMetrics | None):  # type:
     return handle
 
 
-@dataclass
+@dataclass(eq=False)
 class Lane:
     """One model version ready to answer: its predictor behind a batching runner thread."""
 
-    route: str
     version: int
     predictor: Predictor
     metrics: ServiceMetrics | None = None
     runner: BatchWorker[Sequence[Row], Predictions] = field(init=False)
+    in_flight: int = field(default=0, init=False)
+    """Rows submitted and not yet answered (used to bound shadow work)."""
 
     def __post_init__(self) -> None:
         self.runner = BatchWorker(
@@ -60,17 +73,76 @@ class Lane:
         self.runner.stop()
 
 
+def bucket(value: Any) -> float:
+    """A stable position in [0, 100) for a routing key (the same key, the same bucket)."""
+    return (zlib.crc32(str(value).encode()) % 10_000) / 100.0
+
+
+@dataclass(frozen=True)
+class Route:
+    lane: Lane
+    route: str
+    rows: list[int]
+
+
 class Router:
-    """Champion-only for now: every request goes to the champion lane."""
+    """Champion, optional canary share and key, shadows. Immutable once built."""
 
-    def __init__(self, champion: Lane) -> None:
+    def __init__(
+        self,
+        champion: Lane,
+        *,
+        canary: Lane | None = None,
+        percent: float = 0.0,
+        key: str | None = None,
+        shadows: Sequence[Lane] = (),
+        names: Sequence[str] = (),
+        generation: int = 0,
+    ) -> None:
         self.champion = champion
-
-    def pick(self) -> Lane:
-        return self.champion
+        self.canary = canary if canary is not None and percent > 0 else None
+        self.percent = percent
+        self.shadows = tuple(shadows)
+        self.generation = generation
+        self._header: str | None = None
+        self._field: int | None = None
+        if key:
+            if key.lower().startswith("header:"):
+                self._header = key.split(":", 1)[1].strip().lower()
+            else:
+                name = key.removeprefix("inputs.")
+                self._field = list(names).index(name) if name in names else None
+        self.key = key
 
     def lanes(self) -> list[Lane]:
-        return [self.champion]
+        out = [self.champion]
+        if self.canary is not None:
+            out.append(self.canary)
+        out.extend(self.shadows)
+        return out
+
+    def split(self, values: Sequence[Row], headers: Mapping[str, str] | None) -> list[Route]:
+        """Assign each row to the champion or the canary."""
+        n = len(values)
+        if self.canary is None:
+            return [Route(self.champion, "champion", list(range(n)))]
+        if self._field is not None:
+            f = self._field
+            to_canary = [bucket(v[f]) < self.percent for v in values]
+        else:
+            if self._header is not None and headers is not None and self._header in headers:
+                pick = bucket(headers[self._header]) < self.percent
+            else:
+                pick = random.random() * 100.0 < self.percent
+            to_canary = [pick] * n
+        canary_rows = [i for i, c in enumerate(to_canary) if c]
+        champion_rows = [i for i, c in enumerate(to_canary) if not c]
+        out = []
+        if champion_rows:
+            out.append(Route(self.champion, "champion", champion_rows))
+        if canary_rows:
+            out.append(Route(self.canary, "canary", canary_rows))
+        return out
 
 
-__all__ = ["MAX_MODEL_BATCH", "Lane", "Router"]
+__all__ = ["MAX_MODEL_BATCH", "Lane", "Route", "Router", "bucket"]

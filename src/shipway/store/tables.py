@@ -65,7 +65,64 @@ decisions = Table(
     Column("confidence", Float, nullable=True),
     Column("latency_ms", Float, nullable=False),
     Column("caller", String(128), nullable=True),
+    Column("error", Text, nullable=True),
 )
 Index("ix_decisions_service_ts", decisions.c.service, decisions.c.ts)
 
-__all__ = ["artifacts", "decisions", "metadata", "model_versions"]
+shadow_decisions = Table(
+    "shadow_decisions",
+    metadata,
+    Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+           autoincrement=True),
+    Column("decision_id", String(36), nullable=False),
+    Column("ts", Float, nullable=False),
+    Column("service", String(64), nullable=False),
+    Column("model_version", Integer, nullable=False),
+    Column("output", Text, nullable=True),
+    Column("confidence", Float, nullable=True),
+    Column("latency_ms", Float, nullable=True),
+    Column("error", Text, nullable=True),
+)
+Index("ix_shadow_decisions_decision_id", shadow_decisions.c.decision_id)
+Index("ix_shadow_decisions_service_version", shadow_decisions.c.service,
+      shadow_decisions.c.model_version)
+
+rollout_state = Table(
+    "rollout_state",
+    metadata,
+    Column("service", String(64), primary_key=True),
+    Column("champion", Integer, nullable=False),
+    Column("previous_champion", Integer, nullable=True),
+    Column("canary", Integer, nullable=True),
+    Column("canary_percent", Float, nullable=False, default=0.0),
+    Column("canary_key", String(128), nullable=True),
+    Column("canary_step", Integer, nullable=True),
+    Column("canary_since", Float, nullable=True),
+    Column("shadows", JSON, nullable=False),
+    Column("generation", Integer, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Column("updated_by", String(128), nullable=False),
+)
+
+rollout_events = Table(
+    "rollout_events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("service", String(64), nullable=False),
+    Column("ts", Float, nullable=False),
+    Column("actor", String(128), nullable=False),
+    Column("action", String(32), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("before", JSON, nullable=False),
+    Column("after", JSON, nullable=False),
+)
+
+__all__ = [
+    "artifacts",
+    "decisions",
+    "metadata",
+    "model_versions",
+    "rollout_events",
+    "rollout_state",
+    "shadow_decisions",
+]

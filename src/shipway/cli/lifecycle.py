@@ -1,0 +1,320 @@
+"""``shipway models ...`` and ``shipway rollout ...``: versions and the moves between them.
+
+These commands change the stored rollout plan; a running server picks the change up within a
+second (it polls the plan's generation), so no restart is needed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import orjson
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from shipway.errors import ShipwayError
+from shipway.settings import Settings
+
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+ManifestArg = Annotated[
+    Path, typer.Option("--manifest", "-m", help="The service's manifest (or its folder).")
+]
+Reason = Annotated[str, typer.Option("--reason", help="Why (recorded in the rollout history).")]
+Force = Annotated[
+    bool,
+    typer.Option(
+        "--force", help="Pass a failed evaluation gate or failed step checks (needs --reason)."
+    ),
+]
+
+
+def _actor(settings: Settings) -> str:
+    import getpass
+
+    return settings.actor or getpass.getuser()
+
+
+@contextlib.contextmanager
+def _opened(manifest: Path) -> Iterator[Any]:
+    from shipway.service import open_manifest
+
+    try:
+        m, _loc, store = open_manifest(manifest, Settings())
+    except ShipwayError as exc:
+        err.print(f"[bold red]error:[/] {exc.message}", highlight=False)
+        raise typer.Exit(1) from None
+    try:
+        yield m, store
+    except ShipwayError as exc:
+        err.print(f"[bold red]error:[/] {exc.message}", highlight=False)
+        raise typer.Exit(1) from None
+    finally:
+        store.close()
+
+
+def _when(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _fmt_metrics(metrics: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+
+
+def _print_state(st: Any) -> None:
+    parts = [f"champion v{st.champion}"]
+    if st.canary is not None:
+        key = f", sticky by {st.canary_key}" if st.canary_key else ""
+        parts.append(f"canary v{st.canary} at {st.canary_percent:g}%{key}")
+    if st.shadows:
+        parts.append("shadows " + ", ".join(f"v{v}" for v in st.shadows))
+    if st.previous_champion is not None:
+        parts.append(f"previous champion v{st.previous_champion}")
+    out.print("plan: " + "; ".join(parts) + f"  (generation {st.generation})")
+
+
+def register(models_app: typer.Typer, rollout_app: typer.Typer) -> None:
+    @models_app.command("add")
+    def models_add(
+        model: Annotated[
+            str,
+            typer.Option(
+                "--model",
+                help="joblib file, .onnx file, MLflow folder or models:/ URI, or "
+                "python:module:function.",
+            ),
+        ],
+        manifest: ManifestArg = Path("shipway.yaml"),
+        data: Annotated[
+            Path | None,
+            typer.Option(help="The data it was trained on (its digest is kept as lineage)."),
+        ] = None,
+        note: Annotated[str, typer.Option(help="A note kept with the version.")] = "",
+    ) -> None:
+        """Register a new version: checked against the contract, scored beside the champion."""
+        from shipway.lifecycle.versions import add_version
+
+        settings = Settings()
+        with _opened(manifest) as (m, store):
+            with err.status("Scoring the new version and the champion on the holdout..."):
+                res = add_version(
+                    store, m, model=model, data=data, note=note, actor=_actor(settings)
+                )
+            out.print(
+                f"[green]Registered[/] version {res.version.version} "
+                f"({res.version.flavor}, {res.version.uri})"
+            )
+            out.print(f"  holdout:  {_fmt_metrics(res.metrics)}")
+            out.print(f"  champion v{res.champion_version}: {_fmt_metrics(res.champion_metrics)}")
+            if res.gate.passed:
+                out.print("  gate: [green]passed[/] (" + "; ".join(res.gate.checks) + ")")
+            else:
+                out.print("  gate: [red]failed[/]: " + "; ".join(res.gate.reasons))
+                out.print("  It may shadow; canary or promotion needs --force and a reason.")
+
+    @models_app.command("list")
+    def models_list(
+        manifest: ManifestArg = Path("shipway.yaml"),
+        as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    ) -> None:
+        """Registered versions with their roles, gate result and holdout metrics."""
+        from shipway.lifecycle.rollout import Rollout
+        from shipway.models import Registry
+
+        with _opened(manifest) as (m, store):
+            st = Rollout(store, m).state()
+            versions = Registry(store).list(m.service.name)
+            if as_json:
+                rows = []
+                for v in versions:
+                    d = v.to_dict()
+                    d.pop("reference", None)
+                    rows.append(d)
+                print(orjson.dumps({"state": st.to_dict(), "models": rows}).decode())
+                return
+            t = Table(title=f"models of {m.service.name}")
+            for col in ("version", "role", "flavor", "gate", "holdout", "added", "by", "note"):
+                t.add_column(col)
+            for v in versions:
+                role = []
+                if v.version == st.champion:
+                    role.append("champion")
+                if v.version == st.canary:
+                    role.append(f"canary {st.canary_percent:g}%")
+                if v.version in st.shadows:
+                    role.append("shadow")
+                gate = v.metrics.get("gate")
+                gate_txt = "-" if not gate else ("passed" if gate["passed"] else "failed")
+                t.add_row(
+                    str(v.version),
+                    ", ".join(role),
+                    v.flavor,
+                    gate_txt,
+                    _fmt_metrics(v.metrics.get("holdout", {})),
+                    _when(v.created_at),
+                    v.created_by,
+                    v.note,
+                )
+            out.print(t)
+
+    def _move(manifest: Path, fn: Any) -> Any:
+        from shipway.lifecycle.rollout import Rollout
+
+        with _opened(manifest) as (m, store):
+            result = fn(Rollout(store, m))
+            st = result[0] if isinstance(result, tuple) else result
+            _print_state(st)
+            return result
+
+    @rollout_app.command("shadow")
+    def rollout_shadow(
+        version: Annotated[int, typer.Argument(help="Version to mirror traffic to.")],
+        manifest: ManifestArg = Path("shipway.yaml"),
+        reason: Reason = "",
+        stop: Annotated[bool, typer.Option("--stop", help="Stop shadowing it.")] = False,
+    ) -> None:
+        """Mirror live traffic to VERSION; its answers are logged, never returned."""
+        actor = _actor(Settings())
+        if stop:
+            _move(manifest, lambda r: r.unshadow(version, actor=actor, reason=reason))
+        else:
+            _move(manifest, lambda r: r.shadow(version, actor=actor, reason=reason))
+
+    @rollout_app.command("canary")
+    def rollout_canary(
+        version: Annotated[int, typer.Argument(help="Version to send a share of traffic to.")],
+        percent: Annotated[
+            float | None,
+            typer.Option(help="Share in percent (default: the manifest's first step)."),
+        ] = None,
+        key: Annotated[
+            str | None, typer.Option(help="Sticky key: an input field, or header:NAME.")
+        ] = None,
+        manifest: ManifestArg = Path("shipway.yaml"),
+        reason: Reason = "",
+        force: Force = False,
+    ) -> None:
+        """Send a share of requests to VERSION (the same key always gets the same version)."""
+        actor = _actor(Settings())
+        _move(
+            manifest,
+            lambda r: r.canary(
+                version, percent=percent, key=key, actor=actor, reason=reason, force=force
+            ),
+        )
+
+    @rollout_app.command("step")
+    def rollout_step(
+        manifest: ManifestArg = Path("shipway.yaml"),
+        reason: Reason = "",
+        force: Force = False,
+    ) -> None:
+        """Move the canary to the next step when this step's checks pass."""
+        actor = _actor(Settings())
+        _st, rep = _move(manifest, lambda r: r.step(actor=actor, reason=reason, force=force))
+        for c in rep.checks:
+            out.print(f"  {'[green]ok[/]' if c.passed else '[red]no[/]'} {c.name}: {c.detail}")
+
+    @rollout_app.command("promote")
+    def rollout_promote(
+        manifest: ManifestArg = Path("shipway.yaml"),
+        reason: Reason = "",
+        force: Force = False,
+    ) -> None:
+        """Make the canary the champion."""
+        actor = _actor(Settings())
+        _move(manifest, lambda r: r.promote(actor=actor, reason=reason, force=force))
+
+    @rollout_app.command("rollback")
+    def rollout_rollback(
+        manifest: ManifestArg = Path("shipway.yaml"),
+        reason: Reason = "",
+    ) -> None:
+        """Stop the canary; with none running, return to the previous champion at once."""
+        actor = _actor(Settings())
+        _move(manifest, lambda r: r.rollback(actor=actor, reason=reason))
+
+    @rollout_app.command("status")
+    def rollout_status(
+        manifest: ManifestArg = Path("shipway.yaml"),
+        as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    ) -> None:
+        """The plan, the canary's step checks, and each shadow's agreement with the champion."""
+        from shipway.lifecycle.rollout import Rollout
+
+        with _opened(manifest) as (m, store):
+            r = Rollout(store, m)
+            st = r.state()
+            rep = r.canary_report(st) if st.canary is not None else None
+            shadows = [r.agreement(v) for v in st.shadows]
+            if as_json:
+                print(
+                    orjson.dumps(
+                        {
+                            "state": st.to_dict(),
+                            "canary": rep.to_dict() if rep else None,
+                            "shadows": shadows,
+                        }
+                    ).decode()
+                )
+                return
+            _print_state(st)
+            if rep is not None:
+                out.print(
+                    f"canary v{rep.version}: {rep.requests} decisions at this step, "
+                    f"{rep.errors} failed"
+                )
+                for c in rep.checks:
+                    out.print(
+                        f"  {'[green]ok[/]' if c.passed else '[red]no[/]'} {c.name}: {c.detail}"
+                    )
+            for a in shadows:
+                ag = a.get("agreement")
+                txt = (
+                    "no comparisons yet"
+                    if a["compared"] == 0
+                    else (
+                        f"agreement {ag:.4f}"
+                        if ag is not None
+                        else f"mean abs diff {a.get('mean_abs_diff', 0):.4f}"
+                    )
+                )
+                out.print(
+                    f"shadow v{a['version']}: {a['shadowed']} mirrored, {a['failed']} "
+                    f"failed or timed out, {txt}"
+                )
+
+    @rollout_app.command("history")
+    def rollout_history(
+        manifest: ManifestArg = Path("shipway.yaml"),
+        limit: Annotated[int, typer.Option(help="Most recent moves to show.")] = 50,
+    ) -> None:
+        """Every rollout move: who, when, why, and the plan after it."""
+        from shipway.lifecycle.rollout import Rollout
+
+        with _opened(manifest) as (m, store):
+            t = Table(title=f"rollout history of {m.service.name}")
+            for col in ("when", "who", "move", "why", "champion", "canary", "shadows"):
+                t.add_column(col)
+            for e in Rollout(store, m).history(limit):
+                a = e["after"]
+                canary = f"v{a['canary']} {a['canary_percent']:g}%" if a.get("canary") else ""
+                t.add_row(
+                    _when(e["ts"]),
+                    e["actor"],
+                    e["action"],
+                    e["reason"],
+                    f"v{a['champion']}",
+                    canary,
+                    ", ".join(f"v{v}" for v in a.get("shadows", [])),
+                )
+            out.print(t)
+
+
+__all__ = ["register"]

@@ -1,0 +1,382 @@
+"""Rollout: which versions take traffic, and the moves between plans.
+
+The plan lives in the store (table ``rollout_state``, one row per service), so the CLI, the
+HTTP control API and every replica see the same one; servers poll its ``generation`` and
+swap their router within a second. Every move is recorded in ``rollout_events`` with who,
+when, why and the plan before and after.
+
+Moves: ``shadow`` / ``unshadow`` a version; ``canary`` a version at a share (sticky by a key);
+``step`` through the manifest's canary steps once each step's checks pass; ``promote`` the
+canary to champion; ``rollback`` to the previous champion at once.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import numpy as np
+from sqlalchemy import func, insert, select, update
+
+from shipway.errors import Conflict, GateFailed, InputError, NotFound
+from shipway.manifest import Manifest
+from shipway.models import ModelVersion, Registry
+from shipway.store import Store
+from shipway.store.tables import decisions, rollout_events, rollout_state, shadow_decisions
+
+
+@dataclass(frozen=True)
+class RolloutState:
+    service: str
+    champion: int
+    previous_champion: int | None = None
+    canary: int | None = None
+    canary_percent: float = 0.0
+    canary_key: str | None = None
+    canary_step: int | None = None
+    canary_since: float | None = None
+    shadows: tuple[int, ...] = ()
+    generation: int = 0
+    updated_at: float = 0.0
+    updated_by: str = "manifest"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["shadows"] = list(self.shadows)
+        return d
+
+
+@dataclass
+class Check:
+    name: str
+    passed: bool
+    detail: str
+
+
+@dataclass
+class CanaryReport:
+    version: int | None
+    percent: float
+    requests: int = 0
+    errors: int = 0
+    error_rate: float | None = None
+    p99_ms: float | None = None
+    agreement: float | None = None
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def ready(self) -> bool:
+        return all(c.passed for c in self.checks)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["ready"] = self.ready
+        return d
+
+
+def _gate_passed(mv: ModelVersion) -> tuple[bool, list[str]]:
+    g = mv.metrics.get("gate")
+    if not g:
+        return True, []
+    return bool(g.get("passed")), list(g.get("reasons", []))
+
+
+class Rollout:
+    def __init__(self, store: Store, manifest: Manifest, registry: Registry | None = None) -> None:
+        self.store = store
+        self.manifest = manifest
+        self.service = manifest.service.name
+        self.spec = manifest.rollout
+        self.registry = registry or Registry(store)
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def generation(self) -> int:
+        """The plan's generation: one cheap query, polled by servers."""
+        with self.store.engine.connect() as conn:
+            g = conn.execute(
+                select(rollout_state.c.generation).where(rollout_state.c.service == self.service)
+            ).scalar()
+        return int(g or 0)
+
+    def state(self) -> RolloutState:
+        with self.store.engine.connect() as conn:
+            row = (
+                conn.execute(select(rollout_state).where(rollout_state.c.service == self.service))
+                .mappings()
+                .first()
+            )
+        if row is None:
+            return RolloutState(service=self.service, champion=self.manifest.model.version)
+        d = {str(k): v for k, v in row.items()}
+        d["shadows"] = tuple(d["shadows"] or ())
+        return RolloutState(**d)
+
+    def history(self, limit: int = 100) -> list[dict[str, Any]]:
+        with self.store.engine.connect() as conn:
+            rows = (
+                conn.execute(
+                    select(rollout_events)
+                    .where(rollout_events.c.service == self.service)
+                    .order_by(rollout_events.c.id.desc())
+                    .limit(limit)
+                )
+                .mappings()
+                .all()
+            )
+        return [{str(k): v for k, v in r.items()} for r in reversed(rows)]
+
+    def agreement(self, version: int, limit: int = 50_000) -> dict[str, Any]:
+        """How often a shadow version agreed with the answer the caller got."""
+        j = shadow_decisions.join(decisions, decisions.c.id == shadow_decisions.c.decision_id)
+        q = (
+            select(decisions.c.output, shadow_decisions.c.output, shadow_decisions.c.error)
+            .select_from(j)
+            .where(shadow_decisions.c.service == self.service,
+                   shadow_decisions.c.model_version == version)
+            .order_by(shadow_decisions.c.seq.desc())
+            .limit(limit)
+        )  # fmt: skip
+        with self.store.engine.connect() as conn:
+            rows = conn.execute(q).all()
+        answered = [(a, b) for a, b, err in rows if err is None and b is not None]
+        out: dict[str, Any] = {
+            "version": version,
+            "shadowed": len(rows),
+            "failed": len(rows) - len(answered),
+            "compared": len(answered),
+        }
+        if not answered:
+            out["agreement"] = None
+            return out
+        if self.manifest.output.kind == "classification":
+            out["agreement"] = sum(a == b for a, b in answered) / len(answered)
+        else:
+            import orjson
+
+            diffs = [abs(float(orjson.loads(a)) - float(orjson.loads(b))) for a, b in answered]
+            out["agreement"] = None
+            out["mean_abs_diff"] = float(np.mean(diffs))
+        return out
+
+    def canary_report(self, state: RolloutState | None = None) -> CanaryReport:
+        state = state or self.state()
+        rep = CanaryReport(version=state.canary, percent=state.canary_percent)
+        if state.canary is None:
+            rep.checks.append(Check("canary", False, "no canary is running"))
+            return rep
+        since = state.canary_since or 0.0
+        with self.store.engine.connect() as conn:
+            base = (
+                decisions.c.service == self.service,
+                decisions.c.model_version == state.canary,
+                decisions.c.route == "canary",
+                decisions.c.ts >= since,
+            )
+            rep.requests = int(conn.execute(select(func.count()).where(*base)).scalar() or 0)
+            rep.errors = int(
+                conn.execute(
+                    select(func.count()).where(*base, decisions.c.error.is_not(None))
+                ).scalar()
+                or 0
+            )
+            lat = conn.execute(
+                select(decisions.c.latency_ms).where(*base).order_by(decisions.c.ts.desc())
+                .limit(100_000)
+            ).scalars().all()  # fmt: skip
+        if rep.requests:
+            rep.error_rate = rep.errors / rep.requests
+        if lat:
+            rep.p99_ms = float(np.percentile(np.asarray(lat, dtype=float), 99))
+        spec = self.spec
+        rep.checks.append(Check(
+            "min_requests", rep.requests >= spec.min_requests,
+            f"{rep.requests} canary decisions at this step, need {spec.min_requests}",
+        ))  # fmt: skip
+        er = rep.error_rate or 0.0
+        rep.checks.append(Check(
+            "max_error_rate", er <= spec.max_error_rate,
+            f"error rate {er:.4f}, allowed {spec.max_error_rate}",
+        ))  # fmt: skip
+        if spec.max_p99_ms is not None:
+            p99 = rep.p99_ms
+            rep.checks.append(Check(
+                "max_p99_ms", p99 is not None and p99 <= spec.max_p99_ms,
+                f"p99 {p99 if p99 is None else round(p99, 2)} ms, allowed {spec.max_p99_ms}",
+            ))  # fmt: skip
+        if spec.min_agreement is not None:
+            ag = self.agreement(state.canary)["agreement"]
+            rep.agreement = ag
+            rep.checks.append(Check(
+                "min_agreement", ag is not None and ag >= spec.min_agreement,
+                "no shadow comparisons for this version: shadow it first" if ag is None
+                else f"agreement {ag:.4f} with the champion, need {spec.min_agreement}",
+            ))  # fmt: skip
+        return rep
+
+    # -- moves -------------------------------------------------------------------------------
+
+    def _version(self, version: int) -> ModelVersion:
+        try:
+            return self.registry.get(self.service, version)
+        except NotFound:
+            raise NotFound(
+                f"service {self.service!r} has no model version {version}; "
+                "see 'shipway models list'"
+            ) from None
+
+    def _check_gate(self, mv: ModelVersion, move: str, force: bool, reason: str) -> bool:
+        passed, reasons = _gate_passed(mv)
+        if passed:
+            return False
+        if not force:
+            raise GateFailed(
+                f"version {mv.version} failed its evaluation gate ({'; '.join(reasons)}); "
+                f"it cannot {move} without --force and a reason"
+            )
+        if not reason.strip():
+            raise InputError("--force needs a reason (--reason)")
+        return True
+
+    def _commit(
+        self, before: RolloutState, after: RolloutState, action: str, actor: str, reason: str
+    ) -> RolloutState:
+        now = time.time()
+        after = replace(after, generation=before.generation + 1, updated_at=now, updated_by=actor)
+        values = after.to_dict()
+        del values["service"]
+        with self.store.engine.begin() as conn:
+            if before.generation == 0:
+                exists = conn.execute(
+                    select(rollout_state.c.generation).where(
+                        rollout_state.c.service == self.service)
+                ).first()  # fmt: skip
+                if exists is not None:
+                    raise Conflict("the rollout plan changed meanwhile; look again and retry")
+                conn.execute(insert(rollout_state).values(service=self.service, **values))
+            else:
+                res = conn.execute(
+                    update(rollout_state)
+                    .where(rollout_state.c.service == self.service,
+                           rollout_state.c.generation == before.generation)
+                    .values(**values)
+                )  # fmt: skip
+                if res.rowcount != 1:
+                    raise Conflict("the rollout plan changed meanwhile; look again and retry")
+            conn.execute(insert(rollout_events).values(
+                service=self.service, ts=now, actor=actor, action=action, reason=reason,
+                before=before.to_dict(), after=after.to_dict(),
+            ))  # fmt: skip
+        return after
+
+    def shadow(self, version: int, *, actor: str, reason: str = "") -> RolloutState:
+        st = self.state()
+        self._version(version)
+        if version == st.champion:
+            raise Conflict(f"version {version} is the champion; it cannot also shadow it")
+        if version in st.shadows:
+            raise Conflict(f"version {version} is already a shadow")
+        after = replace(st, shadows=(*st.shadows, version))
+        return self._commit(st, after, "shadow", actor, reason)
+
+    def unshadow(self, version: int, *, actor: str, reason: str = "") -> RolloutState:
+        st = self.state()
+        if version not in st.shadows:
+            raise Conflict(f"version {version} is not a shadow")
+        after = replace(st, shadows=tuple(v for v in st.shadows if v != version))
+        return self._commit(st, after, "unshadow", actor, reason)
+
+    def canary(
+        self,
+        version: int,
+        *,
+        percent: float | None = None,
+        key: str | None = None,
+        actor: str,
+        reason: str = "",
+        force: bool = False,
+    ) -> RolloutState:
+        st = self.state()
+        mv = self._version(version)
+        if version == st.champion:
+            raise Conflict(f"version {version} is already the champion")
+        forced = self._check_gate(mv, "take canary traffic", force, reason)
+        pct = self.spec.steps[0] if percent is None else percent
+        if not 0 < pct <= 100:
+            raise InputError(f"--percent must be in (0, 100], not {pct}")
+        step = self.spec.steps.index(pct) if pct in self.spec.steps else None
+        after = replace(
+            st,
+            canary=version,
+            canary_percent=float(pct),
+            canary_key=key or None,
+            canary_step=step,
+            canary_since=time.time(),
+        )
+        return self._commit(st, after, "force-canary" if forced else "canary", actor, reason)
+
+    def step(
+        self, *, actor: str, reason: str = "", force: bool = False
+    ) -> tuple[RolloutState, CanaryReport]:
+        st = self.state()
+        if st.canary is None:
+            raise Conflict("no canary is running: start one with 'shipway rollout canary'")
+        report = self.canary_report(st)
+        if not report.ready and not force:
+            failed = "; ".join(c.detail for c in report.checks if not c.passed)
+            raise Conflict(f"the canary is not ready for the next step: {failed}")
+        if force and not report.ready and not reason.strip():
+            raise InputError("--force needs a reason (--reason)")
+        steps = self.spec.steps
+        nxt = next((s for s in steps if s > st.canary_percent), None)
+        if nxt is None:
+            raise Conflict(
+                f"the canary already takes {st.canary_percent:g}%: "
+                "promote it with 'shipway rollout promote'"
+            )
+        after = replace(
+            st, canary_percent=nxt, canary_step=steps.index(nxt), canary_since=time.time()
+        )
+        action = "step" if report.ready else "force-step"
+        return self._commit(st, after, action, actor, reason), report
+
+    def promote(self, *, actor: str, reason: str = "", force: bool = False) -> RolloutState:
+        st = self.state()
+        if st.canary is None:
+            raise Conflict("no canary to promote: start one with 'shipway rollout canary'")
+        mv = self._version(st.canary)
+        forced = self._check_gate(mv, "become champion", force, reason)
+        after = replace(
+            st,
+            champion=st.canary,
+            previous_champion=st.champion,
+            canary=None,
+            canary_percent=0.0,
+            canary_key=None,
+            canary_step=None,
+            canary_since=None,
+            shadows=tuple(v for v in st.shadows if v != st.canary),
+        )
+        return self._commit(st, after, "force-promote" if forced else "promote", actor, reason)
+
+    def rollback(self, *, actor: str, reason: str = "") -> RolloutState:
+        """Canary running: stop it. Otherwise: the previous champion answers again."""
+        st = self.state()
+        if st.canary is not None:
+            after = replace(
+                st,
+                canary=None,
+                canary_percent=0.0,
+                canary_key=None,
+                canary_step=None,
+                canary_since=None,
+            )
+            return self._commit(st, after, "rollback-canary", actor, reason)
+        if st.previous_champion is None:
+            raise Conflict("there is no previous champion to roll back to")
+        after = replace(st, champion=st.previous_champion, previous_champion=st.champion)
+        return self._commit(st, after, "rollback", actor, reason)
+
+
+__all__ = ["CanaryReport", "Check", "Rollout", "RolloutState"]
