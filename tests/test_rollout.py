@@ -19,8 +19,8 @@ import yaml
 
 from shipway.manifest import load_manifest
 from shipway.models import Registry
-from shipway.serving.router import bucket
 from shipway.service import Location, open_service_store
+from shipway.serving.router import bucket
 from shipway.settings import Settings
 from tests.conftest import Pilot, run_cli
 
