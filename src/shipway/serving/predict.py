@@ -10,19 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import Mapping
 from typing import Any
 
 from shipway.contract import Contract
 from shipway.decisions import DecisionLog, ShadowLog
+from shipway.decisions.ids import new_ids
 from shipway.errors import BadRequest, ContractViolation, ModelError, ShipwayError
 from shipway.manifest import RolloutSpec
 from shipway.metrics import ServiceMetrics
 from shipway.models.predictor import Predictions, Row
 from shipway.serving.router import Lane, Route, Router
 
-_uuid4 = uuid.uuid4
 _now = time.time
 _perf = time.perf_counter
 
@@ -146,11 +145,12 @@ class PredictPath:
         out: list[dict[str, Any]] = [{} for _ in range(n)]
         rows: list[dict[str, Any]] = [{} for _ in range(n)]
         service = self.service
+        ids = new_ids(n)
         for route, pred in zip(routes, results, strict=True):
             version = route.lane.version
             name = route.route
             for k, output, conf in zip(route.rows, pred.outputs, pred.confidence, strict=True):
-                did = str(_uuid4())
+                did = ids[k]
                 rows[k] = {
                     "id": did, "ts": ts, "service": service, "model_version": version,
                     "route": name, "inputs": dict(zip(names, values[k], strict=True)),
@@ -194,6 +194,7 @@ class PredictPath:
     ) -> None:
         """Failed rows become decisions with ``error`` set (their callers get an error)."""
         rows = []
+        ids = iter(new_ids(len(values)))
         for route, res in zip(routes, results, strict=True):
             if not isinstance(res, BaseException):
                 continue
@@ -201,7 +202,7 @@ class PredictPath:
             msg = res.message if isinstance(res, ShipwayError) else f"{type(res).__name__}: {res}"
             for k in route.rows:
                 rows.append({
-                    "id": str(_uuid4()), "ts": ts, "service": self.service,
+                    "id": next(ids), "ts": ts, "service": self.service,
                     "model_version": route.lane.version, "route": route.route,
                     "inputs": dict(zip(names, values[k], strict=True)), "output": None,
                     "confidence": None, "latency_ms": latency_ms, "caller": caller,
