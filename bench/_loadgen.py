@@ -55,7 +55,8 @@ async def _worker(
 
 
 async def run(args: argparse.Namespace) -> dict[str, float]:
-    body = open(args.body, "rb").read()
+    with open(args.body, "rb") as f:
+        body = f.read()
     request = (
         f"POST {args.path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
         f"Content-Length: {len(body)}\r\n\r\n"

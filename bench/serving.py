@@ -76,10 +76,9 @@ def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 90) -> N
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode}")
-        with contextlib.suppress(OSError):
-            with urllib.request.urlopen(url, timeout=1) as r:
-                if r.status == 200:
-                    return
+        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1) as r:
+            if r.status == 200:
+                return
         time.sleep(0.2)
     raise RuntimeError(f"{url} not ready in {timeout}s")
 
@@ -231,7 +230,7 @@ def main() -> None:
         print("(d) BentoML skipped (create bench/.venv-bentoml with bentoml installed)")
 
     print()
-    for name, body, _c, _reqs, rows_per in scenarios:
+    for name, _body, _c, _reqs, rows_per in scenarios:
         print(name + (f" ({rows_per} rows/request)" if rows_per > 1 else ""))
         for who in ("bare", "shipway", "bentoml"):
             if who in results[name]:
