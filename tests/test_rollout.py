@@ -314,3 +314,30 @@ def test_shadows_never_reach_callers_nor_slow_them(
     assert by_version[slow]["compared"] <= 2  # timed out or skipped, never answered in time
     code, out, _ = cli("rollout", "status", "-m", str(manifest))
     assert code == 0 and f"shadow v{bad}:" in out and "agreement" in out
+
+
+def test_automatic_steps_when_checks_pass(
+    svc: dict[str, Any], pilot: Pilot, start_server
+) -> None:
+    manifest = svc["manifest"]
+    data = yaml.safe_load(manifest.read_text())
+    data["rollout"].update({"auto": True, "check_interval_s": 0.3, "min_requests": 10})
+    manifest.write_text(yaml.safe_dump(data, sort_keys=False))
+    server = start_server(manifest)
+    r = server.client.post("/v1/rollout/canary", json={"version": 2, "reason": "auto"})
+    assert r.status_code == 200, r.text
+    assert r.json()["state"]["canary_percent"] == 10
+    deadline = time.monotonic() + 60
+    i = 0
+    while time.monotonic() < deadline:
+        server.client.post("/v1/predict", json={"inputs": pilot.rows[i % len(pilot.rows)]})
+        i += 1
+        if i % 50 == 0:
+            state = server.client.get("/v1/service").json()["rollout"]
+            if state["canary_percent"] == 100:
+                break
+    assert state["canary_percent"] == 100, state
+    history = server.client.get("/v1/rollout/history").json()["events"]
+    autos = [e for e in history if e["actor"] == "shipway-auto"]
+    assert [e["after"]["canary_percent"] for e in autos] == [50, 100]
+    assert state["champion"] == 1  # promotion stays a human decision

@@ -118,7 +118,8 @@ class Lanes:
                 "(edited since?)",
                 version,
             )
-        lane = Lane(version, load_predictor(s.store, s.registry, mv, s.manifest), s.metrics)
+        predictor = load_predictor(s.store, s.registry, mv, s.manifest)
+        lane = Lane(version, predictor, s.metrics, s.log)
         with self._lock:
             existing = self._lanes.get(version)
             if existing is not None:

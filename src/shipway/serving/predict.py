@@ -10,17 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from shipway.contract import Contract
 from shipway.decisions import DecisionLog, ShadowLog
 from shipway.decisions.ids import new_ids
-from shipway.errors import BadRequest, ContractViolation, ModelError, ShipwayError
+from shipway.errors import BadRequest, ContractViolation, ModelError, ShipwayError, StoreError
 from shipway.manifest import RolloutSpec
 from shipway.metrics import ServiceMetrics
 from shipway.models.predictor import Predictions, Row
-from shipway.serving.router import Lane, Route, Router
+from shipway.serving.router import Job, Lane, Route, Router
 
 _now = time.time
 _perf = time.perf_counter
@@ -91,11 +91,33 @@ class PredictPath:
             )
         return inputs, False
 
-    async def _score(self, route: Route, values: list[Row]) -> Predictions:
+    def _recorder(
+        self, route: Route, ids: list[str], values: list[Row], caller: str | None, t0: float
+    ) -> Callable[[Predictions], list[dict[str, Any]]]:
+        """Builds the route's decision rows on the runner thread, once the model answered."""
+        names = self._names
+        service = self.service
+        version = route.lane.version
+        name = route.route
+        positions = route.rows
+
+        def record(pred: Predictions) -> list[dict[str, Any]]:
+            latency_ms = (_perf() - t0) * 1000.0
+            ts = _now()
+            return [
+                {"id": ids[k], "ts": ts, "service": service, "model_version": version,
+                 "route": name, "inputs": dict(zip(names, values[k], strict=True)),
+                 "output": o, "confidence": c, "latency_ms": latency_ms, "caller": caller}
+                for k, o, c in zip(positions, pred.outputs, pred.confidence, strict=True)
+            ]  # fmt: skip
+
+        return record
+
+    async def _score(self, route: Route, values: list[Row], record: Any) -> Predictions:
         rows = [values[i] for i in route.rows] if len(route.rows) != len(values) else values
         try:
-            return await route.lane.runner.submit(rows)
-        except ModelError:
+            return await route.lane.runner.submit(Job(rows, record))
+        except ShipwayError:
             raise
         except Exception as exc:
             raise ModelError(
@@ -105,7 +127,11 @@ class PredictPath:
     async def run(
         self, payload: Any, caller: str | None = None, headers: Mapping[str, str] | None = None
     ) -> dict[str, Any]:
-        """Answer one predict request body; raises ShipwayError subclasses on refusal."""
+        """Answer one predict request body; raises ShipwayError subclasses on refusal.
+
+        Every answered row is committed to the decision log (by the model's runner thread,
+        together with the rest of its model batch) before this returns.
+        """
         t0 = _perf()
         records, single = self._parse(payload)
         checked = self.contract.validate_records(records)
@@ -120,49 +146,38 @@ class PredictPath:
 
         router = self.router  # one plan for the whole request, even if a swap happens now
         values = checked.values
+        n = len(values)
+        ids = new_ids(n)
         routes = router.split(values, headers)
-        if len(routes) == 1:
+        jobs = [(r, self._recorder(r, ids, values, caller, t0)) for r in routes]
+        if len(jobs) == 1:
             try:
-                results: list[Any] = [await self._score(routes[0], values)]
+                results: list[Any] = [await self._score(jobs[0][0], values, jobs[0][1])]
             except ShipwayError as exc:
                 results = [exc]
         else:
             results = list(await asyncio.gather(
-                *(self._score(r, values) for r in routes), return_exceptions=True
+                *(self._score(r, values, rec) for r, rec in jobs), return_exceptions=True
             ))  # fmt: skip
         failure = next((r for r in results if isinstance(r, BaseException)), None)
-        latency_ms = (_perf() - t0) * 1000.0
-        ts = _now()
-        names = self._names
-        good = checked.good
         if failure is not None:
-            await self._log_failure(routes, results, values, names, caller, ts, latency_ms)
+            if not isinstance(failure, StoreError):
+                await self._log_failure(routes, results, ids, values, caller, t0)
             if isinstance(failure, ShipwayError):
                 raise failure
             raise ModelError(f"model call failed: {type(failure).__name__}: {failure}")
 
-        n = len(values)
+        good = checked.good
         out: list[dict[str, Any]] = [{} for _ in range(n)]
-        rows: list[dict[str, Any]] = [{} for _ in range(n)]
-        service = self.service
-        ids = new_ids(n)
         for route, pred in zip(routes, results, strict=True):
             version = route.lane.version
             name = route.route
             for k, output, conf in zip(route.rows, pred.outputs, pred.confidence, strict=True):
-                did = ids[k]
-                rows[k] = {
-                    "id": did, "ts": ts, "service": service, "model_version": version,
-                    "route": name, "inputs": dict(zip(names, values[k], strict=True)),
-                    "output": output, "confidence": conf, "latency_ms": latency_ms,
-                    "caller": caller,
-                }  # fmt: skip
-                out[k] = {"id": did, "output": output, "confidence": conf,
+                out[k] = {"id": ids[k], "output": output, "confidence": conf,
                           "model_version": version, "route": name, "row": good[k]}  # fmt: skip
             self._count_decisions(name, version, len(route.rows))
-        await self.log.write(rows)
         if router.shadows:
-            self._start_shadows(router.shadows, rows, values)
+            self._start_shadows(router.shadows, ids, values)
         if single:
             d = out[0]
             del d["row"]
@@ -186,15 +201,16 @@ class PredictPath:
         self,
         routes: list[Route],
         results: list[Any],
+        ids: list[str],
         values: list[Row],
-        names: list[str],
         caller: str | None,
-        ts: float,
-        latency_ms: float,
+        t0: float,
     ) -> None:
         """Failed rows become decisions with ``error`` set (their callers get an error)."""
+        names = self._names
+        latency_ms = (_perf() - t0) * 1000.0
+        ts = _now()
         rows = []
-        ids = iter(new_ids(len(values)))
         for route, res in zip(routes, results, strict=True):
             if not isinstance(res, BaseException):
                 continue
@@ -202,7 +218,7 @@ class PredictPath:
             msg = res.message if isinstance(res, ShipwayError) else f"{type(res).__name__}: {res}"
             for k in route.rows:
                 rows.append({
-                    "id": next(ids), "ts": ts, "service": self.service,
+                    "id": ids[k], "ts": ts, "service": self.service,
                     "model_version": route.lane.version, "route": route.route,
                     "inputs": dict(zip(names, values[k], strict=True)), "output": None,
                     "confidence": None, "latency_ms": latency_ms, "caller": caller,
@@ -212,21 +228,20 @@ class PredictPath:
 
     # -- shadows ---------------------------------------------------------------------------
 
-    def _start_shadows(
-        self, shadows: tuple[Lane, ...], rows: list[dict[str, Any]], values: list[Row]
-    ) -> None:
+    def _start_shadows(self, shadows: tuple[Lane, ...], ids: list[str], values: list[Row]
+                       ) -> None:
         for lane in shadows:
             if lane.in_flight + len(values) > self.shadow_max_pending:
                 self.metrics.shadow_skipped.labels(str(lane.version)).inc(len(values))
                 continue
-            task = asyncio.ensure_future(self._shadow(lane, rows, values))
+            task = asyncio.ensure_future(self._shadow(lane, ids, values))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
 
-    async def _shadow(self, lane: Lane, rows: list[dict[str, Any]], values: list[Row]) -> None:
+    async def _shadow(self, lane: Lane, ids: list[str], values: list[Row]) -> None:
         n = len(values)
         lane.in_flight += n
-        fut = lane.runner.submit(values)
+        fut = lane.runner.submit(Job(values))
 
         def _done(_f: asyncio.Future[Any]) -> None:
             lane.in_flight -= n
@@ -248,18 +263,18 @@ class PredictPath:
         version = lane.version
         if pred is not None:
             shadow_rows = [
-                {"decision_id": r["id"], "ts": ts, "service": self.service,
+                {"decision_id": did, "ts": ts, "service": self.service,
                  "model_version": version, "output": o, "confidence": c,
                  "latency_ms": latency_ms, "error": None}
-                for r, o, c in zip(rows, pred.outputs, pred.confidence, strict=True)
+                for did, o, c in zip(ids, pred.outputs, pred.confidence, strict=True)
             ]  # fmt: skip
         else:
             self.metrics.shadow_errors.labels(str(version)).inc(n)
             shadow_rows = [
-                {"decision_id": r["id"], "ts": ts, "service": self.service,
+                {"decision_id": did, "ts": ts, "service": self.service,
                  "model_version": version, "output": None, "confidence": None,
                  "latency_ms": latency_ms, "error": error}
-                for r in rows
+                for did in ids
             ]  # fmt: skip
         try:
             await self.shadow_log.write(shadow_rows)

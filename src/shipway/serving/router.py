@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shipway.concurrency import BatchWorker
+from shipway.decisions import DecisionLog
 from shipway.metrics import ServiceMetrics
 from shipway.models.predictor import Predictions, Predictor, Row
 
@@ -23,47 +24,75 @@ from shipway.models.predictor import Predictions, Predictor, Row
 MAX_MODEL_BATCH = 256
 
 
+@dataclass(slots=True)
+class Job:
+    """Rows for one model call, and how to record their decisions once answered.
+
+    ``record`` runs on the lane's runner thread right after the model answers and returns the
+    decision rows to commit; every job of a model batch is committed in one transaction
+    before any caller is woken. Shadow jobs have no ``record``.
+    """
+
+    rows: Sequence[Row]
+    record: Callable[[Predictions], list[dict[str, Any]]] | None = None
+
+
+def _split(pred: Predictions, jobs: list[Job]) -> list[Predictions]:
+    out: list[Predictions] = []
+    start = 0
+    for job in jobs:
+        end = start + len(job.rows)
+        out.append(Predictions(pred.outputs[start:end], pred.confidence[start:end]))
+        start = end
+    return out
+
+
 def _run_batches(
-    predictor: Predictor, metrics: ServiceMetrics | None
-) -> Callable[[list[Sequence[Row]]], list[Predictions]]:
-    def handle(items: list[Sequence[Row]]) -> list[Predictions]:
-        if len(items) == 1:
-            rows = items[0]
-            if metrics is not None:
-                metrics.model_batch_rows.observe(len(rows))
-            return [predictor.predict(rows)]
-        flat = [r for rows in items for r in rows]
+    predictor: Predictor, metrics: ServiceMetrics | None, log: DecisionLog | None
+) -> Callable[[list[Job]], list[Predictions]]:
+    def handle(jobs: list[Job]) -> list[Predictions]:
+        if len(jobs) == 1:
+            rows = jobs[0].rows
+            preds = [predictor.predict(rows)]
+        else:
+            rows = [r for job in jobs for r in job.rows]
+            preds = _split(predictor.predict(rows), jobs)
         if metrics is not None:
-            metrics.model_batch_rows.observe(len(flat))
-        pred = predictor.predict(flat)
-        out: list[Predictions] = []
-        start = 0
-        for rows in items:
-            end = start + len(rows)
-            out.append(Predictions(pred.outputs[start:end], pred.confidence[start:end]))
-            start = end
-        return out
+            metrics.model_batch_rows.observe(len(rows))
+        if log is not None:
+            decisions: list[dict[str, Any]] = []
+            for job, pred in zip(jobs, preds, strict=True):
+                if job.record is not None:
+                    decisions.extend(job.record(pred))
+            if decisions:
+                log.write_sync(decisions)  # group commit: the whole model batch at once
+        return preds
 
     return handle
 
 
 @dataclass(eq=False)
 class Lane:
-    """One model version ready to answer: its predictor behind a batching runner thread."""
+    """One model version ready to answer: its predictor behind a batching runner thread.
+
+    The runner scores every job queued so far in one model call and commits their decisions
+    in one transaction, so a request costs one hand-off to this thread and one back.
+    """
 
     version: int
     predictor: Predictor
     metrics: ServiceMetrics | None = None
-    runner: BatchWorker[Sequence[Row], Predictions] = field(init=False)
+    log: DecisionLog | None = None
+    runner: BatchWorker[Job, Predictions] = field(init=False)
     in_flight: int = field(default=0, init=False)
     """Rows submitted and not yet answered (used to bound shadow work)."""
 
     def __post_init__(self) -> None:
         self.runner = BatchWorker(
-            _run_batches(self.predictor, self.metrics),
+            _run_batches(self.predictor, self.metrics, self.log),
             name=f"shipway-model-v{self.version}",
             max_items=MAX_MODEL_BATCH,
-            weight=len,
+            weight=lambda job: len(job.rows),
         )
 
     def start(self) -> None:
@@ -145,4 +174,4 @@ class Router:
         return out
 
 
-__all__ = ["MAX_MODEL_BATCH", "Lane", "Route", "Router", "bucket"]
+__all__ = ["MAX_MODEL_BATCH", "Job", "Lane", "Route", "Router", "bucket"]
