@@ -91,17 +91,21 @@ def client(fragile_workspace: Path) -> Iterator[Client]:
 def test_model_failure_is_a_clear_error_logged_as_failed(client: Client, pilot: Pilot) -> None:
     big = {**pilot.rows[0], "mean radius": 27.0}
     r = client.post("/v1/predict", json={"inputs": big})
-    assert r.status_code == 500
+    # no fallback declared: the model's failure is a 503 that says why, never a made-up answer
+    assert r.status_code == 503
+    assert r.headers["retry-after"] == "1"
     err = r.json()["error"]
-    assert err["code"] == "model_error"
-    assert "ZeroDivisionError" in err["message"]
+    assert err["code"] == "model_unavailable"
+    assert "ZeroDivisionError" in err["message"] and "ZeroDivisionError" in err["attempts"][0]
     ok = client.post("/v1/predict", json={"inputs": pilot.rows[1]})
     assert ok.status_code == 200
     assert ok.json()["output"] in (0, 1) and ok.json()["confidence"] in (0.6, 0.8)
     decision = client.get(f"/v1/decisions/{ok.json()['id']}").json()
     assert decision["inputs"] == pilot.rows[1]
     assert client.get("/v1/decisions/unknown").status_code == 404
-    assert 'shipway_model_errors_total{model_version="2"} 1.0' in client.get("/metrics").text
+    metrics = client.get("/metrics").text
+    assert 'shipway_model_errors_total{code="model_error",model_version="2"} 1.0' in metrics
+    assert "shipway_unanswered_rows_total 1.0" in metrics
     from shipway.decisions import iter_decisions
 
     logged = list(iter_decisions(client.service.store.engine))

@@ -3,7 +3,9 @@
 Callers on the event loop ``await worker.submit(item)``; the thread takes everything queued so
 far (up to ``max_items``), handles it in one call, and wakes all those callers with a single
 hop back to their loop. Under load batches grow by themselves; when idle a lone item goes
-through at once. The decision log (group commit) and the model runner both use it.
+through at once. With ``max_wait_s`` the thread also waits that long for more items, but only
+while requests arrive together (the previous batch held more than one item), so a lone
+request never waits. The decision log (group commit) and the model runner both use it.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import asyncio
 import contextlib
 import queue
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar
 
@@ -46,9 +49,12 @@ class BatchWorker(Generic[T, R]):
         name: str,
         max_items: int = 512,
         weight: Callable[[T], int] | None = None,
+        max_wait_s: float = 0.0,
     ) -> None:
         self._handle = handle
         self._max = max_items
+        self._max_wait = max_wait_s
+        self._last_size = 1
         self._weight = weight
         self._q: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
@@ -102,11 +108,22 @@ class BatchWorker(Generic[T, R]):
             batch = [first]
             used = self._weight(first[0]) if self._weight else 1
             stop_after = False
+            deadline = None
+            if self._max_wait > 0 and self._last_size > 1:
+                deadline = time.monotonic() + self._max_wait
             while used < self._max:
                 try:
                     nxt = self._q.get_nowait()
                 except queue.Empty:
-                    break
+                    if deadline is None:
+                        break
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    try:
+                        nxt = self._q.get(timeout=remaining)
+                    except queue.Empty:
+                        break
                 if nxt is _STOP:
                     stop_after = True
                     break
@@ -116,6 +133,7 @@ class BatchWorker(Generic[T, R]):
                     break
                 batch.append(nxt)
                 used += w
+            self._last_size = len(batch)
             self._process(batch)
             if stop_after:
                 # drain whatever raced in behind the stop marker

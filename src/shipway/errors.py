@@ -15,9 +15,19 @@ Domain code raises these and knows nothing of HTTP; the HTTP face maps codes to 
     ├── Conflict                    conflict            the move does not fit the current state
     │   └── GateFailed              gate_failed         the version failed its evaluation gate
     ├── ModelError                  model_error         a model failed to load or predict
-    │   └── ArtifactIntegrityError  artifact_integrity  an artifact's sha256 is not the store's
+    │   ├── ArtifactIntegrityError  artifact_integrity  an artifact's sha256 is not the store's
+    │   ├── ModelTimeout            model_timeout       no answer within the guard's timeout
+    │   ├── UpstreamError           upstream_error      a model endpoint failed or is unreachable
+    │   └── OutputInvalid           output_invalid      an answer broke the output checks
     ├── StoreError                  store_unavailable   the database cannot be read or written
-    └── Unavailable                 unavailable         not ready (starting, shutting down)
+    ├── Unavailable                 unavailable         not ready (starting, shutting down)
+    │   ├── ModelUnavailable        model_unavailable   the model and every fallback failed
+    │   └── Overloaded              overloaded          too much in flight: shed, retry later
+    ├── RateLimited                 rate_limited        the caller's rate limit is used up
+    └── PayloadTooLarge             payload_too_large   the request body is over the limit
+
+Errors that ask the caller to come back later carry ``retry_after`` (seconds), which the HTTP
+face sends as a ``Retry-After`` header.
 """
 
 from __future__ import annotations
@@ -29,6 +39,7 @@ class ShipwayError(Exception):
     """Base of every error Shipway raises on purpose."""
 
     code = "shipway_error"
+    retry_after: float | None = None
 
     def __init__(self, message: str, **details: Any) -> None:
         super().__init__(message)
@@ -98,12 +109,61 @@ class ArtifactIntegrityError(ModelError):
     code = "artifact_integrity"
 
 
+class ModelTimeout(ModelError):
+    code = "model_timeout"
+    retryable = True
+
+
+class UpstreamError(ModelError):
+    """A model endpoint failed. ``retryable``: connection errors, 429 and 5xx."""
+
+    code = "upstream_error"
+
+    def __init__(self, message: str, *, retryable: bool = False, **details: Any) -> None:
+        super().__init__(message, **details)
+        self.retryable = retryable
+
+
+class OutputInvalid(ModelError):
+    code = "output_invalid"
+
+
 class StoreError(ShipwayError):
     code = "store_unavailable"
 
 
 class Unavailable(ShipwayError):
     code = "unavailable"
+
+
+class ModelUnavailable(Unavailable):
+    """The model failed and no fallback step could answer; ``attempts`` says why each failed."""
+
+    code = "model_unavailable"
+
+    def __init__(self, message: str, attempts: list[str], retry_after: float = 1.0) -> None:
+        super().__init__(message, attempts=attempts)
+        self.retry_after = retry_after
+
+
+class Overloaded(Unavailable):
+    code = "overloaded"
+
+    def __init__(self, message: str, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class RateLimited(ShipwayError):
+    code = "rate_limited"
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class PayloadTooLarge(ShipwayError):
+    code = "payload_too_large"
 
 
 __all__ = [
@@ -116,8 +176,15 @@ __all__ = [
     "InputError",
     "ManifestError",
     "ModelError",
+    "ModelTimeout",
+    "ModelUnavailable",
     "NotFound",
+    "OutputInvalid",
+    "Overloaded",
+    "PayloadTooLarge",
+    "RateLimited",
     "ShipwayError",
     "StoreError",
     "Unavailable",
+    "UpstreamError",
 ]

@@ -171,6 +171,65 @@ class DecisionLogSpec(_Model):
     max_batch: int = Field(512, ge=1, le=10000, description="Rows per group commit at most.")
 
 
+class BatchingSpec(_Model):
+    """Micro-batching: concurrent requests for one model are scored in one model call."""
+
+    enabled: bool = Field(True, description="Gather concurrent requests into one model call.")
+    max_batch: int = Field(256, ge=1, le=100_000, description="Rows per model call at most.")
+    max_wait_ms: float = Field(
+        2.0,
+        ge=0,
+        le=100,
+        description=(
+            "How long a batch may wait for more requests once several are arriving together; "
+            "a lone request never waits."
+        ),
+    )
+
+
+class RateLimitSpec(_Model):
+    """A token bucket per caller: a steady rate and a burst."""
+
+    per_second: float = Field(..., gt=0, description="Requests per second a caller may make.")
+    burst: int = Field(..., ge=1, description="Requests a caller may make at once.")
+    key: str = Field(
+        "client",
+        description=(
+            "Who a caller is: 'client' (the client address) or 'header:NAME' (a request "
+            "header, such as an API key or a tenant id)."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _key_form(self) -> RateLimitSpec:
+        if self.key != "client" and not (
+            self.key.startswith("header:") and self.key.split(":", 1)[1].strip()
+        ):
+            raise ValueError("key must be 'client' or 'header:NAME'")
+        return self
+
+
+class LimitsSpec(_Model):
+    """What callers may ask of the service before it refuses (429) or sheds load (503)."""
+
+    rate: RateLimitSpec | None = Field(None, description="Per-caller rate limit (off if unset).")
+    max_in_flight: int = Field(
+        512,
+        ge=1,
+        description=(
+            "Predict requests in progress at most; beyond it requests are shed with 503 and "
+            "Retry-After instead of queueing without bound."
+        ),
+    )
+
+
+class CacheSpec(_Model):
+    """A response cache keyed on the validated inputs and the model version."""
+
+    ttl_s: float = Field(0.0, ge=0, description="Seconds an answer may be reused (0: off).")
+    max_entries: int = Field(10_000, ge=1, description="Answers kept at most (LRU).")
+
+
 class ServingSpec(_Model):
     """Limits of the predict path and the decision log's durability."""
 
@@ -181,6 +240,9 @@ class ServingSpec(_Model):
     decision_log: DecisionLogSpec = Field(
         default_factory=DecisionLogSpec, description="Durability and group-commit size."
     )
+    batching: BatchingSpec = Field(default_factory=BatchingSpec, description="Micro-batching.")
+    limits: LimitsSpec = Field(default_factory=LimitsSpec, description="Rate and load limits.")
+    cache: CacheSpec = Field(default_factory=CacheSpec, description="Response cache.")
 
 
 class RolloutSpec(_Model):
@@ -223,6 +285,167 @@ class RolloutSpec(_Model):
         return self
 
 
+class BreakerSpec(_Model):
+    """A circuit breaker: stop calling a failing model for a while."""
+
+    failures: int = Field(
+        5, ge=0, description="Failures within the window that open the breaker (0: no breaker)."
+    )
+    window_s: float = Field(30.0, gt=0, description="The window failures are counted over.")
+    cooldown_s: float = Field(
+        15.0, gt=0, description="How long it stays open before one trial call (half-open)."
+    )
+
+
+class OutputCheckSpec(_Model):
+    """Checks on every model answer; an answer that fails them counts as a model failure.
+
+    Classification answers must be one of ``output.labels`` and confidences within [0, 1]
+    always; these add bounds for regression and a JSON Schema for structured answers.
+    """
+
+    min: float | None = Field(None, description="Smallest allowed answer (regression).")
+    max: float | None = Field(None, description="Largest allowed answer (regression).")
+    json_schema: dict[str, Any] | None = Field(
+        None, description="A JSON Schema each answer must satisfy (structured answers)."
+    )
+
+
+class FallbackStep(_Model):
+    """One step of the fallback chain: exactly one of model, version, cache or default."""
+
+    name: str | None = Field(
+        None,
+        pattern=r"^[a-z0-9][a-z0-9_-]{0,40}$",
+        description="Route name suffix for model steps: the decision's route is fallback:NAME.",
+    )
+    model: str | None = Field(
+        None, description="Another predictor: python:module:function (rules, a simpler model)."
+    )
+    version: int | None = Field(None, ge=1, description="Another registered version.")
+    cache: bool | None = Field(
+        None, description="The last good answer given for the same inputs (route: cache)."
+    )
+    max_age_s: float = Field(
+        3600.0, gt=0, description="Cache step: how old a remembered answer may be."
+    )
+    default: dict[str, Any] | None = Field(
+        None,
+        description="A declared answer {output, confidence} (route: default); checked too.",
+    )
+    timeout_ms: float | None = Field(
+        None, gt=0, description="Model and version steps: their own timeout (else guards')."
+    )
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> FallbackStep:
+        kinds = [k for k in ("model", "version", "cache", "default") if getattr(self, k)]
+        if len(kinds) != 1:
+            raise ValueError("a fallback step needs exactly one of model, version, cache, default")
+        if self.default is not None and "output" not in self.default:
+            raise ValueError("a default answer needs an 'output'")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in ("model", "version", "cache", "default") if getattr(self, k))
+
+    @property
+    def route(self) -> str:
+        if self.kind == "cache":
+            return "cache"
+        if self.kind == "default":
+            return "default"
+        if self.name:
+            return f"fallback:{self.name}"
+        if self.version is not None:
+            return f"fallback:v{self.version}"
+        return "fallback:" + str(self.model).rsplit(":", 1)[-1][:40]
+
+
+class GuardsSpec(_Model):
+    """How a model call is protected, in this order: timeout, retry, circuit breaker, output
+    checks, then the fallback chain. Applies to whichever version answers (champion, canary).
+    """
+
+    timeout_ms: float = Field(
+        2000.0, gt=0, description="Longest wait for one model call (per attempt)."
+    )
+    retries: int = Field(
+        0,
+        ge=0,
+        le=10,
+        description=(
+            "Extra attempts for errors that are safe to retry (timeouts, connection errors, "
+            "429 and 5xx from a model endpoint); a model that raises is not retried."
+        ),
+    )
+    backoff_ms: float = Field(
+        25.0, ge=0, description="Retry k waits a random time up to backoff_ms * 2**k."
+    )
+    backoff_max_ms: float = Field(1000.0, ge=0, description="Cap on one retry wait.")
+    breaker: BreakerSpec = Field(default_factory=BreakerSpec, description="Circuit breaker.")
+    output: OutputCheckSpec = Field(
+        default_factory=OutputCheckSpec, description="Checks on every answer."
+    )
+    fallback: list[FallbackStep] = Field(
+        default_factory=list,
+        description=(
+            "Tried in order when the model fails; if every step fails the caller gets a 503 "
+            "with the reasons. Never an answer the manifest did not declare."
+        ),
+    )
+
+
+class EndpointSpec(_Model):
+    """How to call a model served over HTTP (versions whose uri is http:// or https://)."""
+
+    kind: Literal["json", "chat"] = Field(
+        "json",
+        description="'json': a JSON model server; 'chat': an OpenAI-compatible chat endpoint.",
+    )
+    headers: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra request headers; a value 'env:NAME' is read from the environment.",
+    )
+    batch: bool = Field(True, description="json: send all rows of a call in one request.")
+    request_format: Literal["records", "values"] = Field(
+        "records",
+        description="json: rows as objects (records) or as lists in contract order (values).",
+    )
+    request_key: str = Field("instances", description="json: body key holding the rows.")
+    response_key: str = Field(
+        "predictions", description="json: response key holding one answer per row."
+    )
+    output_field: str = Field(
+        "output", description="Field of an answer object holding the answer (json and chat)."
+    )
+    confidence_field: str = Field(
+        "confidence", description="Field of an answer object holding the confidence."
+    )
+    model: str = Field("default", description="chat: the model name sent to the endpoint.")
+    system: str = Field("", description="chat: the system message.")
+    prompt: str = Field(
+        "",
+        description=(
+            "chat: the user message, with {field} placeholders filled from the validated inputs."
+        ),
+    )
+    temperature: float = Field(0.0, ge=0, le=2, description="chat: sampling temperature.")
+    max_tokens: int = Field(256, ge=1, description="chat: longest answer in tokens.")
+    prompt_price_per_1k: float = Field(0.0, ge=0, description="Cost per 1,000 prompt tokens.")
+    completion_price_per_1k: float = Field(
+        0.0, ge=0, description="Cost per 1,000 completion tokens."
+    )
+    max_connections: int = Field(64, ge=1, description="Pooled connections to the endpoint.")
+
+    @model_validator(mode="after")
+    def _chat_has_prompt(self) -> EndpointSpec:
+        if self.kind == "chat" and not self.prompt:
+            raise ValueError("a chat endpoint needs a prompt")
+        return self
+
+
 class StorageSpec(_Model):
     """Local state. ``SHIPWAY_DATABASE_URL`` (e.g. PostgreSQL) replaces the SQLite file."""
 
@@ -245,6 +468,12 @@ class Manifest(_Model):
     )
     serving: ServingSpec = Field(default_factory=ServingSpec, description="Request limits, log.")
     rollout: RolloutSpec = Field(default_factory=RolloutSpec, description="Shadow and canary.")
+    guards: GuardsSpec = Field(
+        default_factory=GuardsSpec, description="Timeouts, retries, breaker, fallbacks."
+    )
+    endpoint: EndpointSpec | None = Field(
+        None, description="How to call versions served over HTTP (json or chat)."
+    )
     storage: StorageSpec = Field(default_factory=StorageSpec, description="Where state lives.")
 
 
@@ -333,13 +562,22 @@ def dump_manifest(manifest: Manifest) -> str:
 
 __all__ = [
     "MANIFEST_FILENAME",
+    "BatchingSpec",
+    "BreakerSpec",
+    "CacheSpec",
     "ContractSpec",
+    "EndpointSpec",
+    "FallbackStep",
+    "GuardsSpec",
     "InputField",
+    "LimitsSpec",
     "Manifest",
     "ModelRef",
+    "OutputCheckSpec",
     "OutputSpec",
     "Owner",
     "QualitySpec",
+    "RateLimitSpec",
     "RolloutSpec",
     "ServiceSpec",
     "ServingSpec",

@@ -59,9 +59,50 @@ class ServiceMetrics:
         )
         self.model_errors = Counter(
             "shipway_model_errors",
-            "Failed model calls by model version.",
+            "Failed model calls by model version and error code (timeouts, bad answers, ...).",
+            ["model_version", "code"],
+            registry=r,
+        )
+        self.retries = Counter(
+            "shipway_model_retries",
+            "Model calls retried after a retryable failure, by model version.",
             ["model_version"],
             registry=r,
+        )
+        self.breaker_state = Gauge(
+            "shipway_breaker_state",
+            "Circuit breaker per model version: 0 closed, 1 half-open, 2 open.",
+            ["model_version"],
+            registry=r,
+        )
+        self.breaker_opened = Counter(
+            "shipway_breaker_opened",
+            "Times a model version's circuit breaker opened.",
+            ["model_version"],
+            registry=r,
+        )
+        self.fallbacks = Counter(
+            "shipway_fallback_rows",
+            "Rows answered by a fallback step, by route (fallback:NAME, cache, default).",
+            ["route"],
+            registry=r,
+        )
+        self.unanswered = Counter(
+            "shipway_unanswered_rows",
+            "Rows the model and every fallback failed to answer (503 to the caller).",
+            registry=r,
+        )
+        self.rate_limited = Counter(
+            "shipway_rate_limited", "Requests refused with 429 (caller's rate limit).", registry=r
+        )
+        self.shed = Counter(
+            "shipway_shed", "Requests shed with 503 (too much in flight).", registry=r
+        )
+        self.cache_hits = Counter(
+            "shipway_cache_hits", "Rows answered from the response cache.", registry=r
+        )
+        self.cost = Counter(
+            "shipway_cost", "Money spent on model calls (endpoint token prices).", registry=r
         )
         self.model_batch_rows = Histogram(
             "shipway_model_batch_rows",

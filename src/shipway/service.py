@@ -20,12 +20,22 @@ import pyarrow.parquet as pq
 
 from shipway.contract import Contract
 from shipway.decisions import DecisionLog, ShadowLog, get_decision
-from shipway.errors import ModelError, NotFound, ShipwayError
+from shipway.errors import (
+    ConfigError,
+    ModelError,
+    NotFound,
+    Overloaded,
+    RateLimited,
+    ShipwayError,
+)
 from shipway.lifecycle.rollout import Rollout, RolloutState
 from shipway.manifest import Manifest, load_manifest
 from shipway.metrics import ServiceMetrics
 from shipway.models import ModelVersion, Predictor, Registry, SklearnPredictor
-from shipway.serving.predict import PredictPath
+from shipway.models.predictor import FunctionPredictor, import_callable
+from shipway.serving.guards import BREAKER_CODES, OPEN, Breaker, OutputCheck
+from shipway.serving.limits import Gate
+from shipway.serving.predict import Fallback, PredictPath
 from shipway.serving.router import Lane, Router
 from shipway.settings import Settings
 from shipway.store import Store, open_store
@@ -89,7 +99,13 @@ def reference_rows(store: Store, mv: ModelVersion, names: list[str], n: int = 64
 def load_predictor(
     store: Store, registry: Registry, mv: ModelVersion, manifest: Manifest
 ) -> Predictor:
-    predictor = registry.load(mv, manifest.contract, list(manifest.output.labels or []))
+    predictor = registry.load(
+        mv,
+        manifest.contract,
+        list(manifest.output.labels or []),
+        endpoint=manifest.endpoint,
+        timeout_s=manifest.guards.timeout_ms / 1000.0,
+    )
     if isinstance(predictor, SklearnPredictor):
         names = [f.name for f in manifest.contract.inputs]
         predictor.probe(reference_rows(store, mv, names))
@@ -119,7 +135,7 @@ class Lanes:
                 version,
             )
         predictor = load_predictor(s.store, s.registry, mv, s.manifest)
-        lane = Lane(version, predictor, s.metrics, s.log)
+        lane = s.make_lane(version, predictor)
         with self._lock:
             existing = self._lanes.get(version)
             if existing is not None:
@@ -177,6 +193,9 @@ class Service:
         self.shadow_log = ShadowLog(store.engine)
         self.lanes = Lanes(self)
         self.started = False
+        self.output_check = OutputCheck(manifest.output, manifest.guards.output)
+        self.fallbacks = self._build_fallbacks()
+        self.gate = Gate(manifest.serving.limits)
         self.state = self.rollout.state()
         router = self._build_router(self.state)
         self.predict_path = PredictPath(
@@ -188,12 +207,60 @@ class Service:
             metrics=self.metrics,
             max_batch_rows=manifest.serving.max_batch_rows,
             rollout=manifest.rollout,
+            guards=manifest.guards,
+            output_check=self.output_check,
+            fallbacks=self.fallbacks,
+            cache=manifest.serving.cache,
         )
         self._publish(self.state)
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
         self._refresh_lock = threading.Lock()
         self._last_auto_step = 0.0
+
+    def make_lane(self, version: int | None, predictor: Predictor, name: str = "") -> Lane:
+        """A lane with the manifest's batching and its own circuit breaker."""
+        return Lane(
+            version,
+            predictor,
+            self.metrics,
+            self.log,
+            batching=self.manifest.serving.batching,
+            breaker=Breaker(self.manifest.guards.breaker),
+            name=name,
+        )
+
+    def _build_fallbacks(self) -> list[Fallback]:
+        out = []
+        for i, step in enumerate(self.manifest.guards.fallback):
+            where = f"guards.fallback[{i}]"
+            if step.kind == "model":
+                assert step.model is not None
+                if not step.model.startswith("python:"):
+                    raise ConfigError(f"{where}.model must be python:module:function")
+                try:
+                    fn = import_callable(step.model)
+                except ModelError as exc:
+                    raise ConfigError(f"{where}.model: {exc.message}") from None
+                predictor: Predictor = FunctionPredictor(fn, self.contract.names)
+                out.append(Fallback(step, self.make_lane(None, predictor, step.route)))
+            elif step.kind == "version":
+                assert step.version is not None
+                mv = self.registry.get(self.name, step.version)
+                predictor = load_predictor(self.store, self.registry, mv, self.manifest)
+                out.append(Fallback(step, self.make_lane(step.version, predictor, step.route)))
+            elif step.kind == "default":
+                default = step.default or {}
+                try:
+                    self.output_check.check_default(default["output"], default.get("confidence"))
+                except ModelError as exc:
+                    raise ConfigError(
+                        f"{where}.default is not a valid answer: {exc.message}"
+                    ) from None
+                out.append(Fallback(step))
+            else:
+                out.append(Fallback(step))
+        return out
 
     @classmethod
     def open(cls, path: str | Path, settings: Settings | None = None) -> Service:
@@ -296,6 +363,9 @@ class Service:
         self.shadow_log.start()
         self.started = True
         self.lanes.start_all()
+        for fb in self.fallbacks:
+            if fb.lane is not None:
+                fb.lane.start()
         self.metrics.model_loaded.set(1)
         # Everything loaded so far lives as long as the process: keep it out of GC scans.
         gc.collect()
@@ -310,6 +380,9 @@ class Service:
         if self._watcher is not None:
             self._watcher.join(5)
         self.lanes.stop_all()
+        for fb in self.fallbacks:
+            if fb.lane is not None:
+                fb.lane.stop()
         self.log.stop()
         self.shadow_log.stop()
         self.metrics.model_loaded.set(0)
@@ -323,14 +396,53 @@ class Service:
     ) -> dict[str, Any]:
         return await self.predict_path.run(payload, caller, headers)
 
+    def admit(self, client: str | None, headers: Any) -> None:
+        """Let one predict request in (pair with :meth:`release`), or refuse it: 429 when the
+        caller's rate limit is used up, 503 when too much is in flight."""
+        try:
+            self.gate.enter(client, headers)
+        except RateLimited:
+            self.metrics.rate_limited.inc()
+            raise
+        except Overloaded:
+            self.metrics.shed.inc()
+            raise
+
+    def release(self) -> None:
+        self.gate.leave()
+
+    def breakers(self) -> dict[str, str]:
+        """Circuit breaker state of every loaded lane (and updates its gauge)."""
+        lanes = [*self.router.lanes(), *(fb.lane for fb in self.fallbacks if fb.lane)]
+        out = {}
+        for lane in lanes:
+            if lane.breaker is None or not lane.breaker.enabled:
+                continue
+            state = lane.breaker.state
+            out[lane.name] = state
+            self.metrics.breaker_state.labels(str(lane.version)).set(BREAKER_CODES[state])
+        return out
+
     def readiness(self) -> dict[str, Any]:
+        """Ready when the model is loaded, the store answers and the champion can be called
+        (its breaker is not open, or a fallback step can answer without it)."""
         store_ok = self.store.ping()
-        checks = {"model_loaded": self.started, "store_reachable": store_ok}
+        breakers = self.breakers()
+        champion = self.router.champion
+        champion_open = breakers.get(champion.name) == OPEN
+        can_fall_back = any(fb.step.kind != "cache" for fb in self.fallbacks)
+        checks = {
+            "model_loaded": self.started,
+            "store_reachable": store_ok,
+            "champion_callable": not champion_open or can_fall_back,
+        }
         return {
             "ready": all(checks.values()),
             "checks": checks,
             "service": self.name,
-            "model_version": self.router.champion.version,
+            "model_version": champion.version,
+            "breakers": breakers,
+            "in_flight": self.gate.in_flight,
         }
 
     def decision(self, decision_id: str) -> dict[str, Any]:

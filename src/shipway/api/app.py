@@ -24,9 +24,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shipway import __version__
 from shipway.api.control import RolloutMove, apply_move, rollout_report
-from shipway.api.errors import error_response, status_for
+from shipway.api.errors import error_response, shipway_error_response
 from shipway.api.openapi import predict_openapi
-from shipway.errors import BadRequest, ShipwayError
+from shipway.api.v2 import v2_routes
+from shipway.errors import BadRequest, PayloadTooLarge, ShipwayError
 from shipway.service import Service
 
 _JSON = "application/json"
@@ -93,7 +94,7 @@ def create_app(service: Service, *, manage_lifecycle: bool = True) -> FastAPI:
 
     @app.exception_handler(ShipwayError)
     async def _shipway_error(_req: Request, exc: ShipwayError) -> Response:
-        return error_response(exc.to_dict(), status_for(exc))
+        return shipway_error_response(exc)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_req: Request, exc: StarletteHTTPException) -> Response:
@@ -135,38 +136,31 @@ def create_app(service: Service, *, manage_lifecycle: bool = True) -> FastAPI:
             length = int(request.headers.get("content-length") or 0)
         except ValueError:
             length = 0
-        if length > max_body:
-            return error_response(
-                {
-                    "code": "payload_too_large",
-                    "message": f"the body has {length} bytes; the limit is {max_body}",
-                },
-                413,
-            )
-        body = await request.body()
-        if len(body) > max_body:
-            return error_response(
-                {
-                    "code": "payload_too_large",
-                    "message": f"the body has {len(body)} bytes; the limit is {max_body}",
-                },
-                413,
-            )
+        client = request.client.host if request.client is not None else None
         try:
-            payload = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            err = BadRequest(f"the body is not valid JSON: {exc}")
-            return error_response(err.to_dict(), 400)
-        caller = request.headers.get("x-shipway-caller")
-        if caller is None and request.client is not None:
-            caller = request.client.host
+            if length > max_body:
+                raise PayloadTooLarge(f"the body has {length} bytes; the limit is {max_body}")
+            service.admit(client, request.headers)
+        except ShipwayError as exc:
+            return shipway_error_response(exc)
         try:
+            body = await request.body()
+            if len(body) > max_body:
+                raise PayloadTooLarge(f"the body has {len(body)} bytes; the limit is {max_body}")
+            try:
+                payload = orjson.loads(body)
+            except orjson.JSONDecodeError as exc:
+                raise BadRequest(f"the body is not valid JSON: {exc}") from None
+            caller = request.headers.get("x-shipway-caller") or client
             result = await service.predict(payload, caller, request.headers)
         except ShipwayError as exc:
-            return error_response(exc.to_dict(), status_for(exc))
+            return shipway_error_response(exc)
+        finally:
+            service.release()
         return _json(result)
 
     app.router.routes.append(Route("/v1/predict", predict, methods=["POST"], name="predict"))
+    app.router.routes.extend(v2_routes(service))
 
     # -- health, metrics, control --------------------------------------------------------------
 
@@ -181,6 +175,7 @@ def create_app(service: Service, *, manage_lifecycle: bool = True) -> FastAPI:
 
     @app.get("/metrics", tags=["operations"], summary="Prometheus metrics")
     async def metrics() -> Response:
+        service.breakers()  # refresh the breaker gauges
         return Response(service.metrics.exposition(), media_type="text/plain; version=0.0.4")
 
     @app.get("/v1/service", tags=["control"], summary="What this service is and who answers")

@@ -6,6 +6,7 @@ turns codes into statuses.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -25,13 +26,28 @@ STATUS_BY_CODE: dict[str, int] = {
     "config_error": 500,
     "model_error": 500,
     "artifact_integrity": 500,
+    "model_timeout": 504,
+    "upstream_error": 502,
+    "output_invalid": 502,
     "store_unavailable": 503,
     "unavailable": 503,
+    "model_unavailable": 503,
+    "overloaded": 503,
+    "rate_limited": 429,
+    "payload_too_large": 413,
 }
 
 
 def status_for(exc: ShipwayError) -> int:
     return STATUS_BY_CODE.get(exc.code, 500)
+
+
+def shipway_error_response(exc: ShipwayError) -> Response:
+    """The error body and status for ``exc``, with Retry-After when it asks for a retry."""
+    headers = None
+    if exc.retry_after is not None:
+        headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after)))}
+    return error_response(exc.to_dict(), status_for(exc), headers)
 
 
 def error_response(
@@ -45,4 +61,4 @@ def error_response(
     )
 
 
-__all__ = ["STATUS_BY_CODE", "error_response", "status_for"]
+__all__ = ["STATUS_BY_CODE", "error_response", "shipway_error_response", "status_for"]

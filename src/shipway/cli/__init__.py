@@ -73,7 +73,11 @@ def init(
     model: Annotated[
         str,
         typer.Option(
-            "--model", help="Pilot model: a joblib file (scikit-learn) or python:module:function."
+            "--model",
+            help=(
+                "Pilot model: a joblib file (scikit-learn), python:module:function, or the "
+                "http(s):// URL of a model endpoint (see --endpoint)."
+            ),
         ),
     ],
     data: Annotated[Path, typer.Option("--data", help="The pilot's data (CSV or Parquet).")],
@@ -89,6 +93,16 @@ def init(
         float, typer.Option(help="Widen observed numeric ranges by this share of their span.")
     ] = 0.1,
     force: Annotated[bool, typer.Option(help="Overwrite an existing manifest.")] = False,
+    endpoint: Annotated[
+        Path | None,
+        typer.Option(
+            "--endpoint",
+            help=(
+                "A YAML file with the manifest's endpoint section (how to call an HTTP model: "
+                "json or chat, mappings, prompt, prices); copied into shipway.yaml."
+            ),
+        ),
+    ] = None,
 ) -> None:
     """Write shipway.yaml from a pilot and register it as model version 1.
 
@@ -99,9 +113,13 @@ def init(
     settings = Settings()
     if not 0 < holdout < 1:
         raise fail(f"--holdout must be between 0 and 1, not {holdout}")
+    endpoint_spec = None
+    if endpoint is not None:
+        endpoint_spec = _read_endpoint(endpoint)
     try:
         with console.status("Inferring the contract and scoring the pilot on a holdout..."):
             res = init_service(
+                endpoint=endpoint_spec,
                 model=model,
                 data=data,
                 target=target,
@@ -125,6 +143,22 @@ def init(
     scores = ", ".join(f"{k}={v:.4f}" for k, v in res.metrics.items())
     out.print(f"  holdout ({res.holdout_rows} of {res.rows} rows): {scores}")
     out.print(f"Next: [bold]shipway serve {res.manifest_path}[/]")
+
+
+def _read_endpoint(path: Path) -> Any:
+    import yaml
+    from pydantic import ValidationError
+
+    from shipway.manifest import EndpointSpec
+
+    if not path.exists():
+        raise fail(f"endpoint file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        return EndpointSpec.model_validate(data.get("endpoint", data) if data else {})
+    except (yaml.YAMLError, ValidationError, AttributeError) as exc:
+        first = str(exc).splitlines()
+        raise fail(f"{path} is not a valid endpoint section: {' '.join(first[:3])}") from None
 
 
 @app.command()

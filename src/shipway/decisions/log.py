@@ -23,7 +23,8 @@ from shipway.store.tables import decisions
 
 DecisionRow = dict[str, Any]
 """Keys: id, ts, service, model_version, route, inputs (dict), output, confidence,
-latency_ms, caller, error (None for an answered row)."""
+latency_ms, caller; optional: error (set for a failed row), reason (why earlier steps of the
+guard chain failed, for fallback answers), cost."""
 
 _RETRIES = 5
 
@@ -123,7 +124,7 @@ def _decision_params(r: DecisionRow) -> tuple[Any, ...]:
     return (
         r["id"], r["ts"], r["service"], r["model_version"], r["route"],
         _dumps(r["inputs"]).decode(), _dumps(r["output"]).decode(), r["confidence"],
-        r["latency_ms"], r.get("caller"), r.get("error"),
+        r["latency_ms"], r.get("caller"), r.get("error"), r.get("reason"), r.get("cost"),
     )  # fmt: skip
 
 
@@ -135,7 +136,7 @@ class DecisionLog(GroupCommitWriter):
             engine,
             table="decisions",
             columns=("id", "ts", "service", "model_version", "route", "inputs", "output",
-                     "confidence", "latency_ms", "caller", "error"),
+                     "confidence", "latency_ms", "caller", "error", "reason", "cost"),
             to_params=_decision_params,
             max_batch=max_batch,
         )  # fmt: skip

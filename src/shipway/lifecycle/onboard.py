@@ -17,6 +17,7 @@ from shipway.errors import InputError, ModelError, ShipwayError
 from shipway.lifecycle.evaluate import LOWER_IS_BETTER, score
 from shipway.manifest import (
     MANIFEST_FILENAME,
+    EndpointSpec,
     Manifest,
     ModelRef,
     OutputSpec,
@@ -115,6 +116,7 @@ def init_service(
     range_margin: float = 0.1,
     actor: str = "unknown",
     force: bool = False,
+    endpoint: EndpointSpec | None = None,
 ) -> InitResult:
     """Infer the contract, score the pilot on a holdout, register version 1, write the manifest."""
     from shipway.service import Location, open_service_store
@@ -150,6 +152,11 @@ def init_service(
     if model.startswith("python:"):
         predictor: Predictor = FunctionPredictor(import_callable(model), names)
         flavor, params = "python", {}
+    elif model.startswith(("http://", "https://")):
+        from shipway.models.endpoints import endpoint_predictor
+
+        predictor = endpoint_predictor(model, endpoint, names, timeout_s=30.0)
+        flavor, params = "http", {}
     else:
         model_file = Path(model)
         if not model_file.exists():
@@ -234,6 +241,7 @@ def init_service(
         contract=contract_spec,
         output=output,
         quality=QualitySpec(holdout_fraction=holdout_fraction, metrics=thresholds_from(metrics)),
+        endpoint=endpoint if flavor == "http" else None,
     )
     location = Location.of(manifest, manifest_path.resolve(), settings)
     store = open_service_store(location, manifest)

@@ -57,7 +57,10 @@ def add_version(
         note=note, created_by=actor, created_at=time.time(),
     )  # fmt: skip
     try:
-        predictor = registry.load(candidate, manifest.contract, labels)
+        predictor = registry.load(
+            candidate, manifest.contract, labels, endpoint=manifest.endpoint,
+            timeout_s=manifest.guards.timeout_ms / 1000.0,
+        )  # fmt: skip
     except ModelError as exc:
         raise ModelError(f"refused: {exc.message}") from None
     if isinstance(predictor, SklearnPredictor):
@@ -66,7 +69,10 @@ def add_version(
         metrics = evaluate(predictor, manifest.output, rows, y)
     except ShipwayError as exc:
         raise ModelError(f"refused: {exc.message}") from None
-    champ_pred = registry.load(champion, manifest.contract, labels)
+    champ_pred = registry.load(
+        champion, manifest.contract, labels, endpoint=manifest.endpoint,
+        timeout_s=manifest.guards.timeout_ms / 1000.0,
+    )  # fmt: skip
     if isinstance(champ_pred, SklearnPredictor):
         champ_pred.probe(rows[:64])
     champion_metrics = evaluate(champ_pred, manifest.output, rows, y)

@@ -32,10 +32,12 @@ Row = tuple[Any, ...]
 warnings.filterwarnings("ignore", message="X does not have valid feature names")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Predictions:
     outputs: list[Any]
     confidence: list[float | None]
+    cost: list[float] | None = None
+    """Money spent per row (model endpoints that bill by token), when known."""
 
 
 class Predictor(Protocol):

@@ -16,7 +16,7 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from shipway.errors import InputError, ModelError, NotFound
-from shipway.manifest import ContractSpec
+from shipway.manifest import ContractSpec, EndpointSpec
 from shipway.models.predictor import (
     FunctionPredictor,
     Predictor,
@@ -183,6 +183,8 @@ class Registry:
         if model.startswith("python:"):
             import_callable(model)
             return "python", model, None, None
+        if model.startswith(("http://", "https://")):
+            return "http", model, None, None
         if model.startswith(("models:/", "runs:/")):
             from shipway.models.formats import fetch_mlflow_uri, pack_directory
 
@@ -207,12 +209,26 @@ class Registry:
         return "sklearn", sklearn_uri(digest), digest, obj
 
     def load(
-        self, mv: ModelVersion, contract: ContractSpec, labels: list[Any] | None = None
+        self,
+        mv: ModelVersion,
+        contract: ContractSpec,
+        labels: list[Any] | None = None,
+        *,
+        endpoint: EndpointSpec | None = None,
+        timeout_s: float = 2.0,
     ) -> Predictor:
-        """A predictor for a registered version; artifact bytes are verified before loading."""
+        """A predictor for a registered version; artifact bytes are verified before loading.
+
+        Versions served over HTTP (flavor ``http``) are called as the manifest's ``endpoint``
+        section says, with ``timeout_s`` per call.
+        """
         names = [f.name for f in contract.inputs]
         if mv.flavor == "python":
             return FunctionPredictor(import_callable(mv.uri), names)
+        if mv.flavor == "http":
+            from shipway.models.endpoints import endpoint_predictor
+
+            return endpoint_predictor(mv.uri, endpoint, names, timeout_s)  # type: ignore[return-value]
         if not mv.artifact_sha256:
             raise ModelError(f"model version {mv.version} has no artifact digest")
         data = self.store.artifacts.read_verified(mv.artifact_sha256)

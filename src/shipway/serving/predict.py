@@ -11,19 +11,36 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from itertools import repeat
 from typing import Any
 
 from shipway.contract import Contract
 from shipway.decisions import DecisionLog, ShadowLog
 from shipway.decisions.ids import new_ids
-from shipway.errors import BadRequest, ContractViolation, ModelError, ShipwayError, StoreError
-from shipway.manifest import RolloutSpec
+from shipway.errors import (
+    BadRequest,
+    ContractViolation,
+    ModelError,
+    ModelTimeout,
+    ModelUnavailable,
+    ShipwayError,
+    StoreError,
+)
+from shipway.manifest import CacheSpec, FallbackStep, GuardsSpec, RolloutSpec
 from shipway.metrics import ServiceMetrics
 from shipway.models.predictor import Predictions, Row
+from shipway.serving.guards import AnswerCache, OutputCheck, backoff_s, is_retryable
 from shipway.serving.router import Job, Lane, Route, Router
 
 _now = time.time
 _perf = time.perf_counter
+
+
+def _retrieve(fut: Any) -> None:
+    """Mark a late result of an abandoned job as seen (no 'never retrieved' warnings)."""
+    if not fut.cancelled():
+        fut.exception()
 
 
 def _violation_message(fields: list[dict[str, Any]], rows: int) -> str:
@@ -32,6 +49,25 @@ def _violation_message(fields: list[dict[str, Any]], rows: int) -> str:
     what = f"field {first['field']!r}" if first["field"] is not None else "the row"
     more = f" (and {len(fields) - 1} more)" if len(fields) > 1 else ""
     return f"{where}{what} breaks rule {first['rule']!r}: expected {first['expected']}{more}"
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """Who answered the rows of one route, and with what."""
+
+    rows: list[int]
+    route: str
+    version: int | None
+    outputs: list[Any]
+    confidence: list[Any]
+
+
+@dataclass(frozen=True)
+class Fallback:
+    """One fallback step, ready: its spec, and the lane of a model or version step."""
+
+    step: FallbackStep
+    lane: Lane | None = None
 
 
 class PredictPath:
@@ -46,6 +82,10 @@ class PredictPath:
         metrics: ServiceMetrics,
         max_batch_rows: int,
         rollout: RolloutSpec,
+        guards: GuardsSpec | None = None,
+        output_check: OutputCheck | None = None,
+        fallbacks: list[Fallback] | None = None,
+        cache: CacheSpec | None = None,
     ) -> None:
         self.service = service
         self.contract = contract
@@ -57,9 +97,17 @@ class PredictPath:
         self.partial = contract.spec.on_bad_rows == "partial"
         self.shadow_timeout = rollout.shadow_timeout_ms / 1000.0
         self.shadow_max_pending = rollout.shadow_max_pending
+        self.guards = guards or GuardsSpec()
+        self.timeout = self.guards.timeout_ms / 1000.0
+        self.check = output_check
+        self.fallbacks = fallbacks or []
+        cache = cache or CacheSpec()
+        self.cache_ttl = cache.ttl_s
+        wants_cache = cache.ttl_s > 0 or any(f.step.kind == "cache" for f in self.fallbacks)
+        self.cache = AnswerCache(cache.max_entries) if wants_cache else None
         self._names = contract.names
         self._violation_children: dict[tuple[str, str], Any] = {}
-        self._decision_children: dict[tuple[str, int], Any] = {}
+        self._decision_children: dict[tuple[str, str], Any] = {}
         self._background: set[asyncio.Task[None]] = set()
 
     def _count_violations(self, fields: list[dict[str, Any]], bad_rows: int) -> None:
@@ -92,37 +140,210 @@ class PredictPath:
         return inputs, False
 
     def _recorder(
-        self, route: Route, ids: list[str], values: list[Row], caller: str | None, t0: float
+        self,
+        rows: list[int],
+        route: str,
+        version: int | None,
+        ids: list[str],
+        values: list[Row],
+        caller: str | None,
+        t0: float,
+        reason: str | None = None,
     ) -> Callable[[Predictions], list[dict[str, Any]]]:
-        """Builds the route's decision rows on the runner thread, once the model answered."""
+        """Builds the decision rows of one answer (on the runner thread for model answers)."""
         names = self._names
         service = self.service
-        version = route.lane.version
-        name = route.route
-        positions = route.rows
 
         def record(pred: Predictions) -> list[dict[str, Any]]:
             latency_ms = (_perf() - t0) * 1000.0
             ts = _now()
+            costs = pred.cost if pred.cost is not None else repeat(None)
             return [
                 {"id": ids[k], "ts": ts, "service": service, "model_version": version,
-                 "route": name, "inputs": dict(zip(names, values[k], strict=True)),
-                 "output": o, "confidence": c, "latency_ms": latency_ms, "caller": caller}
-                for k, o, c in zip(positions, pred.outputs, pred.confidence, strict=True)
+                 "route": route, "inputs": dict(zip(names, values[k], strict=True)),
+                 "output": o, "confidence": c, "latency_ms": latency_ms, "caller": caller,
+                 "reason": reason, "cost": cost}
+                for k, o, c, cost in zip(rows, pred.outputs, pred.confidence, costs, strict=False)
             ]  # fmt: skip
 
         return record
 
-    async def _score(self, route: Route, values: list[Row], record: Any) -> Predictions:
-        rows = [values[i] for i in route.rows] if len(route.rows) != len(values) else values
+    async def _call(self, lane: Lane, job: Job, timeout: float) -> Predictions:
+        """One attempt: the lane scores the job within ``timeout`` or the job is abandoned."""
+        fut = lane.submit(job)
         try:
-            return await route.lane.runner.submit(Job(rows, record))
+            res = await asyncio.wait_for(asyncio.shield(fut), timeout)
+        except TimeoutError:
+            if job.abandon():
+                if isinstance(fut, asyncio.Task):
+                    fut.cancel()
+                else:
+                    fut.add_done_callback(_retrieve)
+                raise ModelTimeout(f"no answer within {timeout * 1000:.0f} ms") from None
+            res = await fut  # the answer is being recorded right now: it stands
         except ShipwayError:
             raise
         except Exception as exc:
-            raise ModelError(
-                f"model version {route.lane.version} failed: {type(exc).__name__}: {exc}"
-            ) from None
+            raise ModelError(f"{type(exc).__name__}: {exc}") from None
+        if isinstance(res, Exception):
+            raise res
+        return res  # type: ignore[no-any-return]
+
+    def _failed(self, lane: Lane, exc: ShipwayError, reasons: list[str]) -> None:
+        version = str(lane.version)
+        self.metrics.model_errors.labels(version, exc.code).inc()
+        breaker = lane.breaker
+        if breaker is not None and breaker.failure():
+            self.metrics.breaker_opened.labels(version).inc()
+        reasons.append(f"{lane.name}: {exc.message}")
+
+    async def _guarded(
+        self, lane: Lane, rows: list[Row], record: Any, reasons: list[str]
+    ) -> Predictions | None:
+        """Timeout, retries with jittered backoff, breaker, output checks; None if it failed."""
+        g = self.guards
+        breaker = lane.breaker
+        for attempt in range(g.retries + 1):
+            if breaker is not None and not breaker.allow():
+                reasons.append(f"{lane.name}: circuit breaker open")
+                return None
+            job = Job(rows, record, self.check)
+            try:
+                pred = await self._call(lane, job, self.timeout)
+            except StoreError:
+                raise
+            except ModelError as exc:
+                self._failed(lane, exc, reasons)
+                if attempt < g.retries and is_retryable(exc):
+                    self.metrics.retries.labels(str(lane.version)).inc()
+                    await asyncio.sleep(backoff_s(attempt, g.backoff_ms, g.backoff_max_ms))
+                    continue
+                return None
+            if breaker is not None:
+                breaker.success()
+            return pred
+        return None  # pragma: no cover - the loop always returns
+
+    async def _answer(
+        self,
+        route: Route,
+        ids: list[str],
+        values: list[Row],
+        caller: str | None,
+        t0: float,
+    ) -> Answer:
+        """The route's rows answered by its lane, or by the fallback chain; else 503."""
+        lane = route.lane
+        positions = route.rows
+        rows = [values[i] for i in positions] if len(positions) != len(values) else values
+        cache = self.cache
+        if cache is not None and self.cache_ttl > 0:
+            hit = self._from_cache(rows, self.cache_ttl, lane.version)
+            if hit is not None:
+                self.metrics.cache_hits.inc(len(rows))
+                return await self._answer_with(
+                    positions, "cache", hit[2], hit[0], hit[1], ids, values, caller, t0, None
+                )
+        reasons: list[str] = []
+        record = self._recorder(positions, route.route, lane.version, ids, values, caller, t0)
+        pred = await self._guarded(lane, rows, record, reasons)
+        if pred is not None:
+            if cache is not None:
+                cache.put_many(rows, pred.outputs, pred.confidence, lane.version)
+            if pred.cost is not None:
+                self.metrics.cost.inc(sum(c for c in pred.cost if c))
+            return Answer(positions, route.route, lane.version, pred.outputs, pred.confidence)
+        return await self._fall_back(positions, rows, reasons, ids, values, caller, t0)
+
+    def _from_cache(
+        self, rows: list[Row], max_age: float, version: int | None
+    ) -> tuple[list[Any], list[Any], int | None] | None:
+        assert self.cache is not None
+        outs, confs, ver = [], [], None
+        for r in rows:
+            got = self.cache.get(r, max_age, version)
+            if got is None:
+                return None
+            outs.append(got[0])
+            confs.append(got[1])
+            ver = got[2]
+        return outs, confs, ver
+
+    async def _answer_with(
+        self,
+        positions: list[int],
+        route: str,
+        version: int | None,
+        outputs: list[Any],
+        confidence: list[Any],
+        ids: list[str],
+        values: list[Row],
+        caller: str | None,
+        t0: float,
+        reason: str | None,
+    ) -> Answer:
+        """An answer that did not come from a lane's runner: log it here, then answer."""
+        record = self._recorder(positions, route, version, ids, values, caller, t0, reason)
+        await self.log.write(record(Predictions(outputs, confidence)))
+        return Answer(positions, route, version, outputs, confidence)
+
+    async def _fall_back(
+        self,
+        positions: list[int],
+        rows: list[Row],
+        reasons: list[str],
+        ids: list[str],
+        values: list[Row],
+        caller: str | None,
+        t0: float,
+    ) -> Answer:
+        n = len(rows)
+        for fb in self.fallbacks:
+            step = fb.step
+            kind = step.kind
+            if kind in ("model", "version"):
+                lane = fb.lane
+                assert lane is not None
+                if lane.breaker is not None and not lane.breaker.allow():
+                    reasons.append(f"{step.route}: circuit breaker open")
+                    continue
+                why = "; ".join(reasons)
+                record = self._recorder(
+                    positions, step.route, lane.version, ids, values, caller, t0, why
+                )
+                timeout = (step.timeout_ms or self.guards.timeout_ms) / 1000.0
+                try:
+                    pred = await self._call(lane, Job(rows, record, self.check), timeout)
+                except StoreError:
+                    raise
+                except ModelError as exc:
+                    self._failed(lane, exc, reasons)
+                    continue
+                if lane.breaker is not None:
+                    lane.breaker.success()
+                self.metrics.fallbacks.labels(step.route).inc(n)
+                return Answer(positions, step.route, lane.version, pred.outputs, pred.confidence)
+            if kind == "cache":
+                hit = self._from_cache(rows, step.max_age_s, None) if self.cache else None
+                if hit is None:
+                    reasons.append("cache: no answer remembered for these inputs")
+                    continue
+                self.metrics.fallbacks.labels("cache").inc(n)
+                return await self._answer_with(
+                    positions, "cache", hit[2], hit[0], hit[1], ids, values, caller, t0,
+                    "; ".join(reasons),
+                )  # fmt: skip
+            default = step.default or {}
+            self.metrics.fallbacks.labels("default").inc(n)
+            return await self._answer_with(
+                positions, "default", None, [default["output"]] * n,
+                [default.get("confidence")] * n, ids, values, caller, t0, "; ".join(reasons),
+            )  # fmt: skip
+        self.metrics.unanswered.inc(n)
+        raise ModelUnavailable(
+            "the model could not answer and no fallback step could either: " + "; ".join(reasons),
+            attempts=reasons,
+        )
 
     async def run(
         self, payload: Any, caller: str | None = None, headers: Mapping[str, str] | None = None
@@ -130,15 +351,28 @@ class PredictPath:
         """Answer one predict request body; raises ShipwayError subclasses on refusal.
 
         Every answered row is committed to the decision log (by the model's runner thread,
-        together with the rest of its model batch) before this returns.
+        together with the rest of its model batch, or here for fallback answers) before this
+        returns.
         """
-        t0 = _perf()
         records, single = self._parse(payload)
+        return await self.run_records(records, single, caller, headers)
+
+    async def run_records(
+        self,
+        records: list[Any],
+        single: bool,
+        caller: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        *,
+        allow_partial: bool = True,
+    ) -> dict[str, Any]:
+        """Validate and answer parsed records (``single``: one object, not a batch)."""
+        t0 = _perf()
         checked = self.contract.validate_records(records)
         rejected: list[dict[str, Any]] = []
         if checked.violations:
             self._count_violations(checked.violations, len(checked.bad_rows))
-            if single or not self.partial or not checked.values:
+            if single or not (self.partial and allow_partial) or not checked.values:
                 raise ContractViolation(
                     _violation_message(checked.violations, len(records)), checked.violations
                 )
@@ -149,15 +383,15 @@ class PredictPath:
         n = len(values)
         ids = new_ids(n)
         routes = router.split(values, headers)
-        jobs = [(r, self._recorder(r, ids, values, caller, t0)) for r in routes]
-        if len(jobs) == 1:
+        if len(routes) == 1:
             try:
-                results: list[Any] = [await self._score(jobs[0][0], values, jobs[0][1])]
+                results: list[Any] = [await self._answer(routes[0], ids, values, caller, t0)]
             except ShipwayError as exc:
                 results = [exc]
         else:
             results = list(await asyncio.gather(
-                *(self._score(r, values, rec) for r, rec in jobs), return_exceptions=True
+                *(self._answer(r, ids, values, caller, t0) for r in routes),
+                return_exceptions=True,
             ))  # fmt: skip
         failure = next((r for r in results if isinstance(r, BaseException)), None)
         if failure is not None:
@@ -169,13 +403,13 @@ class PredictPath:
 
         good = checked.good
         out: list[dict[str, Any]] = [{} for _ in range(n)]
-        for route, pred in zip(routes, results, strict=True):
-            version = route.lane.version
-            name = route.route
-            for k, output, conf in zip(route.rows, pred.outputs, pred.confidence, strict=True):
+        for ans in results:
+            version = ans.version
+            name = ans.route
+            for k, output, conf in zip(ans.rows, ans.outputs, ans.confidence, strict=True):
                 out[k] = {"id": ids[k], "output": output, "confidence": conf,
                           "model_version": version, "route": name, "row": good[k]}  # fmt: skip
-            self._count_decisions(name, version, len(route.rows))
+            self._count_decisions(name, version, len(ans.rows))
         if router.shadows:
             self._start_shadows(router.shadows, ids, values)
         if single:
@@ -190,11 +424,11 @@ class PredictPath:
                 del d["row"]
         return body
 
-    def _count_decisions(self, route: str, version: int, n: int) -> None:
-        key = (route, version)
+    def _count_decisions(self, route: str, version: int | None, n: int) -> None:
+        key = (route, str(version))
         c = self._decision_children.get(key)
         if c is None:
-            c = self._decision_children[key] = self.metrics.decisions.labels(route, str(version))
+            c = self._decision_children[key] = self.metrics.decisions.labels(*key)
         c.inc(n)
 
     async def _log_failure(
@@ -206,7 +440,11 @@ class PredictPath:
         caller: str | None,
         t0: float,
     ) -> None:
-        """Failed rows become decisions with ``error`` set (their callers get an error)."""
+        """Failed rows become decisions with ``error`` set (their callers get an error).
+
+        Rows of another route of the same request that were answered are already logged;
+        they stand as decisions even though the request as a whole failed.
+        """
         names = self._names
         latency_ms = (_perf() - t0) * 1000.0
         ts = _now()
@@ -214,8 +452,9 @@ class PredictPath:
         for route, res in zip(routes, results, strict=True):
             if not isinstance(res, BaseException):
                 continue
-            self.metrics.model_errors.labels(str(route.lane.version)).inc()
             msg = res.message if isinstance(res, ShipwayError) else f"{type(res).__name__}: {res}"
+            if not isinstance(res, ModelUnavailable):
+                self.metrics.model_errors.labels(str(route.lane.version), "model_error").inc()
             for k in route.rows:
                 rows.append({
                     "id": ids[k], "ts": ts, "service": self.service,
@@ -241,7 +480,7 @@ class PredictPath:
     async def _shadow(self, lane: Lane, ids: list[str], values: list[Row]) -> None:
         n = len(values)
         lane.in_flight += n
-        fut = lane.runner.submit(Job(values))
+        fut = lane.submit(Job(values))
 
         def _done(_f: asyncio.Future[Any]) -> None:
             lane.in_flight -= n
@@ -253,7 +492,10 @@ class PredictPath:
         error: str | None = None
         pred: Predictions | None = None
         try:
-            pred = await asyncio.wait_for(asyncio.shield(fut), self.shadow_timeout)
+            res = await asyncio.wait_for(asyncio.shield(fut), self.shadow_timeout)
+            if isinstance(res, Exception):
+                raise res
+            pred = res
         except TimeoutError:
             error = f"timeout: no answer within {self.shadow_timeout * 1000:.0f} ms"
         except Exception as exc:

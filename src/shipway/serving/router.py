@@ -9,7 +9,9 @@ changes; requests in flight keep the lanes they already hold.
 
 from __future__ import annotations
 
+import asyncio
 import random
+import threading
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -17,24 +19,50 @@ from typing import Any
 
 from shipway.concurrency import BatchWorker
 from shipway.decisions import DecisionLog
+from shipway.errors import ModelTimeout, StoreError
+from shipway.manifest import BatchingSpec, BreakerSpec
 from shipway.metrics import ServiceMetrics
 from shipway.models.predictor import Predictions, Predictor, Row
+from shipway.serving.guards import Breaker, OutputCheck
 
-#: Rows one model call takes at most when concurrent requests are gathered.
+#: Rows one model call takes at most when concurrent requests are gathered (default).
 MAX_MODEL_BATCH = 256
 
+PENDING, TAKEN, ABANDONED = 0, 1, 2
+_claim = threading.Lock()
 
-@dataclass(slots=True)
+
+@dataclass(slots=True, eq=False)
 class Job:
-    """Rows for one model call, and how to record their decisions once answered.
+    """Rows for one model call, and how to check and record their answers.
 
-    ``record`` runs on the lane's runner thread right after the model answers and returns the
-    decision rows to commit; every job of a model batch is committed in one transaction
-    before any caller is woken. Shadow jobs have no ``record``.
+    ``check`` runs on the runner right after the model answers (a failed check makes the job
+    fail with :class:`OutputInvalid`); ``record`` then returns the decision rows to commit.
+    Every job of a model batch is committed in one transaction before any caller is woken.
+    A caller that stops waiting (timeout) abandons its job: the runner then neither scores nor
+    records it, so a late answer never becomes a second decision. Shadow jobs record nothing.
     """
 
     rows: Sequence[Row]
     record: Callable[[Predictions], list[dict[str, Any]]] | None = None
+    check: OutputCheck | None = None
+    state: int = PENDING
+
+    def take(self) -> bool:
+        """The runner claims the job for recording (False: its caller already gave up)."""
+        with _claim:
+            if self.state == PENDING:
+                self.state = TAKEN
+                return True
+            return False
+
+    def abandon(self) -> bool:
+        """The caller gives up (False: the answer is already being recorded; wait for it)."""
+        with _claim:
+            if self.state == PENDING:
+                self.state = ABANDONED
+                return True
+            return False
 
 
 def _split(pred: Predictions, jobs: list[Job]) -> list[Predictions]:
@@ -42,64 +70,132 @@ def _split(pred: Predictions, jobs: list[Job]) -> list[Predictions]:
     start = 0
     for job in jobs:
         end = start + len(job.rows)
-        out.append(Predictions(pred.outputs[start:end], pred.confidence[start:end]))
+        cost = pred.cost[start:end] if pred.cost is not None else None
+        out.append(Predictions(pred.outputs[start:end], pred.confidence[start:end], cost))
         start = end
     return out
 
 
+def _settle(
+    jobs: list[Job], preds: list[Predictions], log: DecisionLog | None
+) -> list[Predictions | Exception]:
+    """Check each job's answers, then commit the decisions of every job still wanted."""
+    results: list[Predictions | Exception] = []
+    decisions: list[dict[str, Any]] = []
+    recorded: list[int] = []
+    for i, (job, pred) in enumerate(zip(jobs, preds, strict=True)):
+        if job.check is not None:
+            bad = job.check.check(pred, len(job.rows))
+            if bad is not None:
+                results.append(bad)
+                continue
+        results.append(pred)
+        if job.record is not None and job.take():
+            decisions.extend(job.record(pred))
+            recorded.append(i)
+    if decisions and log is not None:
+        try:
+            log.write_sync(decisions)  # group commit: the whole model batch at once
+        except StoreError as exc:
+            for i in recorded:
+                results[i] = exc
+    return results
+
+
 def _run_batches(
     predictor: Predictor, metrics: ServiceMetrics | None, log: DecisionLog | None
-) -> Callable[[list[Job]], list[Predictions]]:
-    def handle(jobs: list[Job]) -> list[Predictions]:
-        if len(jobs) == 1:
-            rows = jobs[0].rows
+) -> Callable[[list[Job]], list[Predictions | Exception]]:
+    def handle(jobs: list[Job]) -> list[Predictions | Exception]:
+        live = [j for j in jobs if j.state != ABANDONED]  # nobody waits for the others
+        if not live:
+            return [ModelTimeout("abandoned before the model was called")] * len(jobs)
+        if len(live) == 1:
+            rows = live[0].rows
             preds = [predictor.predict(rows)]
         else:
-            rows = [r for job in jobs for r in job.rows]
-            preds = _split(predictor.predict(rows), jobs)
+            rows = [r for job in live for r in job.rows]
+            preds = _split(predictor.predict(rows), live)
         if metrics is not None:
             metrics.model_batch_rows.observe(len(rows))
-        if log is not None:
-            decisions: list[dict[str, Any]] = []
-            for job, pred in zip(jobs, preds, strict=True):
-                if job.record is not None:
-                    decisions.extend(job.record(pred))
-            if decisions:
-                log.write_sync(decisions)  # group commit: the whole model batch at once
-        return preds
+        settled = _settle(live, preds, log)
+        if len(live) == len(jobs):
+            return settled
+        by_job = {id(j): r for j, r in zip(live, settled, strict=True)}
+        gone = ModelTimeout("abandoned before the model was called")
+        return [by_job.get(id(j), gone) for j in jobs]
 
     return handle
 
 
 @dataclass(eq=False)
 class Lane:
-    """One model version ready to answer: its predictor behind a batching runner thread.
+    """One model version ready to answer, with its own circuit breaker.
 
-    The runner scores every job queued so far in one model call and commits their decisions
-    in one transaction, so a request costs one hand-off to this thread and one back.
+    A model that runs in this process sits behind a batching runner thread: the runner scores
+    every job queued so far in one model call and commits their decisions in one
+    transaction, so a request costs one hand-off to that thread and one back. A model served
+    over HTTP (``is_async``) is awaited on the event loop instead, one call per job.
     """
 
-    version: int
+    version: int | None
     predictor: Predictor
     metrics: ServiceMetrics | None = None
     log: DecisionLog | None = None
-    runner: BatchWorker[Job, Predictions] = field(init=False)
+    batching: BatchingSpec | None = None
+    breaker: Breaker | None = None
+    name: str = ""
+    runner: BatchWorker[Job, Predictions] | None = field(init=False, default=None)
     in_flight: int = field(default=0, init=False)
     """Rows submitted and not yet answered (used to bound shadow work)."""
 
     def __post_init__(self) -> None:
-        self.runner = BatchWorker(
-            _run_batches(self.predictor, self.metrics, self.log),
-            name=f"shipway-model-v{self.version}",
-            max_items=MAX_MODEL_BATCH,
-            weight=lambda job: len(job.rows),
-        )
+        self.is_async = bool(getattr(self.predictor, "is_async", False))
+        if not self.name:
+            self.name = f"v{self.version}"
+        if self.breaker is None:
+            self.breaker = Breaker(BreakerSpec(failures=0))
+        if not self.is_async:
+            spec = self.batching or BatchingSpec()
+            self.runner = BatchWorker(
+                _run_batches(self.predictor, self.metrics, self.log),
+                name=f"shipway-model-{self.name}",
+                max_items=spec.max_batch if spec.enabled else 1,
+                weight=lambda job: len(job.rows),
+                max_wait_s=spec.max_wait_ms / 1000.0 if spec.enabled else 0.0,
+            )
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def submit(self, job: Job) -> asyncio.Future[Any]:
+        """Start scoring ``job``; the future holds Predictions or the exception to raise."""
+        if self.runner is not None:
+            return self.runner.submit(job)
+        task = asyncio.ensure_future(self._call_async(job))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _call_async(self, job: Job) -> Predictions | Exception:
+        pred = await self.predictor.apredict(job.rows)  # type: ignore[attr-defined]
+        if self.metrics is not None:
+            self.metrics.model_batch_rows.observe(len(job.rows))
+        if job.check is not None:
+            bad = job.check.check(pred, len(job.rows))
+            if bad is not None:
+                return bad
+        if job.record is not None and job.take() and self.log is not None:
+            try:
+                await self.log.write(job.record(pred))
+            except StoreError as exc:
+                return exc
+        return pred
 
     def start(self) -> None:
-        self.runner.start()
+        if self.runner is not None:
+            self.runner.start()
 
     def stop(self) -> None:
-        self.runner.stop()
+        if self.runner is not None:
+            self.runner.stop()
 
 
 def bucket(value: Any) -> float:

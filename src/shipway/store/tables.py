@@ -66,6 +66,8 @@ decisions = Table(
     Column("latency_ms", Float, nullable=False),
     Column("caller", String(128), nullable=True),
     Column("error", Text, nullable=True),
+    Column("reason", Text, nullable=True),
+    Column("cost", Float, nullable=True),
 )
 Index("ix_decisions_service_ts", decisions.c.service, decisions.c.ts)
 
