@@ -12,8 +12,9 @@ and the decision log. Output tensors: ``output`` (the answer), ``confidence`` (F
 the model gives none), ``decision_id``, ``route`` (BYTES) and ``model_version`` (INT64), one
 element per row; JSON by default, binary when the request asks for it.
 
-A V2 batch is all or nothing: a row that breaks the contract fails the request with the
-usual 422 body naming the row, field and rule.
+A V2 batch is all or nothing: a row that breaks the contract fails the request with 422.
+Errors follow the protocol (``{"error": "code: message"}``) and carry Shipway's stable
+``code`` and details (``fields`` naming row, field and rule) beside it.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from shipway import __version__
-from shipway.api.errors import shipway_error_response
+from shipway.api.errors import status_for
 from shipway.errors import BadRequest, NotFound, ShipwayError
 from shipway.service import Service
 
@@ -59,6 +60,18 @@ _FIELD_TYPE = {
 def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(orjson.dumps(body), status_code=status, media_type="application/json",
                     headers=headers)  # fmt: skip
+
+
+def _v2_error(exc: ShipwayError) -> Response:
+    """The protocol's error body (``error`` is a string, which V2 clients print), with the
+    stable ``code`` and the usual details beside it."""
+    body = exc.to_dict()
+    code = body.pop("code")
+    message = body.pop("message")
+    headers = None
+    if exc.retry_after is not None:
+        headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after)))}
+    return _json({"error": f"{code}: {message}", "code": code, **body}, status_for(exc), headers)
 
 
 def _bytes_elements(raw: bytes) -> list[str]:
@@ -234,7 +247,7 @@ def v2_routes(service: Service) -> list[Route]:
         try:
             _check_model(request.path_params["model"], request.path_params.get("version"))
         except ShipwayError as exc:
-            return shipway_error_response(exc)
+            return _v2_error(exc)
         out_type = "FP64" if manifest.output.kind == "regression" else (
             "INT64" if labels and all(isinstance(x, int) and not isinstance(x, bool)
                                       for x in labels) else "BYTES"
@@ -258,7 +271,7 @@ def v2_routes(service: Service) -> list[Route]:
         try:
             _check_model(request.path_params["model"], request.path_params.get("version"))
         except ShipwayError as exc:
-            return shipway_error_response(exc)
+            return _v2_error(exc)
         ok = service.readiness()["ready"]
         return _json({"name": name, "ready": ok}, 200 if ok else 503)
 
@@ -292,13 +305,13 @@ def v2_routes(service: Service) -> list[Route]:
             client = request.client.host if request.client else None
             service.admit(client, request.headers)
         except ShipwayError as exc:
-            return shipway_error_response(exc)
+            return _v2_error(exc)
         try:
             result = await service.predict_path.run_records(
                 records, False, client, request.headers, allow_partial=False
             )
         except ShipwayError as exc:
-            return shipway_error_response(exc)
+            return _v2_error(exc)
         finally:
             service.release()
         response: dict[str, Any] = {
