@@ -129,11 +129,11 @@ def test_chat_endpoint_answers_are_computed_checked_and_costed(
         ).json()
         assert bad["output"] == "negative" and bad["route"] == "champion"
         logged = server.client.get(f"/v1/decisions/{good['id']}").json()
-        words = len("Label this review as positive or negative. Text: I love it, wonderful "
-                    "and perfect".split()) + 8  # fmt: skip
-        assert logged["cost"] == pytest.approx(
-            words / 1000 * 0.5 + 4 / 1000 * 1.5, rel=0.2
-        ), logged
+        # the upstream counts words as tokens: system and user messages in, 4 words out
+        user = "Label this review as positive or negative. Text: I love it, wonderful and perfect"
+        prompt_tokens = len(spec["endpoint"]["system"].split()) + len(user.split())
+        expected = prompt_tokens / 1000 * 0.5 + 4 / 1000 * 1.5
+        assert logged["cost"] == pytest.approx(expected), logged
         assert "shipway_cost_total" in server.client.get("/metrics").text
 
         upstream.mode("bad_label")  # the model now answers a label outside the output spec
