@@ -307,3 +307,23 @@ def test_concurrent_single_rows_are_scored_in_shared_model_calls(
             rows_scored = float(line.split()[-1])
     assert rows_scored == len(rows) + len(alone)
     assert calls < rows_scored  # some model calls carried several callers' rows
+
+
+def test_response_cache_answers_repeated_inputs_without_calling_the_model(
+    tmp_path: Path, pilot: Pilot, upstream: Upstream, start_server: Any
+) -> None:
+    manifest = init_http_service(tmp_path, pilot, upstream)
+    data = yaml.safe_load(manifest.read_text())
+    data["serving"]["cache"] = {"ttl_s": 300, "max_entries": 100}
+    manifest.write_text(yaml.safe_dump(data, sort_keys=False))
+    server = start_server(manifest, NO_DB)
+    before = upstream.count()
+    first = predict(server, pilot.rows[5]).json()
+    second = predict(server, pilot.rows[5]).json()
+    other = predict(server, pilot.rows[6]).json()
+    assert (first["route"], second["route"], other["route"]) == ("champion", "cache", "champion")
+    assert second["output"] == first["output"] and second["model_version"] == 1
+    assert second["id"] != first["id"]  # a decision of its own, logged
+    assert server.client.get(f"/v1/decisions/{second['id']}").json()["route"] == "cache"
+    assert upstream.count() - before == 2
+    assert "shipway_cache_hits_total 1.0" in server.client.get("/metrics").text
