@@ -61,7 +61,7 @@ def guard_overhead(manifest: Path, rows: list[dict[str, float]], calls: int) -> 
     from shipway.serving.router import Job
     from shipway.settings import Settings
 
-    service = Service.open(manifest, Settings(database_url=None))
+    service = Service.open(manifest, Settings(database_url=None, dev_mode=True))
     service.start()
     path = service.predict_path
     guarded = path._guarded

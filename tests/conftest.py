@@ -114,7 +114,11 @@ def run_cli(
 
 
 class Server:
-    """A real ``shipway serve`` process on 127.0.0.1."""
+    """A real ``shipway serve`` process on 127.0.0.1.
+
+    In development mode (authentication off) unless ``env`` says otherwise: the governance
+    tests run it with authentication on (``SHIPWAY_DEV_MODE=""`` and a secret).
+    """
 
     def __init__(self, manifest: Path, env: dict[str, str] | None = None) -> None:
         self.port = free_port()
@@ -123,7 +127,7 @@ class Server:
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             shipway_cmd("serve", str(manifest), "--port", str(self.port), "--log-level", "warning"),
-            env={**os.environ, **(env or {})},
+            env={**os.environ, "SHIPWAY_DEV_MODE": "1", **(env or {})},
             stdout=self._log,
             stderr=subprocess.STDOUT,
         )

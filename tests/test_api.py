@@ -82,7 +82,9 @@ class Client:
 
 @pytest.fixture
 def client(fragile_workspace: Path) -> Iterator[Client]:
-    service = Service.open(fragile_workspace / "shipway.yaml", Settings(database_url=None))
+    service = Service.open(
+        fragile_workspace / "shipway.yaml", Settings(database_url=None, dev_mode=True)
+    )
     c = Client(service)
     yield c
     c.close()

@@ -220,7 +220,8 @@ def test_bad_default_answer_is_refused_at_start(tmp_path: Path, pilot: Pilot) ->
     port = free_port()
     res = subprocess.run(
         [sys.executable, "-m", "shipway", "serve", str(manifest), "--port", str(port)],
-        capture_output=True, text=True, timeout=60, env={**__import__("os").environ, **NO_DB},
+        capture_output=True, text=True, timeout=60,
+        env={**__import__("os").environ, **NO_DB, "SHIPWAY_DEV_MODE": "1"},
     )  # fmt: skip
     assert res.returncode != 0
     assert "guards.fallback[0].default is not a valid answer" in res.stderr

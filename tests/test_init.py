@@ -132,6 +132,6 @@ def test_serve_refuses_a_tampered_artifact(pilot: Pilot, tmp_path: Path) -> None
     digest = load_manifest(tmp_path / "shipway.yaml").model.uri.rsplit(":", 1)[1]
     stored = tmp_path / ".shipway" / "artifacts" / "sha256" / digest[:2] / digest
     stored.write_bytes(stored.read_bytes() + b"\x00")
-    res = run_cli("serve", str(tmp_path / "shipway.yaml"), "--port", "1", env=NO_DB)
+    res = run_cli("serve", str(tmp_path / "shipway.yaml"), "--port", "1", "--dev", env=NO_DB)
     assert res.returncode != 0
     assert "refusing to load it" in " ".join(res.stderr.split())

@@ -23,6 +23,9 @@ Domain code raises these and knows nothing of HTTP; the HTTP face maps codes to 
     ├── Unavailable                 unavailable         not ready (starting, shutting down)
     │   ├── ModelUnavailable        model_unavailable   the model and every fallback failed
     │   └── Overloaded              overloaded          too much in flight: shed, retry later
+    ├── Unauthorized                unauthorized        no credentials, or they are not valid
+    ├── Forbidden                   forbidden           valid credentials without the role
+    ├── ServiceStopped              service_stopped     the stop switch is on
     ├── RateLimited                 rate_limited        the caller's rate limit is used up
     └── PayloadTooLarge             payload_too_large   the request body is over the limit
 
@@ -162,6 +165,22 @@ class RateLimited(ShipwayError):
         self.retry_after = retry_after
 
 
+class Unauthorized(ShipwayError):
+    code = "unauthorized"
+
+
+class Forbidden(ShipwayError):
+    code = "forbidden"
+
+
+class ServiceStopped(Unavailable):
+    code = "service_stopped"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.retry_after = 30.0
+
+
 class PayloadTooLarge(ShipwayError):
     code = "payload_too_large"
 
@@ -172,6 +191,7 @@ __all__ = [
     "ConfigError",
     "Conflict",
     "ContractViolation",
+    "Forbidden",
     "GateFailed",
     "InputError",
     "ManifestError",
@@ -183,8 +203,10 @@ __all__ = [
     "Overloaded",
     "PayloadTooLarge",
     "RateLimited",
+    "ServiceStopped",
     "ShipwayError",
     "StoreError",
+    "Unauthorized",
     "Unavailable",
     "UpstreamError",
 ]

@@ -446,6 +446,77 @@ class EndpointSpec(_Model):
         return self
 
 
+class OidcSpec(_Model):
+    """Bearer tokens (JWT) from an OpenID Connect provider."""
+
+    issuer: str = Field(..., description="The token issuer (iss) to accept.")
+    audience: str = Field(..., description="The audience (aud) tokens must be issued for.")
+    jwks: str = Field(
+        ...,
+        description="The provider's JSON Web Key Set: a file path or an http(s) URL (cached).",
+    )
+    roles_claim: str = Field(
+        "roles",
+        description="Claim holding roles (a list or space-separated string; dots for nesting).",
+    )
+    role_map: dict[str, str] = Field(
+        default_factory=dict, description="Claim values → Shipway roles, when names differ."
+    )
+    algorithms: list[str] = Field(
+        default_factory=lambda: ["RS256", "ES256"], description="Accepted signing algorithms."
+    )
+    leeway_s: float = Field(30.0, ge=0, description="Clock skew allowed on exp and nbf.")
+
+
+class AuthSpec(_Model):
+    """Who may call. API keys always work; OIDC tokens when configured. Authentication can be
+    off only in development mode (``shipway serve --dev`` or ``SHIPWAY_DEV_MODE=1``)."""
+
+    oidc: OidcSpec | None = Field(None, description="Accept OIDC bearer tokens too.")
+    protect_operations: bool = Field(
+        False, description="Also require a viewer role on /healthz, /readyz and /metrics."
+    )
+
+
+class StopSpec(_Model):
+    """What the service answers while the stop switch is on (``shipway stop``)."""
+
+    behavior: Literal["error", "default"] = Field(
+        "error",
+        description="'error': 503 service_stopped; 'default': the declared answer below.",
+    )
+    answer: dict[str, Any] | None = Field(
+        None, description="The declared answer {output, confidence} for 'default'."
+    )
+
+    @model_validator(mode="after")
+    def _answer_for_default(self) -> StopSpec:
+        if self.behavior == "default" and (self.answer is None or "output" not in self.answer):
+            raise ValueError("behavior 'default' needs an answer with an 'output'")
+        return self
+
+
+class RetentionSpec(_Model):
+    """How long records are kept; a purge inside ``shipway serve`` removes older ones."""
+
+    decisions: str | None = Field(None, description="Decisions, e.g. '400d' (unset: forever).")
+    shadow_decisions: str | None = Field(None, description="Shadow answers, e.g. '90d'.")
+    interval: str = Field("1h", description="How often the purge runs inside shipway serve.")
+
+    @model_validator(mode="after")
+    def _durations(self) -> RetentionSpec:
+        import re
+
+        for name in ("decisions", "shadow_decisions", "interval"):
+            v = getattr(self, name)
+            if v is not None and not re.match(r"^\s*\d+(\.\d+)?\s*[smhdw]\s*$", v):
+                raise ValueError(f"{name}: {v!r} is not a duration like 400d, 12h or 30m")
+        return self
+
+
+PiiTreatment = Literal["drop", "mask", "hash"]
+
+
 class StorageSpec(_Model):
     """Local state. ``SHIPWAY_DATABASE_URL`` (e.g. PostgreSQL) replaces the SQLite file."""
 
@@ -474,6 +545,26 @@ class Manifest(_Model):
     endpoint: EndpointSpec | None = Field(
         None, description="How to call versions served over HTTP (json or chat)."
     )
+    auth: AuthSpec = Field(default_factory=AuthSpec, description="API keys and OIDC tokens.")
+    pii: dict[str, PiiTreatment] = Field(
+        default_factory=dict,
+        description=(
+            "Personal input fields and their treatment in the decision log and exports: drop, "
+            "mask (all but the last 4 characters), or hash (keyed HMAC, so joins still work)."
+        ),
+    )
+    retention: RetentionSpec = Field(
+        default_factory=RetentionSpec, description="How long decisions are kept."
+    )
+    stop: StopSpec = Field(default_factory=StopSpec, description="Safe behaviour when stopped.")
+
+    @model_validator(mode="after")
+    def _pii_fields_exist(self) -> Manifest:
+        names = {f.name for f in self.contract.inputs}
+        unknown = sorted(set(self.pii) - names)
+        if unknown:
+            raise ValueError(f"pii names fields the contract does not have: {unknown}")
+        return self
     storage: StorageSpec = Field(default_factory=StorageSpec, description="Where state lives.")
 
 
@@ -562,6 +653,7 @@ def dump_manifest(manifest: Manifest) -> str:
 
 __all__ = [
     "MANIFEST_FILENAME",
+    "AuthSpec",
     "BatchingSpec",
     "BreakerSpec",
     "CacheSpec",
@@ -573,14 +665,17 @@ __all__ = [
     "LimitsSpec",
     "Manifest",
     "ModelRef",
+    "OidcSpec",
     "OutputCheckSpec",
     "OutputSpec",
     "Owner",
     "QualitySpec",
     "RateLimitSpec",
+    "RetentionSpec",
     "RolloutSpec",
     "ServiceSpec",
     "ServingSpec",
+    "StopSpec",
     "StorageSpec",
     "Threshold",
     "dump_manifest",

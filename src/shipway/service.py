@@ -28,6 +28,10 @@ from shipway.errors import (
     RateLimited,
     ShipwayError,
 )
+from shipway.govern.auth import Authenticator
+from shipway.govern.keys import KeyRing, parse_duration
+from shipway.govern.pii import Redactor
+from shipway.govern.retention import purge
 from shipway.lifecycle.rollout import Rollout, RolloutState
 from shipway.manifest import Manifest, load_manifest
 from shipway.metrics import ServiceMetrics
@@ -193,6 +197,12 @@ class Service:
         self.shadow_log = ShadowLog(store.engine)
         self.lanes = Lanes(self)
         self.started = False
+        self.dev_mode = settings.dev_mode
+        secret = settings.secret()  # refuses to start without a real secret outside dev mode
+        self.keyring = KeyRing(store.engine)
+        self.keyring.refresh_if_changed()
+        self.authenticator = Authenticator(self.keyring, manifest.auth.oidc)
+        self.redactor = Redactor(manifest.pii, secret)
         self.output_check = OutputCheck(manifest.output, manifest.guards.output)
         self.fallbacks = self._build_fallbacks()
         self.gate = Gate(manifest.serving.limits)
@@ -211,12 +221,15 @@ class Service:
             output_check=self.output_check,
             fallbacks=self.fallbacks,
             cache=manifest.serving.cache,
+            redact=self.redactor if self.redactor else None,
+            stop=manifest.stop,
         )
         self._publish(self.state)
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
         self._refresh_lock = threading.Lock()
         self._last_auto_step = 0.0
+        self._next_purge = 0.0
 
     def make_lane(self, version: int | None, predictor: Predictor, name: str = "") -> Lane:
         """A lane with the manifest's batching and its own circuit breaker."""
@@ -290,6 +303,7 @@ class Service:
             shadows=shadows,
             names=self.contract.names,
             generation=st.generation,
+            stopped=(st.stop_reason or "stopped") if st.stopped else None,
         )
 
     def _publish(self, st: RolloutState) -> None:
@@ -327,6 +341,8 @@ class Service:
     def _watch(self) -> None:
         while not self._stop.wait(ROLLOUT_POLL_S):
             try:
+                self.keyring.refresh_if_changed()
+                self._maybe_purge()
                 self.refresh()
                 self._maybe_auto_step()
                 router = self.router
@@ -337,6 +353,18 @@ class Service:
                 )
             except Exception:
                 log.exception("rollout watcher: refresh failed; the current plan stays")
+
+    def _maybe_purge(self) -> None:
+        spec = self.manifest.retention
+        if spec.decisions is None and spec.shadow_decisions is None:
+            return
+        now = time.monotonic()
+        if now < self._next_purge:
+            return
+        self._next_purge = now + parse_duration(spec.interval)
+        res = purge(self.store.engine, self.name, spec, actor="shipway-retention")
+        if any(res["removed"].values()):
+            log.info("retention purge removed %s", res["removed"])
 
     def _maybe_auto_step(self) -> None:
         spec = self.manifest.rollout
@@ -396,11 +424,11 @@ class Service:
     ) -> dict[str, Any]:
         return await self.predict_path.run(payload, caller, headers)
 
-    def admit(self, client: str | None, headers: Any) -> None:
+    def admit(self, client: str | None, headers: Any, who: str | None = None) -> None:
         """Let one predict request in (pair with :meth:`release`), or refuse it: 429 when the
         caller's rate limit is used up, 503 when too much is in flight."""
         try:
-            self.gate.enter(client, headers)
+            self.gate.enter(client, headers, who)
         except RateLimited:
             self.metrics.rate_limited.inc()
             raise
@@ -443,6 +471,10 @@ class Service:
             "model_version": champion.version,
             "breakers": breakers,
             "in_flight": self.gate.in_flight,
+            "stopped": self.state.stop_reason if self.state.stopped else None,
+            "auth": "OFF (development mode): every caller is an admin"
+            if self.dev_mode
+            else "on",
         }
 
     def decision(self, decision_id: str) -> dict[str, Any]:

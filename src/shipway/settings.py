@@ -6,8 +6,17 @@ logging). Tests build their own ``Settings`` and pass them in.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shipway.errors import ConfigError
+
+#: Values that must never serve as a production secret.
+WEAK_SECRETS = frozenset({"", "changeme", "change-me", "secret", "shipway", "development",
+                          "dev", "test", "password"})  # fmt: skip
+_DEV_SECRET = b"shipway-development-secret-not-for-production"
 
 
 class Settings(BaseSettings):
@@ -16,10 +25,53 @@ class Settings(BaseSettings):
     database_url: SecretStr | None = None
     """SQLAlchemy URL of the store. Unset: SQLite at ``<manifest dir>/.shipway/shipway.db``."""
 
-    @field_validator("database_url", mode="before")
+    dev_mode: bool = False
+    """Development mode: authentication off (said loudly), a built-in secret allowed."""
+    secret_key: SecretStr | None = None
+    """Server secret for keyed PII hashes and audit checkpoints (``SHIPWAY_SECRET_KEY``)."""
+    secret_key_file: Path | None = None
+    """A file holding the server secret (``SHIPWAY_SECRET_KEY_FILE``), e.g. a mounted secret."""
+    api_key: SecretStr | None = None
+    """The CLI's credential (``SHIPWAY_API_KEY``): state-changing commands check its role."""
+
+    @field_validator("database_url", "secret_key", "api_key", "secret_key_file", mode="before")
     @classmethod
     def _empty_is_unset(cls, v: object) -> object:
         return None if v == "" else v
+
+    @field_validator("dev_mode", mode="before")
+    @classmethod
+    def _empty_is_off(cls, v: object) -> object:
+        return False if v == "" else v
+
+    def secret(self) -> bytes:
+        """The server secret. Outside development mode it must be set and not a default."""
+        value: str | None = None
+        if self.secret_key is not None:
+            value = self.secret_key.get_secret_value()
+        elif self.secret_key_file is not None:
+            try:
+                value = self.secret_key_file.read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ConfigError(
+                    f"cannot read SHIPWAY_SECRET_KEY_FILE {self.secret_key_file}: "
+                    f"{exc.strerror}"
+                ) from None
+        if value is None:
+            if self.dev_mode:
+                return _DEV_SECRET
+            raise ConfigError(
+                "no server secret: set SHIPWAY_SECRET_KEY or SHIPWAY_SECRET_KEY_FILE "
+                "(at least 16 characters), or run in development mode (--dev)"
+            )
+        if value.lower() in WEAK_SECRETS or len(value) < 16:
+            if self.dev_mode:
+                return value.encode()
+            raise ConfigError(
+                "the server secret is a default or shorter than 16 characters; "
+                "refusing to start outside development mode"
+            )
+        return value.encode()
 
     log_level: str = "info"
     actor: str | None = None

@@ -23,11 +23,16 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shipway import __version__
-from shipway.api.control import RolloutMove, apply_move, rollout_report
+from shipway.api.access import AccessMiddleware, principal_of, require
+from shipway.api.control import KeyCreate, Reason, RolloutMove, apply_move, rollout_report
 from shipway.api.errors import error_response, shipway_error_response
 from shipway.api.openapi import predict_openapi
 from shipway.api.v2 import v2_routes
 from shipway.errors import BadRequest, PayloadTooLarge, ShipwayError
+from shipway.govern import audit
+from shipway.govern.keys import Keys, parse_duration
+from shipway.govern.retention import purge
+from shipway.govern.roles import APPROVE, READ_INPUTS
 from shipway.service import Service
 
 _JSON = "application/json"
@@ -137,10 +142,12 @@ def create_app(service: Service, *, manage_lifecycle: bool = True) -> FastAPI:
         except ValueError:
             length = 0
         client = request.client.host if request.client is not None else None
+        principal = principal_of(request)
+        who = principal.key_id or (principal.name if principal.kind == "jwt" else None)
         try:
             if length > max_body:
                 raise PayloadTooLarge(f"the body has {length} bytes; the limit is {max_body}")
-            service.admit(client, request.headers)
+            service.admit(client, request.headers, who)
         except ShipwayError as exc:
             return shipway_error_response(exc)
         try:
@@ -151,7 +158,11 @@ def create_app(service: Service, *, manage_lifecycle: bool = True) -> FastAPI:
                 payload = orjson.loads(body)
             except orjson.JSONDecodeError as exc:
                 raise BadRequest(f"the body is not valid JSON: {exc}") from None
-            caller = request.headers.get("x-shipway-caller") or client
+            caller = (
+                request.headers.get("x-shipway-caller") or client
+                if principal.kind == "dev"
+                else principal.name
+            )
             result = await service.predict(payload, caller, request.headers)
         except ShipwayError as exc:
             return shipway_error_response(exc)
@@ -183,13 +194,19 @@ def create_app(service: Service, *, manage_lifecycle: bool = True) -> FastAPI:
         return _json(service.describe())
 
     @app.get("/v1/decisions/{decision_id}", tags=["control"], summary="One logged decision")
-    async def decision(decision_id: str) -> Response:
-        return _json(service.decision(decision_id))
+    async def decision(decision_id: str, request: Request) -> Response:
+        d = await run_in_threadpool(service.decision, decision_id)
+        if not principal_of(request).can(READ_INPUTS):
+            d.pop("inputs", None)  # viewers see decisions without their inputs
+        return _json(d)
 
     # -- models and rollout (the CLI's moves, over HTTP) ----------------------------------------
 
     def _actor(request: Request) -> str:
-        return request.headers.get("x-shipway-actor") or "api"
+        p = principal_of(request)
+        if p.kind == "dev":
+            return request.headers.get("x-shipway-actor") or "development"
+        return p.name
 
     @app.get("/v1/models", tags=["models"], summary="Registered versions, roles and metrics")
     async def models() -> Response:
@@ -205,8 +222,83 @@ def create_app(service: Service, *, manage_lifecycle: bool = True) -> FastAPI:
 
     @app.post("/v1/rollout/{move}", tags=["rollout"], summary="Make a rollout move")
     async def rollout_move(move: str, body: RolloutMove, request: Request) -> Response:
+        if move == "promote" or body.force:
+            require(principal_of(request), APPROVE, "promotion or --force")
         result = await run_in_threadpool(apply_move, service, move, body, _actor(request))
         return _json(result)
+
+    # -- governance ----------------------------------------------------------------------------
+
+    @app.get("/v1/audit", tags=["governance"], summary="Audit events, newest first")
+    async def audit_list(limit: int = 100, since_seq: int = 0) -> Response:
+        rows = await run_in_threadpool(
+            audit.events, service.store.engine, since_seq=since_seq, limit=min(limit, 10_000),
+            newest_first=True,
+        )  # fmt: skip
+        return _json({"events": rows})
+
+    @app.get("/v1/audit/verify", tags=["governance"], summary="Check the whole hash chain")
+    async def audit_verify() -> Response:
+        res = await run_in_threadpool(audit.verify, service.store.engine)
+        return _json(res.to_dict(), 200 if res.ok else 409)
+
+    @app.get("/v1/keys", tags=["governance"], summary="API keys, without secrets")
+    async def keys_list() -> Response:
+        keys = await run_in_threadpool(Keys(service.store.engine).list)
+        return _json({"keys": [k.to_dict() for k in keys]})
+
+    @app.post("/v1/keys", tags=["governance"], summary="Create an API key (shown once)")
+    async def keys_create(body: KeyCreate, request: Request) -> Response:
+        expires = parse_duration(body.expires) if body.expires else None
+        info, secret = await run_in_threadpool(
+            lambda: Keys(service.store.engine).create(
+                name=body.name, role=body.role, actor=_actor(request), expires_in=expires,
+                reason=body.reason,
+            )
+        )  # fmt: skip
+        service.keyring.reload()
+        return _json({"key": secret, **info.to_dict()}, 201)
+
+    @app.delete("/v1/keys/{key_id}", tags=["governance"], summary="Revoke an API key")
+    async def keys_revoke(key_id: str, request: Request, reason: str = "") -> Response:
+        info = await run_in_threadpool(
+            lambda: Keys(service.store.engine).revoke(key_id, actor=_actor(request), reason=reason)
+        )
+        service.keyring.forget(key_id)
+        return _json(info.to_dict())
+
+    @app.post("/v1/keys/{key_id}/rotate", tags=["governance"], summary="Replace an API key")
+    async def keys_rotate(key_id: str, request: Request) -> Response:
+        info, secret = await run_in_threadpool(
+            lambda: Keys(service.store.engine).rotate(key_id, actor=_actor(request))
+        )
+        service.keyring.forget(key_id)
+        service.keyring.reload()
+        return _json({"key": secret, **info.to_dict()}, 201)
+
+    @app.post("/v1/stop", tags=["governance"], summary="Stop calling models (stop switch)")
+    async def stop(body: Reason, request: Request) -> Response:
+        st = await run_in_threadpool(
+            lambda: service.rollout.stop(actor=_actor(request), reason=body.reason)
+        )
+        service.refresh()
+        return _json({"stopped": True, "state": st.to_dict()})
+
+    @app.post("/v1/resume", tags=["governance"], summary="Undo the stop switch")
+    async def resume(body: Reason, request: Request) -> Response:
+        st = await run_in_threadpool(
+            lambda: service.rollout.resume(actor=_actor(request), reason=body.reason)
+        )
+        service.refresh()
+        return _json({"stopped": False, "state": st.to_dict()})
+
+    @app.post("/v1/retention/purge", tags=["governance"], summary="Purge past retention now")
+    async def retention_purge(request: Request) -> Response:
+        res = await run_in_threadpool(
+            purge, service.store.engine, service.name, service.manifest.retention,
+            actor=_actor(request),
+        )  # fmt: skip
+        return _json(res)
 
     # -- OpenAPI with the real contract ---------------------------------------------------------
 
@@ -219,6 +311,7 @@ def create_app(service: Service, *, manage_lifecycle: bool = True) -> FastAPI:
 
     app.openapi = openapi  # type: ignore[method-assign]
     static = frozenset(p for r in app.router.routes if "{" not in (p := getattr(r, "path", "{")))
+    app.add_middleware(AccessMiddleware, service=service)
     app.add_middleware(MetricsMiddleware, service=service, static_paths=static)
     return app
 

@@ -20,6 +20,17 @@ class RolloutMove(BaseModel):
     force: bool = Field(False, description="Pass a failed gate or failed step checks.")
 
 
+class KeyCreate(BaseModel):
+    name: str = Field(..., min_length=1, max_length=128, description="Who or what uses the key.")
+    role: str = Field(..., description="viewer, predictor, reviewer, operator, approver, admin.")
+    expires: str | None = Field(None, description="Lifetime such as 90d (unset: no expiry).")
+    reason: str = Field("", description="Why (recorded in the audit log).")
+
+
+class Reason(BaseModel):
+    reason: str = Field("", description="Why (recorded in the audit log).")
+
+
 MOVES = ("shadow", "unshadow", "canary", "step", "promote", "rollback")
 
 
@@ -67,4 +78,4 @@ def rollout_report(service: Service) -> dict[str, Any]:
     return out
 
 
-__all__ = ["MOVES", "RolloutMove", "apply_move", "rollout_report"]
+__all__ = ["MOVES", "KeyCreate", "Reason", "RolloutMove", "apply_move", "rollout_report"]

@@ -34,6 +34,9 @@ STATUS_BY_CODE: dict[str, int] = {
     "model_unavailable": 503,
     "overloaded": 503,
     "rate_limited": 429,
+    "unauthorized": 401,
+    "forbidden": 403,
+    "service_stopped": 503,
     "payload_too_large": 413,
 }
 
@@ -47,6 +50,8 @@ def shipway_error_response(exc: ShipwayError) -> Response:
     headers = None
     if exc.retry_after is not None:
         headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after)))}
+    elif exc.code == "unauthorized":
+        headers = {"WWW-Authenticate": 'Bearer realm="shipway"'}
     return error_response(exc.to_dict(), status_for(exc), headers)
 
 

@@ -303,7 +303,9 @@ def v2_routes(service: Service) -> list[Route]:
                     f"{manifest.serving.max_batch_rows} per request (serving.max_batch_rows)"
                 )
             client = request.client.host if request.client else None
-            service.admit(client, request.headers)
+            p = request.scope.get("state", {}).get("principal")
+            who = (p.key_id or p.name) if p is not None and p.kind != "dev" else None
+            service.admit(client, request.headers, who)
         except ShipwayError as exc:
             return _v2_error(exc)
         try:

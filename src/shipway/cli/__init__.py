@@ -15,7 +15,9 @@ import typer
 from rich.console import Console
 
 from shipway import __version__
+from shipway.cli.access import cli_principal
 from shipway.errors import ShipwayError
+from shipway.govern.roles import ADMIN
 from shipway.settings import Settings
 
 app = typer.Typer(
@@ -120,6 +122,7 @@ def init(
         with console.status("Inferring the contract and scoring the pilot on a holdout..."):
             res = init_service(
                 endpoint=endpoint_spec,
+                authorize=lambda store: cli_principal(store, settings, ADMIN, "init").name,
                 model=model,
                 data=data,
                 target=target,
@@ -170,17 +173,35 @@ def serve(
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
     access_log: Annotated[bool, typer.Option(help="Log every request line.")] = False,
+    dev: Annotated[
+        bool,
+        typer.Option(
+            "--dev",
+            help="Development mode: authentication OFF (every caller is an admin). "
+            "Same as SHIPWAY_DEV_MODE=1. Never in production.",
+        ),
+    ] = False,
 ) -> None:
-    """Serve the manifest's model over HTTP (own JSON API) until stopped."""
+    """Serve the manifest's model over HTTP (own JSON API and V2) until stopped.
+
+    Outside development mode every route but /healthz, /readyz and /metrics needs an API key
+    or an OIDC token, and SHIPWAY_SECRET_KEY (or SHIPWAY_SECRET_KEY_FILE) must be set.
+    """
     import uvicorn
 
     from shipway.api import create_app
     from shipway.service import Service
 
+    settings = Settings(dev_mode=True) if dev else Settings()
     try:
-        service = Service.open(manifest, Settings())
+        service = Service.open(manifest, settings)
     except ShipwayError as exc:
         raise fail(exc.message) from None
+    if settings.dev_mode:
+        console.print(
+            "[bold red]DEVELOPMENT MODE: authentication is OFF and every caller is an admin. "
+            "Do not expose this server.[/]"
+        )
     console.print(
         f"Serving [bold]{service.name}[/] model v{service.router.champion.version} on "
         f"http://{host}:{port}  (docs: /docs, metrics: /metrics)",
@@ -319,6 +340,10 @@ def demo(
 from shipway.cli.lifecycle import register as _register_lifecycle  # noqa: E402
 
 _register_lifecycle(models_app, rollout_app)
+
+from shipway.cli.govern import register as _register_govern  # noqa: E402
+
+_register_govern(app)
 
 
 def main() -> None:

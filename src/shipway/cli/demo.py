@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import secrets
 import signal
 import subprocess
 import sys
@@ -136,12 +137,15 @@ class Tally:
         return t
 
 
-def replay(base: str, traffic: list[dict[str, Any]], seconds: float, tally: Tally) -> None:
+def replay(
+    base: str, traffic: list[dict[str, Any]], seconds: float, tally: Tally, key: str = ""
+) -> None:
     """Send traffic for ``seconds``: mostly valid rows, some batches, 5% invalid, a shift."""
     rnd = random.Random(11)
     deadline = time.monotonic() + seconds
     i = 0
-    with httpx.Client(base_url=base, timeout=10.0) as client:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    with httpx.Client(base_url=base, timeout=10.0, headers=headers) as client:
         while time.monotonic() < deadline:
             row = traffic[i % len(traffic)]
             i += 1
@@ -208,7 +212,21 @@ def run_demo(*, duration: float | None, port: int, workdir: Path | None, console
         f"2. shipway init: {res.manifest_path.name} with {len(res.manifest.contract.inputs)} "
         f"inputs; model v{res.version} registered; holdout {scores}"
     )
-    env = {k: v for k, v in os.environ.items() if k != "SHIPWAY_DATABASE_URL"}
+    # Production-like: authentication on, a real secret, a key per use.
+    from shipway.govern.keys import Keys
+    from shipway.service import open_manifest
+
+    _m, _loc, store = open_manifest(res.manifest_path, settings)
+    try:
+        keys = Keys(store.engine)
+        _info, traffic_key = keys.create(name="demo-traffic", role="predictor", actor="demo")
+        _info, viewer_key = keys.create(name="demo-viewer", role="viewer", actor="demo")
+    finally:
+        store.close()
+    console.print("   API keys: demo-traffic (predictor), demo-viewer (viewer)")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("SHIPWAY_DATABASE_URL", "SHIPWAY_DEV_MODE")}  # fmt: skip
+    env["SHIPWAY_SECRET_KEY"] = secrets.token_hex(32)
     cmd = [sys.executable, "-m", "shipway", "serve", str(res.manifest_path),
            "--port", str(port), "--log-level", "warning"]  # fmt: skip
     proc = subprocess.Popen(cmd, env=env)
@@ -219,10 +237,12 @@ def run_demo(*, duration: float | None, port: int, workdir: Path | None, console
         tally = Tally()
         seconds = max(5.0, (duration - 8.0)) if duration is not None else 20.0
         with console.status(f"4. replaying traffic for {seconds:.0f} s..."):
-            replay(base, traffic, seconds, tally)
+            replay(base, traffic, seconds, tally, traffic_key)
         console.print(tally.table("What happened"))
         logged = sum(1 for _ in _decisions(res.manifest_path))
         console.print(f"decision log: {logged} decisions committed (every answered row)")
+        console.print(f"Read-only key for the routes below (send as 'Authorization: Bearer KEY'):"
+                      f"\n  {viewer_key}")  # fmt: skip
         console.print("Open:")
         for path, what in [
             ("/docs", "the API, with the contract as its schema"),

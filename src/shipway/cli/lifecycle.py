@@ -17,7 +17,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from shipway.cli.access import cli_principal
 from shipway.errors import ShipwayError
+from shipway.govern.roles import APPROVE, OPERATE
 from shipway.settings import Settings
 
 out = Console(soft_wrap=True)
@@ -33,12 +35,6 @@ Force = Annotated[
         "--force", help="Pass a failed evaluation gate or failed step checks (needs --reason)."
     ),
 ]
-
-
-def _actor(settings: Settings) -> str:
-    import getpass
-
-    return settings.actor or getpass.getuser()
 
 
 @contextlib.contextmanager
@@ -102,10 +98,9 @@ def register(models_app: typer.Typer, rollout_app: typer.Typer) -> None:
 
         settings = Settings()
         with _opened(manifest) as (m, store):
+            actor = cli_principal(store, settings, OPERATE, "models add").name
             with err.status("Scoring the new version and the champion on the holdout..."):
-                res = add_version(
-                    store, m, model=model, data=data, note=note, actor=_actor(settings)
-                )
+                res = add_version(store, m, model=model, data=data, note=note, actor=actor)
             out.print(
                 f"[green]Registered[/] version {res.version.version} "
                 f"({res.version.flavor}, {res.version.uri})"
@@ -163,11 +158,12 @@ def register(models_app: typer.Typer, rollout_app: typer.Typer) -> None:
                 )
             out.print(t)
 
-    def _move(manifest: Path, fn: Any) -> Any:
+    def _move(manifest: Path, fn: Any, permission: str = OPERATE, what: str = "") -> Any:
         from shipway.lifecycle.rollout import Rollout
 
         with _opened(manifest) as (m, store):
-            result = fn(Rollout(store, m))
+            actor = cli_principal(store, Settings(), permission, what or "this move").name
+            result = fn(Rollout(store, m), actor)
             st = result[0] if isinstance(result, tuple) else result
             _print_state(st)
             return result
@@ -180,11 +176,10 @@ def register(models_app: typer.Typer, rollout_app: typer.Typer) -> None:
         stop: Annotated[bool, typer.Option("--stop", help="Stop shadowing it.")] = False,
     ) -> None:
         """Mirror live traffic to VERSION; its answers are logged, never returned."""
-        actor = _actor(Settings())
         if stop:
-            _move(manifest, lambda r: r.unshadow(version, actor=actor, reason=reason))
+            _move(manifest, lambda r, a: r.unshadow(version, actor=a, reason=reason))
         else:
-            _move(manifest, lambda r: r.shadow(version, actor=actor, reason=reason))
+            _move(manifest, lambda r, a: r.shadow(version, actor=a, reason=reason))
 
     @rollout_app.command("canary")
     def rollout_canary(
@@ -201,12 +196,13 @@ def register(models_app: typer.Typer, rollout_app: typer.Typer) -> None:
         force: Force = False,
     ) -> None:
         """Send a share of requests to VERSION (the same key always gets the same version)."""
-        actor = _actor(Settings())
         _move(
             manifest,
-            lambda r: r.canary(
-                version, percent=percent, key=key, actor=actor, reason=reason, force=force
+            lambda r, a: r.canary(
+                version, percent=percent, key=key, actor=a, reason=reason, force=force
             ),
+            APPROVE if force else OPERATE,
+            "canary --force" if force else "canary",
         )
 
     @rollout_app.command("step")
@@ -216,8 +212,12 @@ def register(models_app: typer.Typer, rollout_app: typer.Typer) -> None:
         force: Force = False,
     ) -> None:
         """Move the canary to the next step when this step's checks pass."""
-        actor = _actor(Settings())
-        _st, rep = _move(manifest, lambda r: r.step(actor=actor, reason=reason, force=force))
+        _st, rep = _move(
+            manifest,
+            lambda r, a: r.step(actor=a, reason=reason, force=force),
+            APPROVE if force else OPERATE,
+            "step --force" if force else "step",
+        )
         for c in rep.checks:
             out.print(f"  {'[green]ok[/]' if c.passed else '[red]no[/]'} {c.name}: {c.detail}")
 
@@ -228,8 +228,12 @@ def register(models_app: typer.Typer, rollout_app: typer.Typer) -> None:
         force: Force = False,
     ) -> None:
         """Make the canary the champion."""
-        actor = _actor(Settings())
-        _move(manifest, lambda r: r.promote(actor=actor, reason=reason, force=force))
+        _move(
+            manifest,
+            lambda r, a: r.promote(actor=a, reason=reason, force=force),
+            APPROVE,
+            "promote",
+        )
 
     @rollout_app.command("rollback")
     def rollout_rollback(
@@ -237,8 +241,7 @@ def register(models_app: typer.Typer, rollout_app: typer.Typer) -> None:
         reason: Reason = "",
     ) -> None:
         """Stop the canary; with none running, return to the previous champion at once."""
-        actor = _actor(Settings())
-        _move(manifest, lambda r: r.rollback(actor=actor, reason=reason))
+        _move(manifest, lambda r, a: r.rollback(actor=a, reason=reason), OPERATE, "rollback")
 
     @rollout_app.command("status")
     def rollout_status(

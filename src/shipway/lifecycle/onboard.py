@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -117,6 +118,7 @@ def init_service(
     actor: str = "unknown",
     force: bool = False,
     endpoint: EndpointSpec | None = None,
+    authorize: Callable[[Any], str] | None = None,
 ) -> InitResult:
     """Infer the contract, score the pilot on a holdout, register version 1, write the manifest."""
     from shipway.service import Location, open_service_store
@@ -246,6 +248,8 @@ def init_service(
     location = Location.of(manifest, manifest_path.resolve(), settings)
     store = open_service_store(location, manifest)
     try:
+        if authorize is not None:
+            actor = authorize(store)  # may refuse: the store's keys decide who may init
         registry = Registry(store)
         if registry.list(svc_name) and not force:
             raise InputError(

@@ -20,6 +20,7 @@ import numpy as np
 from sqlalchemy import func, insert, select, update
 
 from shipway.errors import Conflict, GateFailed, InputError, NotFound
+from shipway.govern import audit
 from shipway.manifest import Manifest
 from shipway.models import ModelVersion, Registry
 from shipway.store import Store
@@ -40,11 +41,18 @@ class RolloutState:
     generation: int = 0
     updated_at: float = 0.0
     updated_by: str = "manifest"
+    stopped: bool = False
+    stop_reason: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["shadows"] = list(self.shadows)
         return d
+
+
+def _summary(st: RolloutState) -> dict[str, Any]:
+    return {"champion": st.champion, "canary": st.canary, "percent": st.canary_percent,
+            "shadows": list(st.shadows), "stopped": st.stopped}  # fmt: skip
 
 
 @dataclass
@@ -268,7 +276,35 @@ class Rollout:
                 service=self.service, ts=now, actor=actor, action=action, reason=reason,
                 before=before.to_dict(), after=after.to_dict(),
             ))  # fmt: skip
+            audit.append(
+                conn, actor=actor, action=f"rollout.{action}", target=f"service:{self.service}",
+                service=self.service, before=_summary(before), after=_summary(after),
+                reason=reason,
+            )  # fmt: skip
+            if action.startswith("force-"):
+                audit.append(
+                    conn, actor=actor, action="gate.force", target=f"service:{self.service}",
+                    service=self.service, after={"move": action.removeprefix("force-")},
+                    reason=reason,
+                )  # fmt: skip
         return after
+
+    def stop(self, *, actor: str, reason: str) -> RolloutState:
+        """The stop switch: servers stop calling models and answer as the manifest declares."""
+        if not reason.strip():
+            raise InputError("stopping a service needs a reason (--reason)")
+        st = self.state()
+        if st.stopped:
+            raise Conflict(f"service {self.service!r} is already stopped: {st.stop_reason}")
+        return self._commit(st, replace(st, stopped=True, stop_reason=reason), "stop", actor,
+                            reason)  # fmt: skip
+
+    def resume(self, *, actor: str, reason: str = "") -> RolloutState:
+        st = self.state()
+        if not st.stopped:
+            raise Conflict(f"service {self.service!r} is not stopped")
+        return self._commit(st, replace(st, stopped=False, stop_reason=None), "resume", actor,
+                            reason)  # fmt: skip
 
     def shadow(self, version: int, *, actor: str, reason: str = "") -> RolloutState:
         st = self.state()

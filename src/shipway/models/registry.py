@@ -16,6 +16,7 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from shipway.errors import InputError, ModelError, NotFound
+from shipway.govern import audit
 from shipway.manifest import ContractSpec, EndpointSpec
 from shipway.models.predictor import (
     FunctionPredictor,
@@ -143,6 +144,13 @@ class Registry:
                     conn.execute(insert(model_versions).values(**row))
                 except IntegrityError:
                     continue  # another writer took that number; take the next
+                audit.append(
+                    conn, actor=actor, action="model.add",
+                    target=f"service:{service}/v{row['version']}", service=service,
+                    after={"version": row["version"], "flavor": flavor, "uri": uri,
+                           "artifact_sha256": artifact_sha256},
+                    reason=note,
+                )  # fmt: skip
             return ModelVersion(**row)
         raise ModelError(f"could not allocate a version number for service {service!r}")
 

@@ -28,7 +28,11 @@ class TokenBuckets:
         self._clock = clock
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
 
-    def key_of(self, client: str | None, headers: Mapping[str, str] | None) -> str:
+    def key_of(
+        self, client: str | None, headers: Mapping[str, str] | None, who: str | None = None
+    ) -> str:
+        if who is not None:  # an authenticated caller: its API key or token subject
+            return "p:" + who
         if self.header is not None and headers is not None:
             v = headers.get(self.header)
             if v:
@@ -66,10 +70,12 @@ class Gate:
         self.max_in_flight = spec.max_in_flight
         self.in_flight = 0
 
-    def enter(self, client: str | None, headers: Mapping[str, str] | None) -> None:
+    def enter(
+        self, client: str | None, headers: Mapping[str, str] | None, who: str | None = None
+    ) -> None:
         """Admit one request (pair with :meth:`leave`) or raise RateLimited / Overloaded."""
         if self.buckets is not None:
-            self.buckets.take(self.buckets.key_of(client, headers))
+            self.buckets.take(self.buckets.key_of(client, headers, who))
         if self.in_flight >= self.max_in_flight:
             raise Overloaded(
                 f"the service is at its limit of {self.max_in_flight} requests in flight "

@@ -24,10 +24,11 @@ from shipway.errors import (
     ModelError,
     ModelTimeout,
     ModelUnavailable,
+    ServiceStopped,
     ShipwayError,
     StoreError,
 )
-from shipway.manifest import CacheSpec, FallbackStep, GuardsSpec, RolloutSpec
+from shipway.manifest import CacheSpec, FallbackStep, GuardsSpec, RolloutSpec, StopSpec
 from shipway.metrics import ServiceMetrics
 from shipway.models.predictor import Predictions, Row
 from shipway.serving.guards import AnswerCache, OutputCheck, backoff_s, is_retryable
@@ -35,6 +36,10 @@ from shipway.serving.router import Job, Lane, Route, Router
 
 _now = time.time
 _perf = time.perf_counter
+
+
+def _same(d: dict[str, Any]) -> dict[str, Any]:
+    return d
 
 
 def _retrieve(fut: Any) -> None:
@@ -86,6 +91,8 @@ class PredictPath:
         output_check: OutputCheck | None = None,
         fallbacks: list[Fallback] | None = None,
         cache: CacheSpec | None = None,
+        redact: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+        stop: StopSpec | None = None,
     ) -> None:
         self.service = service
         self.contract = contract
@@ -106,6 +113,8 @@ class PredictPath:
         wants_cache = cache.ttl_s > 0 or any(f.step.kind == "cache" for f in self.fallbacks)
         self.cache = AnswerCache(cache.max_entries) if wants_cache else None
         self._names = contract.names
+        self.redact = redact
+        self.stop = stop or StopSpec()
         self._violation_children: dict[tuple[str, str], Any] = {}
         self._decision_children: dict[tuple[str, str], Any] = {}
         self._background: set[asyncio.Task[None]] = set()
@@ -153,6 +162,7 @@ class PredictPath:
         """Builds the decision rows of one answer (on the runner thread for model answers)."""
         names = self._names
         service = self.service
+        redact = self.redact or _same
 
         def record(pred: Predictions) -> list[dict[str, Any]]:
             latency_ms = (_perf() - t0) * 1000.0
@@ -160,7 +170,7 @@ class PredictPath:
             costs = pred.cost if pred.cost is not None else repeat(None)
             return [
                 {"id": ids[k], "ts": ts, "service": service, "model_version": version,
-                 "route": route, "inputs": dict(zip(names, values[k], strict=True)),
+                 "route": route, "inputs": redact(dict(zip(names, values[k], strict=True))),
                  "output": o, "confidence": c, "latency_ms": latency_ms, "caller": caller,
                  "reason": reason, "cost": cost}
                 for k, o, c, cost in zip(rows, pred.outputs, pred.confidence, costs, strict=False)
@@ -236,6 +246,8 @@ class PredictPath:
         lane = route.lane
         positions = route.rows
         rows = [values[i] for i in positions] if len(positions) != len(values) else values
+        if self.router.stopped is not None:
+            return await self._stopped(positions, rows, ids, values, caller, t0)
         cache = self.cache
         if cache is not None and self.cache_ttl > 0:
             hit = self._from_cache(rows, self.cache_ttl, lane.version)
@@ -254,6 +266,28 @@ class PredictPath:
                 self.metrics.cost.inc(sum(c for c in pred.cost if c))
             return Answer(positions, route.route, lane.version, pred.outputs, pred.confidence)
         return await self._fall_back(positions, rows, reasons, ids, values, caller, t0)
+
+    async def _stopped(
+        self,
+        positions: list[int],
+        rows: list[Row],
+        ids: list[str],
+        values: list[Row],
+        caller: str | None,
+        t0: float,
+    ) -> Answer:
+        """The stop switch is on: no model is called; the manifest's safe behaviour answers."""
+        why = f"service stopped: {self.router.stopped}"
+        if self.stop.behavior == "default" and self.stop.answer is not None:
+            a = self.stop.answer
+            n = len(rows)
+            return await self._answer_with(
+                positions, "stopped", None, [a["output"]] * n, [a.get("confidence")] * n,
+                ids, values, caller, t0, why,
+            )  # fmt: skip
+        raise ServiceStopped(
+            f"the service is stopped ({self.router.stopped}); no model is called"
+        )
 
     def _from_cache(
         self, rows: list[Row], max_age: float, version: int | None
@@ -410,7 +444,7 @@ class PredictPath:
                 out[k] = {"id": ids[k], "output": output, "confidence": conf,
                           "model_version": version, "route": name, "row": good[k]}  # fmt: skip
             self._count_decisions(name, version, len(ans.rows))
-        if router.shadows:
+        if router.shadows and router.stopped is None:
             self._start_shadows(router.shadows, ids, values)
         if single:
             d = out[0]
@@ -446,6 +480,7 @@ class PredictPath:
         they stand as decisions even though the request as a whole failed.
         """
         names = self._names
+        redact = self.redact or _same
         latency_ms = (_perf() - t0) * 1000.0
         ts = _now()
         rows = []
@@ -453,13 +488,13 @@ class PredictPath:
             if not isinstance(res, BaseException):
                 continue
             msg = res.message if isinstance(res, ShipwayError) else f"{type(res).__name__}: {res}"
-            if not isinstance(res, ModelUnavailable):
+            if not isinstance(res, ModelUnavailable | ServiceStopped):
                 self.metrics.model_errors.labels(str(route.lane.version), "model_error").inc()
             for k in route.rows:
                 rows.append({
                     "id": ids[k], "ts": ts, "service": self.service,
                     "model_version": route.lane.version, "route": route.route,
-                    "inputs": dict(zip(names, values[k], strict=True)), "output": None,
+                    "inputs": redact(dict(zip(names, values[k], strict=True))), "output": None,
                     "confidence": None, "latency_ms": latency_ms, "caller": caller,
                     "error": msg[:2000],
                 })  # fmt: skip

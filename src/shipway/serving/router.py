@@ -223,8 +223,11 @@ class Router:
         shadows: Sequence[Lane] = (),
         names: Sequence[str] = (),
         generation: int = 0,
+        stopped: str | None = None,
     ) -> None:
         self.champion = champion
+        self.stopped = stopped
+        """The stop switch's reason while it is on (no model is called), else None."""
         self.canary = canary if canary is not None and percent > 0 else None
         self.percent = percent
         self.shadows = tuple(shadows)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Column,
     Float,
     Index,
@@ -104,6 +105,8 @@ rollout_state = Table(
     Column("generation", Integer, nullable=False),
     Column("updated_at", Float, nullable=False),
     Column("updated_by", String(128), nullable=False),
+    Column("stopped", Boolean, nullable=False, default=False),
+    Column("stop_reason", Text, nullable=True),
 )
 
 rollout_events = Table(
@@ -119,8 +122,50 @@ rollout_events = Table(
     Column("after", JSON, nullable=False),
 )
 
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(16), primary_key=True),
+    Column("name", String(128), nullable=False),
+    Column("role", String(32), nullable=False),
+    Column("secret_sha256", String(64), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("created_by", String(128), nullable=False),
+    Column("expires_at", Float, nullable=True),
+    Column("revoked_at", Float, nullable=True),
+    Column("revoked_by", String(128), nullable=True),
+)
+
+audit_events = Table(
+    "audit_events",
+    metadata,
+    Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+           autoincrement=False),
+    Column("ts", Float, nullable=False),
+    Column("service", String(64), nullable=True),
+    Column("actor", String(128), nullable=False),
+    Column("action", String(64), nullable=False),
+    Column("target", Text, nullable=False),
+    Column("before", Text, nullable=False),
+    Column("after", Text, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+)
+
+audit_head = Table(
+    "audit_head",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("hash", String(64), nullable=False),
+)
+
 __all__ = [
+    "api_keys",
     "artifacts",
+    "audit_events",
+    "audit_head",
     "decisions",
     "metadata",
     "model_versions",

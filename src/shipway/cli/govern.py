@@ -1,0 +1,237 @@
+"""``shipway keys|audit|stop|resume|retention``: credentials, the audit trail, the stop switch
+and retention. Every command that changes state checks the caller's role (see cli/access.py)
+and writes an audit event."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated
+
+import orjson
+import typer
+from rich.table import Table
+
+from shipway.cli.access import cli_principal
+from shipway.cli.lifecycle import ManifestArg, _opened, err, out
+from shipway.govern.roles import ADMIN, APPROVE, OPERATE, READ, ROLE_HELP
+from shipway.settings import Settings
+
+keys_app = typer.Typer(help="API keys: create (shown once), list, rotate, revoke.",
+                       no_args_is_help=True)  # fmt: skip
+audit_app = typer.Typer(help="The hash-chained audit log: list, verify, checkpoint.",
+                        no_args_is_help=True)  # fmt: skip
+retention_app = typer.Typer(help="Remove records past the manifest's retention.",
+                            no_args_is_help=True)  # fmt: skip
+
+
+def _when(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(keys_app, name="keys")
+    app.add_typer(audit_app, name="audit")
+    app.add_typer(retention_app, name="retention")
+    app.command("stop")(stop)
+    app.command("resume")(resume)
+
+
+# -- keys --------------------------------------------------------------------------------------
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Option("--name", help="Who or what uses the key.")],
+    role: Annotated[
+        str, typer.Option("--role", help="; ".join(f"{r}: {h}" for r, h in ROLE_HELP.items()))
+    ],
+    expires: Annotated[
+        str | None, typer.Option("--expires", help="Lifetime such as 90d or 12h (default: none).")
+    ] = None,
+    manifest: ManifestArg = Path("shipway.yaml"),
+    reason: Annotated[str, typer.Option(help="Why (kept in the audit log).")] = "",
+) -> None:
+    """Create an API key and print it ONCE; only its hash is stored."""
+    from shipway.govern.keys import Keys, parse_duration
+
+    with _opened(manifest) as (_m, store):
+        actor = cli_principal(store, Settings(), ADMIN, "keys create").name
+        life = parse_duration(expires) if expires else None
+        info, secret = Keys(store.engine).create(
+            name=name, role=role, actor=actor, expires_in=life, reason=reason
+        )
+    err.print(f"Created key [bold]{info.id}[/] for {name!r} with role {role}"
+              + (f", expires {_when(info.expires_at)} UTC" if info.expires_at else "")
+              + ". It is shown once; store it now:", highlight=False)  # fmt: skip
+    print(secret)
+
+
+@keys_app.command("list")
+def keys_list(
+    manifest: ManifestArg = Path("shipway.yaml"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """API keys without their secrets."""
+    from shipway.govern.keys import Keys
+
+    with _opened(manifest) as (_m, store):
+        keys = Keys(store.engine).list()
+    if as_json:
+        print(orjson.dumps([k.to_dict() for k in keys]).decode())
+        return
+    t = Table(title="API keys")
+    for col in ("id", "name", "role", "created", "by", "expires", "state"):
+        t.add_column(col)
+    for k in keys:
+        state = "revoked" if k.revoked_at else ("active" if k.active else "expired")
+        t.add_row(k.id, k.name, k.role, _when(k.created_at), k.created_by, _when(k.expires_at),
+                  state)  # fmt: skip
+    out.print(t)
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key_id: Annotated[str, typer.Argument(help="The key's id (see keys list).")],
+    manifest: ManifestArg = Path("shipway.yaml"),
+    reason: Annotated[str, typer.Option(help="Why (kept in the audit log).")] = "",
+) -> None:
+    """Revoke a key: running servers refuse it within a quarter of a second."""
+    from shipway.govern.keys import Keys
+
+    with _opened(manifest) as (_m, store):
+        actor = cli_principal(store, Settings(), ADMIN, "keys revoke").name
+        Keys(store.engine).revoke(key_id, actor=actor, reason=reason)
+    out.print(f"Revoked key {key_id}")
+
+
+@keys_app.command("rotate")
+def keys_rotate(
+    key_id: Annotated[str, typer.Argument(help="The key's id (see keys list).")],
+    manifest: ManifestArg = Path("shipway.yaml"),
+    reason: Annotated[str, typer.Option(help="Why (kept in the audit log).")] = "",
+) -> None:
+    """Replace a key with a new one (same name, role, lifetime); the old one is revoked."""
+    from shipway.govern.keys import Keys
+
+    with _opened(manifest) as (_m, store):
+        actor = cli_principal(store, Settings(), ADMIN, "keys rotate").name
+        info, secret = Keys(store.engine).rotate(key_id, actor=actor, reason=reason)
+    err.print(f"Key {key_id} revoked; new key [bold]{info.id}[/], shown once:")
+    print(secret)
+
+
+# -- audit -------------------------------------------------------------------------------------
+
+
+@audit_app.command("list")
+def audit_list(
+    manifest: ManifestArg = Path("shipway.yaml"),
+    limit: Annotated[int, typer.Option(help="Newest events to show.")] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
+) -> None:
+    """The newest audit events: who did what, to what, when and why."""
+    from shipway.govern import audit
+
+    with _opened(manifest) as (_m, store):
+        events = list(reversed(audit.events(store.engine, limit=limit, newest_first=True)))
+    if as_json:
+        for e in events:
+            print(orjson.dumps(e).decode())
+        return
+    t = Table(title="audit log")
+    for col in ("seq", "time (UTC)", "actor", "action", "target", "reason"):
+        t.add_column(col)
+    for e in events:
+        t.add_row(str(e["seq"]), _when(e["ts"]), e["actor"], e["action"], e["target"],
+                  e["reason"])  # fmt: skip
+    out.print(t)
+
+
+@audit_app.command("verify")
+def audit_verify(manifest: ManifestArg = Path("shipway.yaml")) -> None:
+    """Check the whole hash chain; exit 1 naming the first broken link."""
+    from shipway.govern import audit
+
+    with _opened(manifest) as (_m, store):
+        res = audit.verify(store.engine)
+    if res.ok:
+        out.print(f"[green]audit chain intact[/]: {res.checked} events")
+        return
+    err.print(f"[bold red]audit chain broken at event {res.broken_seq}[/]: {res.problem}",
+              highlight=False)  # fmt: skip
+    raise typer.Exit(1)
+
+
+@audit_app.command("checkpoint")
+def audit_checkpoint(
+    manifest: ManifestArg = Path("shipway.yaml"),
+    check: Annotated[
+        Path | None, typer.Option("--check", help="Verify a saved checkpoint file instead.")
+    ] = None,
+) -> None:
+    """Print a checkpoint of the chain's head signed with the server secret (HMAC-SHA256), to
+    keep off-site; with --check, verify one against the store."""
+    from shipway.govern import audit
+
+    settings = Settings()
+    with _opened(manifest) as (_m, store):
+        cli_principal(store, settings, READ, "audit checkpoint")
+        key = settings.secret()
+        if check is None:
+            print(json.dumps(audit.checkpoint(store.engine, key)))
+            return
+        cp = json.loads(check.read_text())
+        if audit.check_checkpoint(store.engine, key, cp):
+            out.print(f"[green]checkpoint valid[/]: event {cp['seq']} is in the chain unchanged")
+            return
+    err.print("[bold red]checkpoint does not match[/]: wrong secret, or the chain was rewritten")
+    raise typer.Exit(1)
+
+
+# -- stop switch and retention ------------------------------------------------------------------
+
+
+def stop(
+    reason: Annotated[str, typer.Option("--reason", help="Why (required; audited).")],
+    manifest: ManifestArg = Path("shipway.yaml"),
+) -> None:
+    """Stop calling models at once: every request gets the manifest's safe behaviour."""
+    from shipway.lifecycle.rollout import Rollout
+
+    with _opened(manifest) as (m, store):
+        actor = cli_principal(store, Settings(), APPROVE, "stop").name
+        Rollout(store, m).stop(actor=actor, reason=reason)
+    out.print(f"[bold red]Stopped[/] {m.service.name}: running servers stop calling models "
+              "within a second. Undo with 'shipway resume'.")  # fmt: skip
+
+
+def resume(
+    manifest: ManifestArg = Path("shipway.yaml"),
+    reason: Annotated[str, typer.Option("--reason", help="Why (audited).")] = "",
+) -> None:
+    """Undo 'shipway stop': models answer again."""
+    from shipway.lifecycle.rollout import Rollout
+
+    with _opened(manifest) as (m, store):
+        actor = cli_principal(store, Settings(), APPROVE, "resume").name
+        Rollout(store, m).resume(actor=actor, reason=reason)
+    out.print(f"[green]Resumed[/] {m.service.name}")
+
+
+@retention_app.command("purge")
+def retention_purge(manifest: ManifestArg = Path("shipway.yaml")) -> None:
+    """Delete decisions older than the manifest's retention now (serve also does it hourly)."""
+    from shipway.govern.retention import purge
+
+    with _opened(manifest) as (m, store):
+        actor = cli_principal(store, Settings(), OPERATE, "retention purge").name
+        res = purge(store.engine, m.service.name, m.retention, actor=actor)
+    if not res["older_than"]:
+        out.print("No retention is set in the manifest (retention.decisions); nothing removed.")
+        return
+    for name, n in res["removed"].items():
+        out.print(f"removed {n} rows from {name} older than {_when(res['older_than'][name])} UTC")
