@@ -1,7 +1,8 @@
 """Who may call which route: one table, enforced by one middleware, printed in the docs.
 
 Every route but the operational ones needs credentials. The table maps (method, path) to the
-permissions that allow it (any one is enough); ``OPEN`` routes need none. Some routes ask for
+permissions that allow it (any one is enough); ``OPEN`` routes need none, and a route missing
+from the table needs ``admin`` (fail closed). Some routes ask for
 more inside the handler: a rollout ``promote`` or a ``force`` needs ``approve``, and decisions
 come without their inputs unless the caller may ``read_inputs``.
 """
@@ -117,9 +118,9 @@ class AccessMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        perms = permissions_for(scope["method"], scope["path"])
+        perms = permissions_for(scope["method"], scope["path"]) or (ADMIN,)  # fail closed
         state = scope.setdefault("state", {})
-        if perms is None or OPEN in perms or (
+        if OPEN in perms or (
             OPERATIONS in perms and not self.protect_operations
         ):
             state["principal"] = DEV if self.service.dev_mode else None

@@ -26,7 +26,7 @@ from shipway import __version__
 from shipway.api.access import AccessMiddleware, principal_of, require
 from shipway.api.control import KeyCreate, Reason, RolloutMove, apply_move, rollout_report
 from shipway.api.errors import error_response, shipway_error_response
-from shipway.api.openapi import predict_openapi
+from shipway.api.openapi import predict_openapi, secure_openapi
 from shipway.api.v2 import v2_routes
 from shipway.errors import BadRequest, PayloadTooLarge, ShipwayError
 from shipway.govern import audit
@@ -306,6 +306,7 @@ def create_app(service: Service, *, manage_lifecycle: bool = True) -> FastAPI:
         if app.openapi_schema is None:
             schema = FastAPI.openapi(app)
             predict_openapi(schema, service.manifest)
+            secure_openapi(schema)
             app.openapi_schema = schema
         return app.openapi_schema
 

@@ -125,3 +125,26 @@ def predict_openapi(schema: dict[str, Any], manifest: Manifest) -> None:
 
 
 __all__ = ["predict_openapi"]
+
+
+def secure_openapi(schema: dict[str, Any]) -> None:
+    """Declare bearer authentication, and mark every protected operation with it."""
+    from shipway.api.access import OPEN, OPERATIONS, permissions_for
+
+    comps = schema.setdefault("components", {})
+    comps.setdefault("securitySchemes", {})["bearer"] = {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "A Shipway API key (sw_...) or an OIDC access token (JWT).",
+    }
+    for path, ops in schema.get("paths", {}).items():
+        for method, op in ops.items():
+            perms = permissions_for(method.upper(), path.replace("{", "").replace("}", "x"))
+            if perms is None or not (OPEN in perms or OPERATIONS in perms):
+                op["security"] = [{"bearer": []}]
+                op.setdefault("responses", {}).setdefault(
+                    "401", {"description": "No credentials, or they are not valid."}
+                )
+                op["responses"].setdefault(
+                    "403", {"description": "Valid credentials without the role this needs."}
+                )
