@@ -40,8 +40,8 @@ def main() -> None:
     model, data, rows = build_pilot(work)
     manifest = init_shipway(work, model, data)
     from shipway.lifecycle.versions import add_version
-    from shipway.service import open_manifest
     from shipway.settings import Settings
+    from shipway.store.location import open_manifest
 
     m, _loc, store = open_manifest(manifest, Settings(database_url=None))
     add_version(store, m, model=str(model), note="same model, for the shadow", actor="bench")

@@ -39,7 +39,7 @@ def fragile_workspace(pilot: Pilot, tmp_path: Path) -> Path:
     # Same registered function family, switched to a variant that fails on big tumours.
     from shipway.manifest import load_manifest
     from shipway.models import Registry
-    from shipway.service import Location, open_service_store
+    from shipway.store.location import Location, open_service_store
 
     m = load_manifest(manifest)
     store = open_service_store(Location.of(m, manifest.resolve(), Settings(database_url=None)))

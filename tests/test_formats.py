@@ -11,8 +11,8 @@ import pytest
 
 from shipway.manifest import load_manifest
 from shipway.models import Registry
-from shipway.service import Location, open_service_store
 from shipway.settings import Settings
+from shipway.store.location import Location, open_service_store
 from tests.conftest import Pilot, run_cli
 
 NO_DB = {"SHIPWAY_DATABASE_URL": ""}

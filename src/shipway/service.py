@@ -12,7 +12,6 @@ import io
 import logging
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +32,7 @@ from shipway.govern.keys import KeyRing, parse_duration
 from shipway.govern.pii import Redactor
 from shipway.govern.retention import purge
 from shipway.lifecycle.rollout import Rollout, RolloutState
-from shipway.manifest import Manifest, load_manifest
+from shipway.manifest import Manifest
 from shipway.metrics import ServiceMetrics
 from shipway.models import ModelVersion, Predictor, Registry, SklearnPredictor
 from shipway.models.predictor import FunctionPredictor, import_callable
@@ -42,7 +41,8 @@ from shipway.serving.limits import Gate
 from shipway.serving.predict import Fallback, PredictPath
 from shipway.serving.router import Lane, Router
 from shipway.settings import Settings
-from shipway.store import Store, open_store
+from shipway.store import Store
+from shipway.store.location import Location, open_manifest, open_service_store
 
 log = logging.getLogger("shipway")
 
@@ -50,44 +50,6 @@ log = logging.getLogger("shipway")
 ROLLOUT_POLL_S = 0.25
 #: Lanes no plan uses any more are stopped after this long (in-flight requests finish first).
 LANE_GRACE_S = 30.0
-
-
-@dataclass(frozen=True)
-class Location:
-    """Where a service keeps its state, derived from the manifest's folder and settings."""
-
-    manifest_path: Path
-    storage_dir: Path
-    database_url: str
-    artifacts_dir: Path
-
-    @classmethod
-    def of(cls, manifest: Manifest, manifest_path: Path, settings: Settings) -> Location:
-        storage = (manifest_path.parent / manifest.storage.path).resolve()
-        url = (
-            settings.database_url.get_secret_value()
-            if settings.database_url is not None
-            else f"sqlite:///{storage / 'shipway.db'}"
-        )
-        return cls(manifest_path, storage, url, storage / "artifacts")
-
-
-def open_service_store(location: Location, manifest: Manifest | None = None) -> Store:
-    sync = manifest.serving.decision_log.sync if manifest is not None else "normal"
-    return open_store(location.database_url, location.artifacts_dir, sqlite_sync=sync)
-
-
-def open_manifest(
-    path: str | Path, settings: Settings | None = None
-) -> tuple[Manifest, Location, Store]:
-    """Load a manifest and open its store (what every command that reads state needs)."""
-    settings = settings or Settings()
-    manifest_path = Path(path)
-    if manifest_path.is_dir():
-        manifest_path = manifest_path / "shipway.yaml"
-    manifest = load_manifest(manifest_path)
-    location = Location.of(manifest, manifest_path.resolve(), settings)
-    return manifest, location, open_service_store(location, manifest)
 
 
 def reference_rows(store: Store, mv: ModelVersion, names: list[str], n: int = 64) -> list[Any]:

@@ -257,7 +257,7 @@ def decisions_export(
     """Write every logged decision of the service, oldest first."""
     from shipway.decisions import iter_decisions
     from shipway.manifest import load_manifest
-    from shipway.service import Location, open_service_store
+    from shipway.store.location import Location, open_service_store
 
     if fmt not in ("jsonl", "csv"):
         raise fail(f"--format must be jsonl or csv, not {fmt!r}")

@@ -214,7 +214,7 @@ def run_demo(*, duration: float | None, port: int, workdir: Path | None, console
     )
     # Production-like: authentication on, a real secret, a key per use.
     from shipway.govern.keys import Keys
-    from shipway.service import open_manifest
+    from shipway.store.location import open_manifest
 
     _m, _loc, store = open_manifest(res.manifest_path, settings)
     try:
@@ -271,8 +271,8 @@ def run_demo(*, duration: float | None, port: int, workdir: Path | None, console
 def _decisions(manifest_path: Path) -> Any:
     from shipway.decisions import iter_decisions
     from shipway.manifest import load_manifest
-    from shipway.service import Location, open_service_store
     from shipway.settings import Settings
+    from shipway.store.location import Location, open_service_store
 
     m = load_manifest(manifest_path)
     store = open_service_store(Location.of(m, manifest_path.resolve(), Settings(database_url=None)))

@@ -39,7 +39,7 @@ Force = Annotated[
 
 @contextlib.contextmanager
 def _opened(manifest: Path) -> Iterator[Any]:
-    from shipway.service import open_manifest
+    from shipway.store.location import open_manifest
 
     try:
         m, _loc, store = open_manifest(manifest, Settings())

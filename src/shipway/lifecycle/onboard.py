@@ -121,7 +121,7 @@ def init_service(
     authorize: Callable[[Any], str] | None = None,
 ) -> InitResult:
     """Infer the contract, score the pilot on a holdout, register version 1, write the manifest."""
-    from shipway.service import Location, open_service_store
+    from shipway.store.location import Location, open_service_store
 
     settings = settings or Settings()
     directory = Path(directory)
