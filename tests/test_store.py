@@ -116,7 +116,8 @@ def test_store_error_is_clear_when_unreachable(tmp_path: Path) -> None:
     from shipway.errors import StoreError
 
     t0 = time.monotonic()
-    with pytest.raises(StoreError, match="cannot open the store at postgresql"):
-        open_store("postgresql+psycopg://nobody:secret@127.0.0.1:1/none?connect_timeout=2",
+    with pytest.raises(StoreError, match="cannot open the store at postgresql") as info:
+        open_store("postgresql+psycopg://nobody:s3cr3t-pw@127.0.0.1:1/none?connect_timeout=2",
                    tmp_path / "art")
+    assert "s3cr3t-pw" not in info.value.message  # the password is never printed
     assert time.monotonic() - t0 < 30
