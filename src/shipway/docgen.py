@@ -130,7 +130,8 @@ def cli_reference() -> str:
         ["rollout", "promote"], ["rollout", "rollback"], ["rollout", "status"],
         ["rollout", "history"], ["keys", "create"], ["keys", "list"], ["keys", "revoke"],
         ["keys", "rotate"], ["audit", "list"], ["audit", "verify"], ["audit", "checkpoint"],
-        ["stop"], ["resume"], ["retention", "purge"],
+        ["stop"], ["resume"], ["retention", "purge"], ["monitor", "run"],
+        ["monitor", "report"], ["alerts", "list"], ["feedback", "import"],
     ]  # fmt: skip
     parts = [
         "# CLI reference\n",

@@ -517,6 +517,81 @@ class RetentionSpec(_Model):
 PiiTreatment = Literal["drop", "mask", "hash"]
 
 
+Action = Literal["notify", "rollback", "pause_canary", "review", "retrain"]
+
+
+class AlertRule(_Model):
+    """An alert: a condition over the monitor's figures, held for some windows, then actions."""
+
+    name: str = Field(..., pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$", description="Rule name.")
+    when: str = Field(
+        ...,
+        description=(
+            "A condition in Shipway's expression language over the window's figures, e.g. "
+            "'drift_share > 0.3' or 'labeled >= 50 and accuracy < 0.85'."
+        ),
+    )
+    for_: int = Field(
+        1, ge=1, alias="for", description="Consecutive windows the condition must hold."
+    )
+    do: list[Action] = Field(
+        default_factory=lambda: ["notify"],
+        description="notify, rollback, pause_canary, review, retrain.",
+    )
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _parses(self) -> AlertRule:
+        from shipway.expr import Expression, ExpressionError
+
+        try:
+            Expression(self.when)
+        except ExpressionError as exc:
+            raise ValueError(exc.message) from None
+        return self
+
+
+class WebhookSpec(_Model):
+    """Where notifications go: a JSON POST, retried with backoff, every attempt recorded."""
+
+    url: str = Field(..., description="http(s) URL.")
+    headers: dict[str, str] = Field(
+        default_factory=dict, description="Extra headers; 'env:NAME' reads the environment."
+    )
+    timeout_s: float = Field(5.0, gt=0, description="Per attempt.")
+    attempts: int = Field(4, ge=1, le=10, description="Attempts before giving up.")
+
+
+class MonitorSpec(_Model):
+    """Drift, performance and operations over windows of decisions; alert rules."""
+
+    window: str = Field("1h", description="Tumbling window length (e.g. 1h, 15m).")
+    window_rows: int | None = Field(
+        None, ge=10, description="Instead of time: the last N decisions form a window."
+    )
+    interval: str = Field("5m", description="How often shipway serve runs the monitor.")
+    schedule: bool = Field(True, description="Run inside shipway serve on the interval.")
+    min_rows: int = Field(
+        100, ge=1, description="Fewer decisions than this: drift is not tested in a window."
+    )
+    alpha: float = Field(
+        0.05, gt=0, lt=1, description="Significance after Benjamini-Hochberg correction."
+    )
+    floors: dict[str, float] = Field(
+        default_factory=dict,
+        description=(
+            "Effect-size floor per feature (Wasserstein/std for numbers, default 0.1; "
+            "Jensen-Shannon for categories, default 0.05)."
+        ),
+    )
+    calibrate_floors: bool = Field(
+        False, description="Raise floors to what chunks of the reference show among themselves."
+    )
+    alerts: list[AlertRule] = Field(default_factory=list, description="Alert rules.")
+    webhooks: list[WebhookSpec] = Field(default_factory=list, description="Notify targets.")
+
+
 class StorageSpec(_Model):
     """Local state. ``SHIPWAY_DATABASE_URL`` (e.g. PostgreSQL) replaces the SQLite file."""
 
@@ -557,6 +632,9 @@ class Manifest(_Model):
         default_factory=RetentionSpec, description="How long decisions are kept."
     )
     stop: StopSpec = Field(default_factory=StopSpec, description="Safe behaviour when stopped.")
+    monitor: MonitorSpec = Field(
+        default_factory=MonitorSpec, description="Drift, performance, operations, alerts."
+    )
 
     @model_validator(mode="after")
     def _pii_fields_exist(self) -> Manifest:
@@ -653,6 +731,7 @@ def dump_manifest(manifest: Manifest) -> str:
 
 __all__ = [
     "MANIFEST_FILENAME",
+    "AlertRule",
     "AuthSpec",
     "BatchingSpec",
     "BreakerSpec",
@@ -665,6 +744,7 @@ __all__ = [
     "LimitsSpec",
     "Manifest",
     "ModelRef",
+    "MonitorSpec",
     "OidcSpec",
     "OutputCheckSpec",
     "OutputSpec",
@@ -678,6 +758,7 @@ __all__ = [
     "StopSpec",
     "StorageSpec",
     "Threshold",
+    "WebhookSpec",
     "dump_manifest",
     "load_manifest",
     "parse_manifest",

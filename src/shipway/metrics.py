@@ -141,6 +141,24 @@ class ServiceMetrics:
         self.canary_percent = Gauge(
             "shipway_canary_percent", "Share of traffic sent to the canary.", registry=r
         )
+        self.monitor_figure = Gauge(
+            "shipway_monitor",
+            "The monitor's latest window: drift_share, error_rate, p99_ms, accuracy, ...",
+            ["figure"],
+            registry=r,
+        )
+        self.feature_drift = Gauge(
+            "shipway_feature_drift_effect",
+            "Latest drift effect size per input (Wasserstein/std or Jensen-Shannon).",
+            ["feature"],
+            registry=r,
+        )
+        self.feature_drifted = Gauge(
+            "shipway_feature_drifted",
+            "1 when the input drifted in the latest window (significant and large).",
+            ["feature"],
+            registry=r,
+        )
         self._http_children: dict[tuple[str, int], Counter] = {}
         self._lat_children: dict[str, Histogram] = {}
 
@@ -154,6 +172,29 @@ class ServiceMetrics:
         if h is None:
             h = self._lat_children[route] = self.http_latency.labels(route)
         h.observe(seconds)
+
+    def violations_by_field(self) -> dict[str, float]:
+        """Contract violations counted by this process, as ``field:rule`` → count."""
+        out: dict[str, float] = {}
+        for metric in self.contract_violations.collect():
+            for sample in metric.samples:
+                if sample.name.endswith("_total"):
+                    key = f"{sample.labels['field']}:{sample.labels['rule']}"
+                    out[key] = sample.value
+        return out
+
+    def publish_monitor(self, ctx: dict[str, object], result: dict[str, object]) -> None:
+        for name, value in ctx.items():
+            if isinstance(value, bool):
+                value = float(value)
+            if isinstance(value, int | float):
+                self.monitor_figure.labels(name).set(float(value))
+        drift = result.get("drift")
+        if isinstance(drift, dict):
+            for feature, f in drift.get("features", {}).items():
+                if f.get("effect") is not None:
+                    self.feature_drift.labels(feature).set(float(f["effect"]))
+                self.feature_drifted.labels(feature).set(1.0 if f.get("drifted") else 0.0)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

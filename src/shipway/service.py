@@ -36,6 +36,7 @@ from shipway.manifest import Manifest
 from shipway.metrics import ServiceMetrics
 from shipway.models import ModelVersion, Predictor, Registry, SklearnPredictor
 from shipway.models.predictor import FunctionPredictor, import_callable
+from shipway.monitor.engine import Monitor
 from shipway.serving.guards import BREAKER_CODES, OPEN, Breaker, OutputCheck
 from shipway.serving.limits import Gate
 from shipway.serving.predict import Fallback, PredictPath
@@ -192,6 +193,14 @@ class Service:
         self._refresh_lock = threading.Lock()
         self._last_auto_step = 0.0
         self._next_purge = 0.0
+        self.monitor = Monitor(
+            store,
+            manifest,
+            champion=lambda: self.router.champion.version,
+            actions={"rollback": self._alert_rollback, "pause_canary": self._alert_pause_canary},
+            metrics=self.metrics,
+        )
+        self._monitor_thread: threading.Thread | None = None
 
     def make_lane(self, version: int | None, predictor: Predictor, name: str = "") -> Lane:
         """A lane with the manifest's batching and its own circuit breaker."""
@@ -316,6 +325,24 @@ class Service:
             except Exception:
                 log.exception("rollout watcher: refresh failed; the current plan stays")
 
+    def _alert_rollback(self, reason: str) -> str:
+        st = self.rollout.rollback(actor="shipway-monitor", reason=reason)
+        self.refresh()
+        return f"rolled back: champion v{st.champion}, canary {st.canary}"
+
+    def _alert_pause_canary(self, reason: str) -> str:
+        if self.rollout.state().canary is None:
+            return "no canary running"
+        return self._alert_rollback(reason)
+
+    def _monitor_loop(self) -> None:
+        every = parse_duration(self.manifest.monitor.interval)
+        while not self._stop.wait(every):
+            try:
+                self.monitor.run_exclusive()
+            except Exception:
+                log.exception("monitor run failed; it runs again in %s", every)
+
     def _maybe_purge(self) -> None:
         spec = self.manifest.retention
         if spec.decisions is None and spec.shadow_decisions is None:
@@ -363,6 +390,11 @@ class Service:
         self._stop.clear()
         self._watcher = threading.Thread(target=self._watch, name="shipway-rollout", daemon=True)
         self._watcher.start()
+        if self.manifest.monitor.schedule:
+            self._monitor_thread = threading.Thread(
+                target=self._monitor_loop, name="shipway-monitor", daemon=True
+            )
+            self._monitor_thread.start()
 
     def stop(self) -> None:
         """Finish in-flight model calls and commit every queued decision, then close."""

@@ -28,11 +28,12 @@ from shipway.api.control import KeyCreate, Reason, RolloutMove, apply_move, roll
 from shipway.api.errors import error_response, shipway_error_response
 from shipway.api.openapi import predict_openapi, secure_openapi
 from shipway.api.v2 import v2_routes
-from shipway.errors import BadRequest, PayloadTooLarge, ShipwayError
+from shipway.errors import BadRequest, NotFound, PayloadTooLarge, ShipwayError
 from shipway.govern import audit
 from shipway.govern.keys import Keys, parse_duration
 from shipway.govern.retention import purge
 from shipway.govern.roles import APPROVE, READ_INPUTS
+from shipway.monitor.feedback import record_feedback
 from shipway.service import Service
 
 _JSON = "application/json"
@@ -299,6 +300,47 @@ def create_app(service: Service, *, manage_lifecycle: bool = True) -> FastAPI:
             actor=_actor(request),
         )  # fmt: skip
         return _json(res)
+
+    # -- feedback and monitoring ---------------------------------------------------------------
+
+    @app.post("/v1/feedback", tags=["monitoring"], summary="Ground-truth labels for decisions")
+    async def post_feedback(request: Request) -> Response:
+        try:
+            payload = orjson.loads(await request.body())
+        except orjson.JSONDecodeError as exc:
+            raise BadRequest(f"the body is not valid JSON: {exc}") from None
+        if isinstance(payload, dict) and "feedback" in payload:
+            items = payload["feedback"]
+        elif isinstance(payload, dict) and "id" in payload:
+            items = [payload]
+        else:
+            raise BadRequest('send {"id": ..., "label": ...} or {"feedback": [{...}, ...]}')
+        if not isinstance(items, list):
+            raise BadRequest('"feedback" must be a list of {"id", "label"} objects')
+        stored = await run_in_threadpool(
+            record_feedback, service.store.engine, service.name, service.manifest.output, items,
+            actor=_actor(request),
+        )  # fmt: skip
+        return _json({"stored": stored}, 201)
+
+    @app.get("/v1/monitor", tags=["monitoring"], summary="The latest monitor window")
+    async def monitor_latest() -> Response:
+        rows = await run_in_threadpool(service.monitor.latest, 1)
+        if not rows:
+            raise NotFound("the monitor has not run yet: POST /v1/monitor/run or wait for it")
+        return _json(rows[0])
+
+    @app.get("/v1/monitor/history", tags=["monitoring"], summary="Recent monitor windows")
+    async def monitor_history(limit: int = 20) -> Response:
+        return _json({"windows": await run_in_threadpool(service.monitor.latest, min(limit, 500))})
+
+    @app.post("/v1/monitor/run", tags=["monitoring"], summary="Run the monitor on a window now")
+    async def monitor_run() -> Response:
+        return _json(await run_in_threadpool(service.monitor.run))
+
+    @app.get("/v1/alerts", tags=["monitoring"], summary="Alert firings and resolutions")
+    async def alerts(limit: int = 100) -> Response:
+        return _json({"events": await run_in_threadpool(service.monitor.alerts.events, limit)})
 
     # -- OpenAPI with the real contract ---------------------------------------------------------
 

@@ -20,6 +20,8 @@ STATUS_BY_CODE: dict[str, int] = {
     "invalid_input": 400,
     "not_found": 404,
     "contract_violation": 422,
+    "feedback_invalid": 422,
+    "expression_invalid": 500,
     "conflict": 409,
     "gate_failed": 409,
     "manifest_invalid": 500,

@@ -345,6 +345,10 @@ from shipway.cli.govern import register as _register_govern  # noqa: E402
 
 _register_govern(app)
 
+from shipway.cli.monitor import register as _register_monitor  # noqa: E402
+
+_register_monitor(app)
+
 
 def main() -> None:
     os.environ.setdefault("PYTHONUNBUFFERED", "1")

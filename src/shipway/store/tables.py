@@ -161,14 +161,67 @@ audit_head = Table(
     Column("hash", String(64), nullable=False),
 )
 
+feedback = Table(
+    "feedback",
+    metadata,
+    Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+           autoincrement=True),
+    Column("decision_id", String(36), nullable=False),
+    Column("service", String(64), nullable=False),
+    Column("label", Text, nullable=False),
+    Column("revision", Integer, nullable=False),
+    Column("ts", Float, nullable=False),
+    Column("actor", String(128), nullable=False),
+    Column("source", String(32), nullable=False),
+)
+Index("ix_feedback_decision", feedback.c.decision_id, feedback.c.revision, unique=True)
+
+monitor_results = Table(
+    "monitor_results",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("service", String(64), nullable=False),
+    Column("ts", Float, nullable=False),
+    Column("window_start", Float, nullable=True),
+    Column("window_end", Float, nullable=True),
+    Column("rows", Integer, nullable=False),
+    Column("result", Text, nullable=False),
+)
+Index("ix_monitor_results_service_ts", monitor_results.c.service, monitor_results.c.ts)
+
+alert_state = Table(
+    "alert_state",
+    metadata,
+    Column("service", String(64), primary_key=True),
+    Column("rule", String(128), primary_key=True),
+    Column("consecutive", Integer, nullable=False),
+    Column("firing", Boolean, nullable=False),
+    Column("since", Float, nullable=True),
+)
+
+alert_events = Table(
+    "alert_events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("service", String(64), nullable=False),
+    Column("rule", String(128), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("ts", Float, nullable=False),
+    Column("detail", Text, nullable=False),
+)
+
 __all__ = [
+    "alert_events",
+    "alert_state",
     "api_keys",
     "artifacts",
     "audit_events",
     "audit_head",
     "decisions",
+    "feedback",
     "metadata",
     "model_versions",
+    "monitor_results",
     "rollout_events",
     "rollout_state",
     "shadow_decisions",

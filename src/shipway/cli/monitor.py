@@ -1,0 +1,174 @@
+"""``shipway monitor|alerts|feedback``: run the monitor, read its report, see alerts, import
+labels."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import orjson
+import typer
+from rich.table import Table
+
+from shipway.cli.access import cli_principal
+from shipway.cli.lifecycle import ManifestArg, _opened, out
+from shipway.govern.roles import OPERATE, PREDICT
+from shipway.settings import Settings
+
+monitor_app = typer.Typer(help="Drift, performance and operations over windows of decisions.",
+                          no_args_is_help=True)  # fmt: skip
+alerts_app = typer.Typer(help="Alert firings and resolutions.", no_args_is_help=True)
+feedback_app = typer.Typer(help="Ground-truth labels for logged decisions.", no_args_is_help=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(monitor_app, name="monitor")
+    app.add_typer(alerts_app, name="alerts")
+    app.add_typer(feedback_app, name="feedback")
+
+
+def _monitor(m: Any, store: Any) -> Any:
+    from shipway.lifecycle.rollout import Rollout
+    from shipway.monitor.engine import Monitor
+
+    rollout = Rollout(store, m)
+
+    def rollback(reason: str) -> str:
+        st = rollout.rollback(actor="shipway-monitor", reason=reason)
+        return f"rolled back: champion v{st.champion}, canary {st.canary}"
+
+    def pause(reason: str) -> str:
+        return rollback(reason) if rollout.state().canary is not None else "no canary running"
+
+    return Monitor(store, m, champion=lambda: rollout.state().champion,
+                   actions={"rollback": rollback, "pause_canary": pause})  # fmt: skip
+
+
+def _when(ts: float | None) -> str:
+    return "-" if ts is None else datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _f(v: Any, digits: int = 4) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def print_report(r: dict[str, Any]) -> None:
+    out.print(f"[bold]{r['service']}[/] model v{r.get('model_version')}: window "
+              f"{_when(r.get('window_start'))} .. {_when(r.get('window_end'))} UTC, "
+              f"{r['n']} decisions")  # fmt: skip
+    ops = r.get("operations") or {}
+    out.print("operations: " + ", ".join(
+        f"{k} {_f(ops.get(k))}" for k in ("error_rate", "p50_ms", "p95_ms", "p99_ms",
+                                           "fallback_share", "cost")))  # fmt: skip
+    drift = r.get("drift")
+    if drift:
+        t = Table(title=f"input drift: {len(drift['drifted'])} of {len(drift['features'])} "
+                        f"features drifted (share {drift['drift_share']:.2f})")  # fmt: skip
+        for col in ("feature", "test", "p (BH)", "effect", "floor", "PSI", "verdict"):
+            t.add_column(col)
+        for name, f in drift["features"].items():
+            numeric = f["kind"] == "numeric"
+            test = f"KS {_f(f.get('ks'))}" if numeric else f"chi2 {_f(f.get('chi2'), 2)}"
+            verdict = "[red]DRIFT[/]" if f["drifted"] else (
+                "significant, small" if f["significant"] else "ok")  # fmt: skip
+            t.add_row(name, test, _f(f.get("p_adjusted")), _f(f.get("effect")), _f(f["floor"], 2),
+                      _f(f.get("psi")), verdict)  # fmt: skip
+        out.print(t)
+        od = r.get("output_drift") or {}
+        for name, f in (od.get("features") or {}).items():
+            verdict = "DRIFT" if f["drifted"] else "ok"
+            out.print(f"{name} drift: effect {_f(f.get('effect'))}, "
+                      f"p (BH) {_f(f.get('p_adjusted'))}: {verdict}")  # fmt: skip
+    else:
+        out.print(f"drift: {r.get('drift_skipped', 'not computed')}")
+    perf = r.get("performance") or {}
+    if perf.get("labeled"):
+        figures = ", ".join(f"{k} {_f(perf[k])}" for k in ("accuracy", "f1_macro", "roc_auc",
+                                                             "mae", "rmse") if k in perf)
+        out.print(f"performance on {perf['labeled']} labeled decisions: {figures}"
+                  + (" (a small sample: read with care)" if perf["labeled"] < 100 else ""))
+    else:
+        out.print("performance: no feedback labels in this window")
+    for a in r.get("alerts") or []:
+        out.print(f"alert [bold]{a['rule']}[/]: {a['status']}")
+
+
+@monitor_app.command("run")
+def monitor_run(
+    manifest: ManifestArg = Path("shipway.yaml"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Compute one window now, store it, evaluate alert rules and act on them."""
+    with _opened(manifest) as (m, store):
+        cli_principal(store, Settings(), OPERATE, "monitor run")
+        result = _monitor(m, store).run()
+    if as_json:
+        print(orjson.dumps(result, option=orjson.OPT_NON_STR_KEYS).decode())
+    else:
+        print_report(result)
+
+
+@monitor_app.command("report")
+def monitor_report(
+    manifest: ManifestArg = Path("shipway.yaml"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """The latest stored window, readable (or --json)."""
+    with _opened(manifest) as (m, store):
+        rows = _monitor(m, store).latest(1)
+    if not rows:
+        out.print("The monitor has not run yet: shipway monitor run")
+        raise typer.Exit(1)
+    if as_json:
+        print(orjson.dumps(rows[0], option=orjson.OPT_NON_STR_KEYS).decode())
+    else:
+        print_report(rows[0])
+
+
+@alerts_app.command("list")
+def alerts_list(
+    manifest: ManifestArg = Path("shipway.yaml"),
+    limit: Annotated[int, typer.Option(help="Newest events to show.")] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
+) -> None:
+    """Every firing and resolution, with what each action did."""
+    with _opened(manifest) as (m, store):
+        events = _monitor(m, store).alerts.events(limit)
+    if as_json:
+        for e in reversed(events):
+            print(orjson.dumps(e, option=orjson.OPT_NON_STR_KEYS).decode())
+        return
+    t = Table(title=f"alerts of {m.service.name}")
+    for col in ("time (UTC)", "rule", "status", "actions"):
+        t.add_column(col)
+    for e in reversed(events):
+        acts = "; ".join(
+            a["action"] + (": " + str(a["result"]) if "result" in a else
+                           ": " + ", ".join("delivered" if d["delivered"] else "FAILED"
+                                            for d in a.get("deliveries", [])))
+            for a in e["detail"].get("actions", [])
+        )  # fmt: skip
+        t.add_row(_when(e["ts"]), e["rule"], e["status"], acts)
+    out.print(t)
+
+
+@feedback_app.command("import")
+def feedback_import(
+    file: Annotated[Path, typer.Argument(help="CSV or Parquet with columns id and label.")],
+    manifest: ManifestArg = Path("shipway.yaml"),
+) -> None:
+    """Attach delayed ground truth to logged decisions (joined on the decision id)."""
+    from shipway.monitor.feedback import read_feedback_file, record_feedback
+
+    with _opened(manifest) as (m, store):
+        actor = cli_principal(store, Settings(), PREDICT, "feedback import").name
+        items = read_feedback_file(file)
+        stored = record_feedback(store.engine, m.service.name, m.output, items, actor=actor,
+                                 source="file")  # fmt: skip
+    revised = sum(1 for s in stored if s["revision"] > 1)
+    out.print(f"stored {len(stored)} labels ({revised} revisions of earlier labels)")
