@@ -131,7 +131,7 @@ def cli_reference() -> str:
         ["rollout", "history"], ["keys", "create"], ["keys", "list"], ["keys", "revoke"],
         ["keys", "rotate"], ["audit", "list"], ["audit", "verify"], ["audit", "checkpoint"],
         ["stop"], ["resume"], ["retention", "purge"], ["monitor", "run"],
-        ["monitor", "report"], ["alerts", "list"], ["feedback", "import"],
+        ["monitor", "report"], ["alerts", "list"], ["feedback", "import"], ["review"],
     ]  # fmt: skip
     parts = [
         "# CLI reference\n",

@@ -592,6 +592,62 @@ class MonitorSpec(_Model):
     webhooks: list[WebhookSpec] = Field(default_factory=list, description="Notify targets.")
 
 
+class ReviewPolicy(_Model):
+    """Which decisions people check: a condition, or a random sample, or both."""
+
+    name: str = Field(..., pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$", description="Policy name.")
+    when: str | None = Field(
+        None,
+        description=(
+            "A condition over the decision: confidence, output, route, model_version and "
+            "inputs.FIELD, e.g. 'confidence < 0.7' or \"inputs.amount > 50000\"."
+        ),
+    )
+    sample: float | None = Field(
+        None, gt=0, le=1, description="Also (or only) a random share of decisions (QA)."
+    )
+    mode: Literal["respond_then_review", "hold"] = Field(
+        "respond_then_review",
+        description=(
+            "respond_then_review: the caller gets the model's answer, flagged; hold: the "
+            "caller gets 202 and the reviewer's answer is the final one."
+        ),
+    )
+    priority: int = Field(0, description="Higher is reviewed first.")
+    queue: str = Field("default", description="Queue name (SLAs are per queue).")
+    reviews: int = Field(1, ge=1, le=3, description="Reviewers needed (2: double review).")
+
+    @model_validator(mode="after")
+    def _something_to_match(self) -> ReviewPolicy:
+        if self.when is None and self.sample is None:
+            raise ValueError("a review policy needs 'when', 'sample' or both")
+        if self.when is not None:
+            from shipway.expr import Expression, ExpressionError
+
+            try:
+                Expression(self.when)
+            except ExpressionError as exc:
+                raise ValueError(exc.message) from None
+        return self
+
+
+class ReviewQueueSpec(_Model):
+    sla: str = Field("24h", description="Time from creation to decision before escalation.")
+
+
+class ReviewSpec(_Model):
+    """Human review: policies evaluated on every decision, queues with SLAs."""
+
+    policies: list[ReviewPolicy] = Field(default_factory=list, description="Review policies.")
+    queues: dict[str, ReviewQueueSpec] = Field(
+        default_factory=dict, description="Per queue: the SLA (default 24h)."
+    )
+    claim_ttl: str = Field("15m", description="A claim not finished in this time expires.")
+    webhook: str | None = Field(
+        None, description="Called (POST) when a held decision gets its final answer."
+    )
+
+
 class StorageSpec(_Model):
     """Local state. ``SHIPWAY_DATABASE_URL`` (e.g. PostgreSQL) replaces the SQLite file."""
 
@@ -635,6 +691,7 @@ class Manifest(_Model):
     monitor: MonitorSpec = Field(
         default_factory=MonitorSpec, description="Drift, performance, operations, alerts."
     )
+    review: ReviewSpec = Field(default_factory=ReviewSpec, description="Human review.")
 
     @model_validator(mode="after")
     def _pii_fields_exist(self) -> Manifest:
@@ -752,6 +809,8 @@ __all__ = [
     "QualitySpec",
     "RateLimitSpec",
     "RetentionSpec",
+    "ReviewPolicy",
+    "ReviewSpec",
     "RolloutSpec",
     "ServiceSpec",
     "ServingSpec",

@@ -21,6 +21,7 @@ from shipway.contract import Contract
 from shipway.decisions import DecisionLog, ShadowLog, get_decision
 from shipway.errors import (
     ConfigError,
+    Conflict,
     ModelError,
     NotFound,
     Overloaded,
@@ -37,6 +38,8 @@ from shipway.metrics import ServiceMetrics
 from shipway.models import ModelVersion, Predictor, Registry, SklearnPredictor
 from shipway.models.predictor import FunctionPredictor, import_callable
 from shipway.monitor.engine import Monitor
+from shipway.review.explain import explain
+from shipway.review.queue import Policies, ReviewLog, ReviewQueue
 from shipway.serving.guards import BREAKER_CODES, OPEN, Breaker, OutputCheck
 from shipway.serving.limits import Gate
 from shipway.serving.predict import Fallback, PredictPath
@@ -49,6 +52,8 @@ log = logging.getLogger("shipway")
 
 #: How often a server looks for a new rollout plan (seconds).
 ROLLOUT_POLL_S = 0.25
+#: How often review SLAs are checked (seconds).
+REVIEW_SWEEP_S = 2.0
 #: Lanes no plan uses any more are stopped after this long (in-flight requests finish first).
 LANE_GRACE_S = 30.0
 
@@ -166,6 +171,9 @@ class Service:
         self.keyring.refresh_if_changed()
         self.authenticator = Authenticator(self.keyring, manifest.auth.oidc)
         self.redactor = Redactor(manifest.pii, secret)
+        self.review_policies = Policies(manifest.review)
+        self.review_log = ReviewLog(store.engine)
+        self.review = ReviewQueue(store.engine, self.name, manifest.review, manifest.output)
         self.output_check = OutputCheck(manifest.output, manifest.guards.output)
         self.fallbacks = self._build_fallbacks()
         self.gate = Gate(manifest.serving.limits)
@@ -186,6 +194,8 @@ class Service:
             cache=manifest.serving.cache,
             redact=self.redactor if self.redactor else None,
             stop=manifest.stop,
+            review=self.review_policies if self.review_policies else None,
+            review_log=self.review_log,
         )
         self._publish(self.state)
         self._stop = threading.Event()
@@ -193,6 +203,7 @@ class Service:
         self._refresh_lock = threading.Lock()
         self._last_auto_step = 0.0
         self._next_purge = 0.0
+        self._next_sweep = 0.0
         self.monitor = Monitor(
             store,
             manifest,
@@ -314,6 +325,7 @@ class Service:
             try:
                 self.keyring.refresh_if_changed()
                 self._maybe_purge()
+                self._maybe_sweep_reviews()
                 self.refresh()
                 self._maybe_auto_step()
                 router = self.router
@@ -342,6 +354,20 @@ class Service:
                 self.monitor.run_exclusive()
             except Exception:
                 log.exception("monitor run failed; it runs again in %s", every)
+
+    def _maybe_sweep_reviews(self) -> None:
+        if not self.manifest.review.policies:
+            return
+        now = time.monotonic()
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + REVIEW_SWEEP_S
+        for item in self.review.sweep():
+            self.monitor.alerts.raise_event(
+                f"review-sla-{item['queue']}",
+                {"item": item["id"], "decision_id": item["decision_id"], "queue": item["queue"],
+                 "due_at": item["due_at"], "summary": "a review item is past its SLA"},
+            )  # fmt: skip
 
     def _maybe_purge(self) -> None:
         spec = self.manifest.retention
@@ -378,6 +404,7 @@ class Service:
             return
         self.log.start()
         self.shadow_log.start()
+        self.review_log.start()
         self.started = True
         self.lanes.start_all()
         for fb in self.fallbacks:
@@ -407,6 +434,7 @@ class Service:
                 fb.lane.stop()
         self.log.stop()
         self.shadow_log.stop()
+        self.review_log.stop()
         self.metrics.model_loaded.set(0)
         self.store.close()
         self.started = False
@@ -472,10 +500,40 @@ class Service:
         }
 
     def decision(self, decision_id: str) -> dict[str, Any]:
+        """A logged decision; one under review says so, and a held one answers with the
+        reviewer's output once there is one (its model's answer is kept as model_output)."""
         d = get_decision(self.store.engine, decision_id)
         if d is None:
             raise NotFound(f"no decision with id {decision_id!r}")
+        item = self.review.for_decision(decision_id)
+        if item is not None:
+            done = item["status"] == "done"
+            d["review"] = {"status": "reviewed" if done else "pending", "policy": item["policy"],
+                           "mode": item["mode"], "item": item["id"],
+                           "final_output": item["final_output"]}  # fmt: skip
+            if item["mode"] == "hold":
+                d["model_output"] = d["output"]
+                d["output"] = item["final_output"] if done else None
+                d["status"] = "reviewed" if done else "pending_review"
         return d
+
+    def explain(self, item_id: str) -> dict[str, Any]:
+        """The inputs that pushed a reviewed decision's answer most (computed now)."""
+        item = self.review.get(item_id)
+        if self.manifest.pii:
+            raise Conflict("explanations are off for services with PII treatments: the log "
+                           "holds treated values the model never saw")  # fmt: skip
+        version = item["model_version"]
+        if version is None:
+            raise Conflict("this decision was not answered by a registered model version")
+        lane = self.lanes.get(version)
+        mv = self.registry.get(self.name, version)
+        names = self.contract.names
+        row = tuple(item["inputs"].get(n) for n in names)
+        reference = reference_rows(self.store, mv, names, n=20)
+        top = explain(lane.predictor, names, row, item["output"], reference)
+        return {"item": item_id, "decision_id": item["decision_id"], "answer": item["output"],
+                "method": "permutation against 20 reference rows", "features": top}
 
     def describe(self) -> dict[str, Any]:
         champion = self.registry.get(self.name, self.router.champion.version)

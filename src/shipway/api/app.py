@@ -24,7 +24,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shipway import __version__
 from shipway.api.access import AccessMiddleware, principal_of, require
-from shipway.api.control import KeyCreate, Reason, RolloutMove, apply_move, rollout_report
+from shipway.api.control import (
+    KeyCreate,
+    Reason,
+    ReviewOutcome,
+    RolloutMove,
+    apply_move,
+    rollout_report,
+)
 from shipway.api.errors import error_response, shipway_error_response
 from shipway.api.openapi import predict_openapi, secure_openapi
 from shipway.api.v2 import v2_routes
@@ -169,7 +176,7 @@ def create_app(service: Service, *, manage_lifecycle: bool = True) -> FastAPI:
             return shipway_error_response(exc)
         finally:
             service.release()
-        return _json(result)
+        return _json(result, 202 if result.get("status") == "pending_review" else 200)
 
     app.router.routes.append(Route("/v1/predict", predict, methods=["POST"], name="predict"))
     app.router.routes.extend(v2_routes(service))
@@ -341,6 +348,35 @@ def create_app(service: Service, *, manage_lifecycle: bool = True) -> FastAPI:
     @app.get("/v1/alerts", tags=["monitoring"], summary="Alert firings and resolutions")
     async def alerts(limit: int = 100) -> Response:
         return _json({"events": await run_in_threadpool(service.monitor.alerts.events, limit)})
+
+    # -- human review ---------------------------------------------------------------------------
+
+    @app.get("/v1/review/next", tags=["review"], summary="Claim the next item to review")
+    async def review_next(request: Request, queue: str | None = None) -> Response:
+        item = await run_in_threadpool(service.review.claim, _actor(request), queue)
+        if item is None:
+            return Response(status_code=204)
+        return _json(item)
+
+    @app.get("/v1/review/stats", tags=["review"], summary="Queues, throughput, override rates")
+    async def review_stats() -> Response:
+        return _json(await run_in_threadpool(service.review.stats))
+
+    @app.get("/v1/review/{item_id}", tags=["review"], summary="One review item")
+    async def review_item(item_id: str) -> Response:
+        return _json(await run_in_threadpool(service.review.get, item_id))
+
+    @app.post("/v1/review/{item_id}", tags=["review"], summary="Approve, override or escalate")
+    async def review_decide(item_id: str, body: ReviewOutcome, request: Request) -> Response:
+        item = await run_in_threadpool(
+            lambda: service.review.decide(item_id, _actor(request), body.action,
+                                          output=body.output, reason=body.reason)
+        )  # fmt: skip
+        return _json(item)
+
+    @app.get("/v1/review/{item_id}/explain", tags=["review"], summary="What pushed the answer")
+    async def review_explain(item_id: str) -> Response:
+        return _json(await run_in_threadpool(service.explain, item_id))
 
     # -- OpenAPI with the real contract ---------------------------------------------------------
 

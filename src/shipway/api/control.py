@@ -27,6 +27,12 @@ class KeyCreate(BaseModel):
     reason: str = Field("", description="Why (recorded in the audit log).")
 
 
+class ReviewOutcome(BaseModel):
+    action: str = Field(..., description="approve, override or escalate.")
+    output: Any = Field(None, description="The new output (override); checked against the spec.")
+    reason: str = Field("", description="Why (kept with the outcome and in the audit log).")
+
+
 class Reason(BaseModel):
     reason: str = Field("", description="Why (recorded in the audit log).")
 
@@ -78,4 +84,12 @@ def rollout_report(service: Service) -> dict[str, Any]:
     return out
 
 
-__all__ = ["MOVES", "KeyCreate", "Reason", "RolloutMove", "apply_move", "rollout_report"]
+__all__ = [
+    "MOVES",
+    "KeyCreate",
+    "Reason",
+    "ReviewOutcome",
+    "RolloutMove",
+    "apply_move",
+    "rollout_report",
+]

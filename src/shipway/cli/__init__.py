@@ -349,6 +349,10 @@ from shipway.cli.monitor import register as _register_monitor  # noqa: E402
 
 _register_monitor(app)
 
+from shipway.cli.review import register as _register_review  # noqa: E402
+
+_register_review(app)
+
 
 def main() -> None:
     os.environ.setdefault("PYTHONUNBUFFERED", "1")

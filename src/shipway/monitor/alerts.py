@@ -128,6 +128,15 @@ class AlertBook:
                 self._save(rule.name, consecutive, firing, since, st is None)
         return out
 
+    def raise_event(self, rule: str, detail: dict[str, Any]) -> None:
+        """A one-off alert raised by another part (a review SLA breach): recorded, notified."""
+        payload = {"service": self.service, "rule": rule, "status": "firing", "ts": time.time(),
+                   **detail}  # fmt: skip
+        deliveries = [self.notify(h, payload) for h in self.spec.webhooks]
+        self._record(rule, "firing", {**payload, "actions": [
+            {"action": "notify", "deliveries": deliveries}]})  # fmt: skip
+        log.warning("alert %s: %s", rule, detail.get("summary", ""))
+
     def _act(self, rule: Any, payload: dict[str, Any]) -> list[dict[str, Any]]:
         done = []
         for action in rule.do:
@@ -151,7 +160,7 @@ class AlertBook:
                 select(alert_events).where(alert_events.c.service == self.service)
                 .order_by(desc(alert_events.c.id)).limit(limit)
             ).mappings().all()  # fmt: skip
-        return [{**{k: v for k, v in r.items() if k != "detail"},
+        return [{**{str(k): v for k, v in r.items() if k != "detail"},
                  "detail": orjson.loads(r["detail"])} for r in rows]  # fmt: skip
 
 

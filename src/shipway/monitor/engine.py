@@ -32,7 +32,7 @@ from shipway.monitor.alerts import AlertBook
 from shipway.monitor.drift import Reference, calibrate_floors, drift_report
 from shipway.monitor.feedback import latest_labels
 from shipway.store import Store
-from shipway.store.tables import decisions, monitor_results
+from shipway.store.tables import decisions, monitor_results, review_outcomes
 
 log = logging.getLogger("shipway.monitor")
 
@@ -220,6 +220,19 @@ class Monitor:
                 f"{len(model_rows)} model answers in the window; drift needs "
                 f"{self.spec.min_rows} (monitor.min_rows)"
             )
+        # human review: how often people overrode the model in this window
+        rq = select(review_outcomes.c.action).where(
+            review_outcomes.c.service == self.service, review_outcomes.c.action != "escalate",
+            review_outcomes.c.ts < win.end,
+        )  # fmt: skip
+        if win.start is not None:
+            rq = rq.where(review_outcomes.c.ts >= win.start)
+        with self.engine.connect() as conn:
+            actions = list(conn.execute(rq).scalars())
+        result["review"] = {
+            "reviewed": len(actions),
+            "override_rate": (actions.count("override") / len(actions)) if actions else None,
+        }
         # performance from feedback
         labels = latest_labels(self.engine, [r["id"] for r in answered])
         labeled = [r for r in answered if r["id"] in labels]
@@ -254,6 +267,8 @@ class Monitor:
             if outf
             else None,
             "labeled": perf.get("labeled", 0),
+            "reviewed": (result.get("review") or {}).get("reviewed", 0),
+            "override_rate": (result.get("review") or {}).get("override_rate"),
             **{k: perf.get(k) for k in ("accuracy", "f1_macro", "roc_auc", "mae", "rmse")},
             "drift": {k: {"effect": v.get("effect"), "p_adjusted": v.get("p_adjusted"),
                           "drifted": v.get("drifted")} for k, v in feats.items()},

@@ -31,6 +31,8 @@ from shipway.errors import (
 from shipway.manifest import CacheSpec, FallbackStep, GuardsSpec, RolloutSpec, StopSpec
 from shipway.metrics import ServiceMetrics
 from shipway.models.predictor import Predictions, Row
+from shipway.review.queue import Policies, ReviewLog
+from shipway.review.queue import context as review_context
 from shipway.serving.guards import AnswerCache, OutputCheck, backoff_s, is_retryable
 from shipway.serving.router import Job, Lane, Route, Router
 
@@ -93,6 +95,8 @@ class PredictPath:
         cache: CacheSpec | None = None,
         redact: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
         stop: StopSpec | None = None,
+        review: Policies | None = None,
+        review_log: ReviewLog | None = None,
     ) -> None:
         self.service = service
         self.contract = contract
@@ -115,6 +119,8 @@ class PredictPath:
         self._names = contract.names
         self.redact = redact
         self.stop = stop or StopSpec()
+        self.review = review if review else None
+        self.review_log = review_log
         self._violation_children: dict[tuple[str, str], Any] = {}
         self._decision_children: dict[tuple[str, str], Any] = {}
         self._background: set[asyncio.Task[None]] = set()
@@ -444,6 +450,8 @@ class PredictPath:
                 out[k] = {"id": ids[k], "output": output, "confidence": conf,
                           "model_version": version, "route": name, "row": good[k]}  # fmt: skip
             self._count_decisions(name, version, len(ans.rows))
+        if self.review is not None and router.stopped is None:
+            await self._route_to_review(out, values)
         if router.shadows and router.stopped is None:
             self._start_shadows(router.shadows, ids, values)
         if single:
@@ -457,6 +465,31 @@ class PredictPath:
             for d in out:
                 del d["row"]
         return body
+
+    async def _route_to_review(self, out: list[dict[str, Any]], values: list[Row]) -> None:
+        """Policies pick decisions for people; their items are committed before the reply."""
+        assert self.review is not None and self.review_log is not None
+        names = self._names
+        items = []
+        now = _now()
+        for k, d in enumerate(out):
+            ctx = review_context(d["output"], d["confidence"], d["route"], d["model_version"],
+                                 dict(zip(names, values[k], strict=True)))  # fmt: skip
+            match = self.review.match(ctx)
+            if match is None:
+                continue
+            item = self.review.item(d["id"], self.service, match, now)
+            items.append(item)
+            if match.hold:
+                out[k] = {"id": d["id"], "status": "pending_review",
+                          "status_url": f"/v1/decisions/{d['id']}",
+                          "review": {"policy": match.policy.name, "item": item["id"]},
+                          **({"row": d["row"]} if "row" in d else {})}  # fmt: skip
+            else:
+                d["review"] = {"status": "pending", "policy": match.policy.name,
+                               "item": item["id"]}  # fmt: skip
+        if items:
+            await self.review_log.write(items)
 
     def _count_decisions(self, route: str, version: int | None, n: int) -> None:
         key = (route, str(version))

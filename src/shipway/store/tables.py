@@ -210,6 +210,45 @@ alert_events = Table(
     Column("detail", Text, nullable=False),
 )
 
+review_items = Table(
+    "review_items",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("decision_id", String(36), nullable=False),
+    Column("service", String(64), nullable=False),
+    Column("policy", String(64), nullable=False),
+    Column("queue", String(64), nullable=False),
+    Column("mode", String(32), nullable=False),
+    Column("priority", Integer, nullable=False),
+    Column("required", Integer, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("due_at", Float, nullable=True),
+    Column("claimed_by", String(128), nullable=True),
+    Column("claim_expires", Float, nullable=True),
+    Column("sla_breached", Boolean, nullable=False, default=False),
+    Column("final_output", Text, nullable=True),
+    Column("decided_at", Float, nullable=True),
+)
+Index("ix_review_items_queue", review_items.c.service, review_items.c.status,
+      review_items.c.priority)
+Index("ix_review_items_decision", review_items.c.decision_id)
+
+review_outcomes = Table(
+    "review_outcomes",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("item_id", String(36), nullable=False),
+    Column("service", String(64), nullable=False),
+    Column("model_version", Integer, nullable=True),
+    Column("reviewer", String(128), nullable=False),
+    Column("action", String(16), nullable=False),
+    Column("output", Text, nullable=True),
+    Column("reason", Text, nullable=False),
+    Column("ts", Float, nullable=False),
+)
+Index("ix_review_outcomes_item", review_outcomes.c.item_id)
+
 __all__ = [
     "alert_events",
     "alert_state",
@@ -222,6 +261,8 @@ __all__ = [
     "metadata",
     "model_versions",
     "monitor_results",
+    "review_items",
+    "review_outcomes",
     "rollout_events",
     "rollout_state",
     "shadow_decisions",

@@ -1,0 +1,314 @@
+"""Human review: policies that pick decisions, the queue people work, outcomes that teach.
+
+Policies use the same expression language as alert rules (``shipway.expr``), evaluated on
+every answered decision (``confidence``, ``output``, ``route``, ``model_version``,
+``inputs.FIELD``), plus random sampling for quality control. A matching decision becomes a
+review item in its policy's queue, committed before the caller hears the answer.
+
+The queue hands out the oldest item of the highest priority with one conditional UPDATE, so
+no two reviewers ever hold the same item (the database decides); a claim expires after
+``claim_ttl`` and the item goes back. An outcome (approve, override with a new output checked
+against the output spec, or escalate) is stored per reviewer; when the item has the reviews
+its policy asks for, its final answer is set, becomes a feedback label for the decision, and
+an audit event is written. Items past their queue's SLA are escalated once, with an alert.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from sqlalchemy import Engine, and_, func, insert, or_, select, update
+
+from shipway.decisions.log import GroupCommitWriter
+from shipway.errors import Conflict, InputError, NotFound
+from shipway.expr import Expression
+from shipway.govern import audit
+from shipway.govern.keys import parse_duration
+from shipway.manifest import OutputSpec, ReviewPolicy, ReviewSpec, WebhookSpec
+from shipway.monitor.alerts import deliver
+from shipway.monitor.feedback import record_feedback
+from shipway.store.tables import decisions, review_items, review_outcomes
+
+ACTIONS = ("approve", "override", "escalate")
+
+
+@dataclass(frozen=True)
+class Match:
+    policy: ReviewPolicy
+
+    @property
+    def hold(self) -> bool:
+        return self.policy.mode == "hold"
+
+
+class Policies:
+    """Compiled review policies; :meth:`match` is called on every answered decision."""
+
+    def __init__(self, spec: ReviewSpec, seed: int | None = None) -> None:
+        self.spec = spec
+        self.rules = [(p, Expression(p.when) if p.when else None) for p in spec.policies]
+        self._rng = random.Random(seed)
+
+    def __bool__(self) -> bool:
+        return bool(self.rules)
+
+    def match(self, ctx: Mapping[str, Any]) -> Match | None:
+        """The matching policy of highest priority (a hold policy wins a tie), or None."""
+        best: ReviewPolicy | None = None
+        for p, expr in self.rules:
+            hit = expr.test(ctx) if expr is not None else True
+            if hit and p.sample is not None:
+                hit = self._rng.random() < p.sample
+            if not hit:
+                continue
+            rank = (p.priority, p.mode == "hold")
+            if best is None or rank > (best.priority, best.mode == "hold"):
+                best = p
+        return Match(best) if best is not None else None
+
+    def item(self, decision_id: str, service: str, match: Match, now: float) -> dict[str, Any]:
+        p = match.policy
+        sla = self.spec.queues.get(p.queue)
+        due = now + parse_duration(sla.sla if sla else "24h")
+        return {"id": str(uuid.uuid4()), "decision_id": decision_id, "service": service,
+                "policy": p.name, "queue": p.queue, "mode": p.mode, "priority": p.priority,
+                "required": p.reviews, "status": "pending", "created_at": now, "due_at": due,
+                "claimed_by": None, "claim_expires": None, "sla_breached": False,
+                "final_output": None, "decided_at": None}  # fmt: skip
+
+
+def _item_dict(row: Mapping[str, Any]) -> dict[str, Any]:
+    d = {str(k): v for k, v in row.items()}
+    if d.get("final_output") is not None:
+        d["final_output"] = orjson.loads(d["final_output"])
+    return d
+
+
+class ReviewQueue:
+    def __init__(self, engine: Engine, service: str, spec: ReviewSpec, output: OutputSpec) -> None:
+        self.engine = engine
+        self.service = service
+        self.spec = spec
+        self.output = output
+        self.claim_ttl = parse_duration(spec.claim_ttl)
+
+    # -- claiming ------------------------------------------------------------------------
+
+    def _available(self, now: float) -> Any:
+        return and_(
+            review_items.c.service == self.service,
+            or_(
+                review_items.c.status == "pending",
+                and_(review_items.c.status == "claimed", review_items.c.claim_expires < now),
+            ),
+        )
+
+    def claim(self, reviewer: str, queue: str | None = None) -> dict[str, Any] | None:
+        """Claim the next item for ``reviewer``; None when the queue is empty."""
+        for _attempt in range(20):
+            now = time.time()
+            cond = self._available(now)
+            if queue is not None:
+                cond = and_(cond, review_items.c.queue == queue)
+            # an item this reviewer already reviewed (double review) is for someone else
+            done_by_me = select(review_outcomes.c.item_id).where(
+                review_outcomes.c.reviewer == reviewer, review_outcomes.c.action != "escalate"
+            )
+            cond = and_(cond, review_items.c.id.not_in(done_by_me))
+            with self.engine.begin() as conn:
+                pick = conn.execute(
+                    select(review_items.c.id).where(cond)
+                    .order_by(review_items.c.priority.desc(), review_items.c.created_at)
+                    .limit(1)
+                ).scalar()  # fmt: skip
+                if pick is None:
+                    return None
+                res = conn.execute(
+                    update(review_items)
+                    .where(review_items.c.id == pick, self._available(now))
+                    .values(status="claimed", claimed_by=reviewer,
+                            claim_expires=now + self.claim_ttl)
+                )  # fmt: skip
+                if res.rowcount == 1:
+                    return self.get(pick, conn=conn)
+        return None  # pragma: no cover - only under extreme contention
+
+    def get(self, item_id: str, conn: Any = None) -> dict[str, Any]:
+        q = (
+            select(review_items, decisions.c.inputs, decisions.c.output, decisions.c.confidence,
+                   decisions.c.model_version, decisions.c.route, decisions.c.ts)
+            .select_from(review_items.join(decisions, decisions.c.id == review_items.c.decision_id))
+            .where(review_items.c.id == item_id, review_items.c.service == self.service)
+        )  # fmt: skip
+        if conn is None:
+            with self.engine.connect() as c:
+                row = c.execute(q).mappings().first()
+        else:
+            row = conn.execute(q).mappings().first()
+        if row is None:
+            raise NotFound(f"no review item {item_id!r}")
+        d = _item_dict(row)
+        d["inputs"] = orjson.loads(d["inputs"])
+        d["output"] = orjson.loads(d["output"]) if d["output"] is not None else None
+        d["decided_ts"] = d.pop("ts")
+        return d
+
+    # -- outcomes ------------------------------------------------------------------------
+
+    def decide(
+        self, item_id: str, reviewer: str, action: str, *, output: Any = None, reason: str = ""
+    ) -> dict[str, Any]:
+        if action not in ACTIONS:
+            raise InputError(f"action must be one of {', '.join(ACTIONS)}, not {action!r}")
+        item = self.get(item_id)
+        now = time.time()
+        if item["status"] != "claimed" or item["claimed_by"] != reviewer:
+            raise Conflict(f"review item {item_id} is not claimed by {reviewer}: claim it first")
+        if item["claim_expires"] is not None and item["claim_expires"] < now:
+            raise Conflict(f"your claim on review item {item_id} expired; claim it again")
+        if action == "override":
+            if output is None:
+                raise InputError("override needs the new output")
+            from shipway.monitor.feedback import _label_problem, _normalise
+
+            why = _label_problem(output, self.output)
+            if why is not None:
+                raise InputError(f"output {output!r} does not fit the output spec: expected {why}")
+            output = _normalise(output, self.output)
+        elif action == "approve":
+            output = item["output"]
+        with self.engine.begin() as conn:
+            conn.execute(insert(review_outcomes).values(
+                item_id=item_id, service=self.service, model_version=item["model_version"],
+                reviewer=reviewer, action=action,
+                output=None if action == "escalate" else orjson.dumps(output).decode(),
+                reason=reason, ts=now,
+            ))  # fmt: skip
+            done = conn.execute(
+                select(func.count()).where(review_outcomes.c.item_id == item_id,
+                                           review_outcomes.c.action != "escalate")
+            ).scalar()  # fmt: skip
+            values: dict[str, Any] = {"claimed_by": None, "claim_expires": None}
+            if action == "escalate":
+                values.update(status="pending", priority=item["priority"] + 100,
+                              queue="escalated")  # fmt: skip
+            elif int(done or 0) >= item["required"]:
+                values.update(status="done", final_output=orjson.dumps(output).decode(),
+                              decided_at=now)  # fmt: skip
+            else:
+                values.update(status="pending")  # a second reviewer is needed
+            conn.execute(update(review_items).where(review_items.c.id == item_id).values(**values))
+            audit.append(conn, actor=reviewer, action=f"review.{action}",
+                         target=f"decision:{item['decision_id']}", service=self.service,
+                         before={"output": item["output"]},
+                         after={"output": output, "status": values.get("status")},
+                         reason=reason)  # fmt: skip
+        if values.get("status") == "done":
+            record_feedback(self.engine, self.service, self.output,
+                            [{"id": item["decision_id"], "label": output}], actor=reviewer,
+                            source="review")  # fmt: skip
+            if item["mode"] == "hold" and self.spec.webhook:
+                deliver(WebhookSpec(url=self.spec.webhook),
+                        {"service": self.service, "decision_id": item["decision_id"],
+                         "status": "reviewed", "output": output, "reviewer": reviewer})
+        return self.get(item_id)
+
+    # -- SLAs ----------------------------------------------------------------------------
+
+    def sweep(self, now: float | None = None) -> list[dict[str, Any]]:
+        """Escalate, once, every open item past its due time; returns the escalated items."""
+        now = time.time() if now is None else now
+        with self.engine.begin() as conn:
+            late = conn.execute(
+                select(review_items.c.id, review_items.c.queue, review_items.c.decision_id,
+                       review_items.c.due_at)
+                .where(review_items.c.service == self.service,
+                       review_items.c.status.in_(("pending", "claimed")),
+                       review_items.c.due_at < now, review_items.c.sla_breached.is_(False))
+            ).mappings().all()  # fmt: skip
+            out = []
+            for r in late:
+                res = conn.execute(
+                    update(review_items)
+                    .where(review_items.c.id == r["id"], review_items.c.sla_breached.is_(False))
+                    .values(sla_breached=True, priority=review_items.c.priority + 100)
+                )  # fmt: skip
+                if res.rowcount == 1:
+                    out.append(dict(r))
+        return out
+
+    # -- reading -------------------------------------------------------------------------
+
+    def for_decision(self, decision_id: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(review_items).where(review_items.c.decision_id == decision_id)
+            ).mappings().first()  # fmt: skip
+        return _item_dict(row) if row is not None else None
+
+    def stats(self, now: float | None = None) -> dict[str, Any]:
+        """Depth and oldest age per queue, throughput per reviewer, override rate per model
+        version, agreement on double-reviewed items."""
+        now = time.time() if now is None else now
+        with self.engine.connect() as conn:
+            open_rows = conn.execute(
+                select(review_items.c.queue, func.count(), func.min(review_items.c.created_at))
+                .where(review_items.c.service == self.service,
+                       review_items.c.status.in_(("pending", "claimed")))
+                .group_by(review_items.c.queue)
+            ).all()  # fmt: skip
+            outcomes = conn.execute(
+                select(review_outcomes.c.item_id, review_outcomes.c.reviewer,
+                       review_outcomes.c.action, review_outcomes.c.output,
+                       review_outcomes.c.model_version)
+                .where(review_outcomes.c.service == self.service)
+            ).all()  # fmt: skip
+        queues = {q: {"depth": int(n), "oldest_age_s": now - float(t)} for q, n, t in open_rows}
+        per_reviewer: dict[str, int] = {}
+        per_version: dict[str, list[int]] = {}
+        by_item: dict[str, list[Any]] = {}
+        for item_id, reviewer, action, output, version in outcomes:
+            if action == "escalate":
+                continue
+            per_reviewer[reviewer] = per_reviewer.get(reviewer, 0) + 1
+            c = per_version.setdefault(str(version), [0, 0])
+            c[0] += 1
+            c[1] += action == "override"
+            by_item.setdefault(item_id, []).append(output)
+        doubles = [outs for outs in by_item.values() if len(outs) >= 2]
+        agree = sum(1 for outs in doubles if len(set(outs)) == 1)
+        return {
+            "queues": queues,
+            "reviewed_by": per_reviewer,
+            "override_rate": {v: c[1] / c[0] for v, c in per_version.items() if c[0]},
+            "double_reviewed": len(doubles),
+            "agreement": agree / len(doubles) if doubles else None,
+        }
+
+
+_ITEM_COLUMNS = ("id", "decision_id", "service", "policy", "queue", "mode", "priority",
+                 "required", "status", "created_at", "due_at", "sla_breached")  # fmt: skip
+
+
+class ReviewLog(GroupCommitWriter):
+    """Review items, committed (in groups) before the caller hears the answer."""
+
+    def __init__(self, engine: Engine) -> None:
+        super().__init__(engine, table="review_items", columns=_ITEM_COLUMNS,
+                         to_params=lambda r: tuple(r[c] for c in _ITEM_COLUMNS))  # fmt: skip
+
+
+def context(
+    output: Any, confidence: Any, route: str, version: Any, inputs: Mapping[str, Any]
+) -> dict[str, Any]:
+    return {"output": output, "confidence": confidence, "route": route,
+            "model_version": version, "inputs": inputs}  # fmt: skip
+
+
+__all__ = ["ACTIONS", "Match", "Policies", "ReviewLog", "ReviewQueue", "context"]
