@@ -314,3 +314,32 @@ def test_only_one_replica_runs_the_monitor_on_postgresql(tmp_path: Path) -> None
         assert replica.run_exclusive() == {"ran": True} and ran == [1]
     finally:
         engine.dispose()
+
+
+def test_alert_actions_pause_a_canary_through_the_rollout(
+    workspace: Path, pilot: Any, start_server: Any
+) -> None:
+    manifest = workspace / "shipway.yaml"
+    env = {"SHIPWAY_DATABASE_URL": ""}
+    added = run_cli("models", "add", "--model", "python:tests.pilots.rules:predict", "-m",
+                    str(manifest), env=env)  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    canary = run_cli("rollout", "canary", "2", "--percent", "50", "--force", "--reason", "trial",
+                     "-m", str(manifest), env=env)  # fmt: skip
+    assert canary.returncode == 0, canary.stderr
+    spec = yaml.safe_load(manifest.read_text())
+    spec["monitor"] = {"window_rows": 50, "min_rows": 10_000, "schedule": False, "alerts": [
+        {"name": "canary-guard", "when": "n >= 20", "do": ["pause_canary", "review"]}]}
+    manifest.write_text(yaml.safe_dump(spec, sort_keys=False))
+    server = start_server(manifest, env)
+    for row in pilot.rows[:30]:
+        assert server.client.post("/v1/predict", json={"inputs": row}).status_code == 200
+    res = server.client.post("/v1/monitor/run").json()
+    assert set(res["by_version"]) == {"1", "2"}  # figures per version that answered
+    acts = {a["action"]: a["result"] for a in res["alerts"][0]["actions"]}
+    assert acts["pause_canary"].startswith("rolled back") and "canary None" in acts["pause_canary"]
+    assert acts["review"] == "opened a review batch of 20 recent decisions (queue 'alerts')"
+    assert server.client.get("/v1/review/stats").json()["queues"]["alerts"]["depth"] == 20
+    assert server.client.get("/v1/rollout").json()["state"]["canary"] is None
+    history = server.client.get("/v1/rollout/history").json()["events"]
+    assert history[-1]["actor"] == "shipway-monitor" and history[-1]["action"] == "rollback-canary"

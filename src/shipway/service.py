@@ -208,7 +208,11 @@ class Service:
             store,
             manifest,
             champion=lambda: self.router.champion.version,
-            actions={"rollback": self._alert_rollback, "pause_canary": self._alert_pause_canary},
+            actions={
+                "rollback": self._alert_rollback,
+                "pause_canary": self._alert_pause_canary,
+                "review": self._alert_review,
+            },
             metrics=self.metrics,
         )
         self._monitor_thread: threading.Thread | None = None
@@ -341,6 +345,10 @@ class Service:
         st = self.rollout.rollback(actor="shipway-monitor", reason=reason)
         self.refresh()
         return f"rolled back: champion v{st.champion}, canary {st.canary}"
+
+    def _alert_review(self, reason: str) -> str:
+        n = self.review.open_batch(reason)
+        return f"opened a review batch of {n} recent decisions (queue 'alerts')"
 
     def _alert_pause_canary(self, reason: str) -> str:
         if self.rollout.state().canary is None:

@@ -3,9 +3,9 @@ the condition clears, each transition exactly once (the state is stored), and ac
 
 Actions: ``notify`` (a JSON POST to every webhook, retried with exponential backoff, every
 attempt recorded, and a log line), ``rollback`` and ``pause_canary`` (through the rollout
-machinery the service hands in), ``review`` and ``retrain`` (recorded as requested until those
-capabilities exist). Firings, resolutions and what each action did are stored in
-``alert_events`` and shown by ``shipway alerts list``.
+machinery the service hands in), ``review`` (a batch of recent decisions queued for people),
+and ``retrain`` (recorded as requested until retraining exists). Firings, resolutions and
+what each action did are stored in ``alert_events`` and shown by ``shipway alerts list``.
 """
 
 from __future__ import annotations

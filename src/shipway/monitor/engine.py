@@ -236,13 +236,26 @@ class Monitor:
         # performance from feedback
         labels = latest_labels(self.engine, [r["id"] for r in answered])
         labeled = [r for r in answered if r["id"] in labels]
-        result["performance"] = performance(
-            self.manifest.output.kind,
-            [labels[r["id"]] for r in labeled],
-            [orjson.loads(r["output"]) for r in labeled],
-            [r["confidence"] for r in labeled],
-            list(self.manifest.output.labels or []),
-        )
+        kind, classes = self.manifest.output.kind, list(self.manifest.output.labels or [])
+
+        def perf(rs: list[dict[str, Any]]) -> dict[str, Any]:
+            return performance(kind, [labels[r["id"]] for r in rs],
+                               [orjson.loads(r["output"]) for r in rs],
+                               [r["confidence"] for r in rs], classes)  # fmt: skip
+
+        result["performance"] = perf(labeled)
+        # the same per model version that answered (champion, canary, fallback versions)
+        by_version: dict[str, dict[str, Any]] = {}
+        for v in sorted({str(r["model_version"]) for r in rows}):
+            vr = [r for r in rows if str(r["model_version"]) == v]
+            vl = [r for r in labeled if str(r["model_version"]) == v]
+            by_version[v] = {
+                "n": len(vr),
+                "error_rate": sum(1 for r in vr if r["error"] is not None) / len(vr),
+                "p99_ms": _pct(np.asarray([r["latency_ms"] for r in vr], dtype=float), 99),
+                "performance": perf(vl),
+            }
+        result["by_version"] = by_version
         return result
 
     @staticmethod

@@ -219,6 +219,33 @@ class ReviewQueue:
                          "status": "reviewed", "output": output, "reviewer": reviewer})
         return self.get(item_id)
 
+    def open_batch(self, reason: str, size: int = 20, queue: str = "alerts") -> int:
+        """Queue the newest ``size`` decisions not yet under review (an alert's action)."""
+        now = time.time()
+        sla = self.spec.queues.get(queue)
+        due = now + parse_duration(sla.sla if sla else "24h")
+        with self.engine.begin() as conn:
+            reviewed = select(review_items.c.decision_id).where(
+                review_items.c.service == self.service)
+            ids = list(conn.execute(
+                select(decisions.c.id).where(decisions.c.service == self.service,
+                                             decisions.c.error.is_(None),
+                                             decisions.c.id.not_in(reviewed))
+                .order_by(decisions.c.seq.desc()).limit(size)
+            ).scalars())  # fmt: skip
+            if ids:
+                conn.execute(insert(review_items), [
+                    {"id": str(uuid.uuid4()), "decision_id": did, "service": self.service,
+                     "policy": "alert", "queue": queue, "mode": "respond_then_review",
+                     "priority": 10, "required": 1, "status": "pending", "created_at": now,
+                     "due_at": due, "sla_breached": False}
+                    for did in ids
+                ])  # fmt: skip
+            audit.append(conn, actor="shipway-monitor", action="review.batch",
+                         target=f"service:{self.service}", service=self.service,
+                         after={"queued": len(ids), "queue": queue}, reason=reason)  # fmt: skip
+        return len(ids)
+
     # -- SLAs ----------------------------------------------------------------------------
 
     def sweep(self, now: float | None = None) -> list[dict[str, Any]]:
