@@ -194,3 +194,25 @@ def test_review_from_the_terminal(loans: Path, start_server: Any) -> None:  # no
     assert "2 reviewed" in res.stdout and "recorded: override" in res.stdout
     stats = server.client.get("/v1/review/stats").json()
     assert stats["queues"].get("default", {"depth": 0})["depth"] == 0
+
+
+def test_stop_switch_can_hold_every_request_for_a_person(
+    loans: Path, start_server: Any  # noqa: F811
+) -> None:
+    spec = yaml.safe_load(loans.read_text())
+    spec["stop"] = {"behavior": "review"}
+    loans.write_text(yaml.safe_dump(spec, sort_keys=False))
+    server = start_server(loans, NO_DB)
+    c = server.client
+    assert c.post("/v1/stop", json={"reason": "model under investigation"}).status_code == 200
+    r = c.post("/v1/predict", json={"inputs": generate(1, seed=91)[0]})
+    assert r.status_code == 202
+    did = r.json()["id"]
+    item = c.get("/v1/review/next", params={"queue": "stopped"}).json()
+    assert item["decision_id"] == did and item["output"] is None
+    assert c.post(f"/v1/review/{item['id']}", json={"action": "approve"}).status_code == 400
+    done = c.post(f"/v1/review/{item['id']}", json={"action": "override", "output": "deny"})
+    assert done.status_code == 200
+    final = c.get(f"/v1/decisions/{did}").json()
+    assert final["status"] == "reviewed" and final["output"] == "deny"
+    assert final["route"] == "stopped"

@@ -481,9 +481,12 @@ class AuthSpec(_Model):
 class StopSpec(_Model):
     """What the service answers while the stop switch is on (``shipway stop``)."""
 
-    behavior: Literal["error", "default"] = Field(
+    behavior: Literal["error", "default", "review"] = Field(
         "error",
-        description="'error': 503 service_stopped; 'default': the declared answer below.",
+        description=(
+            "'error': 503 service_stopped; 'default': the declared answer below; 'review': "
+            "every request is held for a person (202 and a status URL; queue 'stopped')."
+        ),
     )
     answer: dict[str, Any] | None = Field(
         None, description="The declared answer {output, confidence} for 'default'."

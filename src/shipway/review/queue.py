@@ -183,6 +183,9 @@ class ReviewQueue:
             output = _normalise(output, self.output)
         elif action == "approve":
             output = item["output"]
+            if output is None:
+                raise InputError("there is no model answer to approve (the service was "
+                                 "stopped): override with the right output")  # fmt: skip
         with self.engine.begin() as conn:
             conn.execute(insert(review_outcomes).values(
                 item_id=item_id, service=self.service, model_version=item["model_version"],

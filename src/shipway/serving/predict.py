@@ -28,10 +28,18 @@ from shipway.errors import (
     ShipwayError,
     StoreError,
 )
-from shipway.manifest import CacheSpec, FallbackStep, GuardsSpec, RolloutSpec, StopSpec
+from shipway.manifest import (
+    CacheSpec,
+    FallbackStep,
+    GuardsSpec,
+    ReviewPolicy,
+    ReviewSpec,
+    RolloutSpec,
+    StopSpec,
+)
 from shipway.metrics import ServiceMetrics
 from shipway.models.predictor import Predictions, Row
-from shipway.review.queue import Policies, ReviewLog
+from shipway.review.queue import Match, Policies, ReviewLog
 from shipway.review.queue import context as review_context
 from shipway.serving.guards import AnswerCache, OutputCheck, backoff_s, is_retryable
 from shipway.serving.router import Job, Lane, Route, Router
@@ -284,6 +292,11 @@ class PredictPath:
     ) -> Answer:
         """The stop switch is on: no model is called; the manifest's safe behaviour answers."""
         why = f"service stopped: {self.router.stopped}"
+        if self.stop.behavior == "review":
+            n = len(rows)  # logged without an answer; a person gives it
+            return await self._answer_with(
+                positions, "stopped", None, [None] * n, [None] * n, ids, values, caller, t0, why
+            )
         if self.stop.behavior == "default" and self.stop.answer is not None:
             a = self.stop.answer
             n = len(rows)
@@ -450,7 +463,9 @@ class PredictPath:
                 out[k] = {"id": ids[k], "output": output, "confidence": conf,
                           "model_version": version, "route": name, "row": good[k]}  # fmt: skip
             self._count_decisions(name, version, len(ans.rows))
-        if self.review is not None and router.stopped is None:
+        if router.stopped is not None and self.stop.behavior == "review":
+            await self._hold_all(out)
+        elif self.review is not None and router.stopped is None:
             await self._route_to_review(out, values)
         if router.shadows and router.stopped is None:
             self._start_shadows(router.shadows, ids, values)
@@ -465,6 +480,24 @@ class PredictPath:
             for d in out:
                 del d["row"]
         return body
+
+    async def _hold_all(self, out: list[dict[str, Any]]) -> None:
+        """The stop switch with 'review': every row waits for a person's answer."""
+        assert self.review_log is not None
+        spec = ReviewSpec(policies=[ReviewPolicy(name="stopped", sample=1.0, mode="hold",
+                                                 priority=50, queue="stopped")])  # fmt: skip
+        policies = Policies(spec)
+        match = Match(spec.policies[0])
+        now = _now()
+        items = []
+        for k, d in enumerate(out):
+            item = policies.item(d["id"], self.service, match, now)
+            items.append(item)
+            out[k] = {"id": d["id"], "status": "pending_review",
+                      "status_url": f"/v1/decisions/{d['id']}",
+                      "review": {"policy": "stopped", "item": item["id"]},
+                      **({"row": d["row"]} if "row" in d else {})}  # fmt: skip
+        await self.review_log.write(items)
 
     async def _route_to_review(self, out: list[dict[str, Any]], values: list[Row]) -> None:
         """Policies pick decisions for people; their items are committed before the reply."""
