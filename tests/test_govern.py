@@ -416,13 +416,14 @@ def test_schemathesis_finds_no_server_error_and_no_route_open_without_auth(
                   "-H", f"Authorization: Bearer {keyed['admin']}"],
         "anonymous": ["--checks", "not_a_server_error"],
     }
+    n_ops = sum(len(ops) for ops in httpx.get(url).json()["paths"].values())
     for name, extra in runs.items():
         res = subprocess.run(
             [str(SCHEMATHESIS), "run", url, *common, *extra], capture_output=True, text=True,
             timeout=600, cwd=tmp_path,
         )  # fmt: skip
         assert res.returncode == 0, f"{name}:\n{res.stdout[-4000:]}\n{res.stderr[-2000:]}"
-        assert "Tested: 19" in res.stdout, res.stdout[-2000:]  # every operation was exercised
+        assert f"Tested: {n_ops}" in res.stdout, res.stdout[-2000:]  # every operation exercised
     # without credentials no protected operation in the schema answers 2xx
     schema = httpx.get(url).json()
     for path, ops in schema["paths"].items():
