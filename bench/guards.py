@@ -46,7 +46,7 @@ def batching(work: Path, manifest: Path, rows: list[dict[str, float]], requests:
     for label, path in runs:
         port = free_port()
         cmd = [sys.executable, "-m", "shipway", "serve", str(path), "--port", str(port),
-               "--log-level", "warning"]  # fmt: skip
+               "--log-level", "warning", "--dev"]  # fmt: skip
         with server(cmd, f"http://127.0.0.1:{port}/readyz", env={"SHIPWAY_DATABASE_URL": ""}):
             results[label] = load(port, one, 64, requests)
     on_rps = (results["batching on"]["rps"] + results["batching on "]["rps"]) / 2

@@ -51,7 +51,7 @@ def main() -> None:
     port = free_port()
     results = {}
     with server([sys.executable, "-m", "shipway", "serve", str(manifest), "--port", str(port),
-                 "--log-level", "warning"], f"http://127.0.0.1:{port}/readyz",
+                 "--log-level", "warning", "--dev"], f"http://127.0.0.1:{port}/readyz",
                 env={"SHIPWAY_DATABASE_URL": ""}):
         results["champion only"] = load(port, one, 16, args.requests)
         move(port, "canary", {"version": 2, "percent": 20, "reason": "bench"})

@@ -220,9 +220,10 @@ class _Conn(asyncio.Protocol):
 
 async def _load_async(a: argparse.Namespace) -> dict[str, Any]:
     body = Path(a.body).read_bytes()
+    extra = f"{a.header}\r\n" if a.header else ""
     request = (
         f"POST {a.path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
+        f"{extra}Content-Length: {len(body)}\r\n\r\n"
     ).encode() + body
     loop = asyncio.get_running_loop()
     conns = []
@@ -278,6 +279,7 @@ def _load_main(argv: list[str]) -> None:
     p.add_argument("--warmup", type=int, default=200)
     p.add_argument("--cap", type=float, default=60.0, help="Seconds, warm-up included.")
     p.add_argument("--server-pid", type=int, default=0)
+    p.add_argument("--header", default="", help="One extra request header, 'Name: value'.")
     a = p.parse_args(argv)
     try:
         import uvloop
@@ -298,6 +300,7 @@ local function now() ffi.C.clock_gettime(1, ts); return tonumber(ts.s) + tonumbe
 local f = io.open(BODY_PATH, "rb"); wrk.body = f:read("*a"); f:close()
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
+EXTRA_HEADER
 local threads = {}
 function setup(thread) table.insert(threads, thread) end
 function init(args) n = 0; ok = 0; t0 = now(); t1 = 0 end
@@ -323,8 +326,13 @@ def _wrk_once(port: int, path: str, body: Path, concurrency: int, count: int, ca
               workdir: Path) -> tuple[dict[str, Any], float]:
     marker = workdir / f"wrk-{os.getpid()}-{time.monotonic_ns()}.done"
     script = workdir / "bench.lua"
+    extra = ""
+    if AUTH_HEADER:
+        name, _, value = AUTH_HEADER.partition(":")
+        extra = f"wrk.headers[{json.dumps(name.strip())}] = {json.dumps(value.strip())}"
     script.write_text(WRK_SCRIPT.replace("BODY_PATH", json.dumps(str(body)))
-                      .replace("LIMIT", str(count)).replace("MARKER", json.dumps(str(marker))))
+                      .replace("LIMIT", str(count)).replace("MARKER", json.dumps(str(marker)))
+                      .replace("EXTRA_HEADER", extra))
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.Popen(
         ["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, int(cap))}s", "--timeout", "30s",
@@ -398,12 +406,25 @@ def build_pilot(workdir: Path) -> tuple[Path, Path, list[dict[str, float]]]:
     return workdir / "pilot.joblib", workdir / "data.csv", rows
 
 
+def predictor_key(manifest: Path) -> str:
+    """A predictor API key for the benchmark service (the first key needs no credentials)."""
+    out = subprocess.run(
+        [*_shipway_cli(), "keys", "create", "--name", "bench", "--role", "predictor", "-m",
+         str(manifest)], check=True, capture_output=True, text=True,
+        env={**os.environ, **_SQLITE_ENV, "SHIPWAY_API_KEY": ""},
+    )  # fmt: skip
+    return out.stdout.strip().splitlines()[-1]
+
+
 def _shipway_cli() -> list[str]:
     script = Path(sys.executable).with_name("shipway")
     return [str(script)] if script.exists() else [sys.executable, "-m", "shipway"]
 
 
 _SQLITE_ENV = {"SHIPWAY_DATABASE_URL": ""}
+#: Sent with every request to Shipway: the server runs with authentication on, as in
+#: production, so key checking is part of what is measured (set by measure_shipway).
+AUTH_HEADER = ""
 """The workspace's own SQLite store, whatever the caller's environment points at."""
 
 
@@ -488,7 +509,7 @@ def load(port: int, body: Path, concurrency: int, requests: int, path: str = "/v
         [sys.executable, str(Path(__file__).resolve()), "_load", "--port", str(port),
          "--path", path, "--body", str(body), "--concurrency", str(concurrency),
          "--requests", str(requests), "--warmup", str(warm), "--cap", str(cap),
-         "--server-pid", str(server_pid or 0)],
+         "--server-pid", str(server_pid or 0), "--header", AUTH_HEADER],
         capture_output=True, text=True, timeout=cap + 90)
     if out.returncode != 0:
         raise RuntimeError(f"load client failed: {out.stderr[-1500:]}")
@@ -660,10 +681,14 @@ def _run(args: argparse.Namespace, n: int, cap: float,
 
     port = free_port()
     log_before = sqlite_count(db)
+    global AUTH_HEADER
+    AUTH_HEADER = f"Authorization: Bearer {predictor_key(manifest)}"
+    prod = {**_SQLITE_ENV, "SHIPWAY_DEV_MODE": "", "SHIPWAY_SECRET_KEY": os.urandom(24).hex()}
     with server([*_shipway_cli(), "serve", str(manifest), "--host", "127.0.0.1", "--port",
                  str(port), "--log-level", "warning"], f"http://127.0.0.1:{port}/readyz",
-                env=_SQLITE_ENV, log=work / "shipway.log") as proc:
+                env=prod, log=work / "shipway.log") as proc:
         measure("shipway", port, "/v1/predict", proc.pid, ("single", "batch"))
+    AUTH_HEADER = ""
     logged = sqlite_count(db) - log_before
     answered = sum(r["answered_total"] * rows_per[k]
                    for (who, k, _c), r in results.items() if who == "shipway")
