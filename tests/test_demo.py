@@ -22,4 +22,7 @@ def test_demo_runs_and_every_answer_is_logged(tmp_path: Path) -> None:
     assert logged == answered
     assert re.search(r"latency p50 / p99\s*│\s*[\d.]+ ms / [\d.]+ ms", out)
     assert "/docs" in out and "/metrics" in out
+    drifted = re.search(r"monitor: (\d+) of \d+ inputs drifted[^:]*: (.*)", out)
+    assert drifted is not None, out
+    assert set(drifted.group(2).split(", ")) == {"mean radius", "mean texture"}  # the shift
     assert (tmp_path / "demo" / "shipway.yaml").exists()

@@ -221,6 +221,7 @@ def run_demo(*, duration: float | None, port: int, workdir: Path | None, console
         keys = Keys(store.engine)
         _info, traffic_key = keys.create(name="demo-traffic", role="predictor", actor="demo")
         _info, viewer_key = keys.create(name="demo-viewer", role="viewer", actor="demo")
+        _info, operator_key = keys.create(name="demo-operator", role="operator", actor="demo")
     finally:
         store.close()
     console.print("   API keys: demo-traffic (predictor), demo-viewer (viewer)")
@@ -241,6 +242,7 @@ def run_demo(*, duration: float | None, port: int, workdir: Path | None, console
         console.print(tally.table("What happened"))
         logged = sum(1 for _ in _decisions(res.manifest_path))
         console.print(f"decision log: {logged} decisions committed (every answered row)")
+        _monitor_summary(base, operator_key, console)
         console.print(f"Read-only key for the routes below (send as 'Authorization: Bearer KEY'):"
                       f"\n  {viewer_key}")  # fmt: skip
         console.print("Open:")
@@ -266,6 +268,27 @@ def run_demo(*, duration: float | None, port: int, workdir: Path | None, console
                 proc.kill()
         if tmp is not None:
             tmp.cleanup()
+
+
+def _monitor_summary(base: str, key: str, console: Console) -> None:
+    """Run the monitor on the traffic just sent and say which inputs drifted."""
+    try:
+        r = httpx.post(f"{base}/v1/monitor/run", timeout=60,
+                       headers={"Authorization": f"Bearer {key}"})  # fmt: skip
+        r.raise_for_status()
+    except httpx.HTTPError as exc:
+        console.print(f"monitor: could not run ({exc})")
+        return
+    drift = r.json().get("drift")
+    if not drift:
+        console.print(f"monitor: {r.json().get('drift_skipped', 'no drift figures')}")
+        return
+    names = drift["drifted"]
+    console.print(
+        f"monitor: {len(names)} of {len(drift['features'])} inputs drifted from the pilot data "
+        f"(the shifted segment): {', '.join(names[:6])}{' ...' if len(names) > 6 else ''}"
+    )
+    console.print("  see: shipway monitor report (or GET /v1/monitor)")
 
 
 def _decisions(manifest_path: Path) -> Any:
