@@ -3,9 +3,11 @@
 Callers on the event loop ``await worker.submit(item)``; the thread takes everything queued so
 far (up to ``max_items``), handles it in one call, and wakes all those callers with a single
 hop back to their loop. Under load batches grow by themselves; when idle a lone item goes
-through at once. With ``max_wait_s`` the thread also waits that long for more items, but only
-while requests arrive together (the previous batch held more than one item), so a lone
-request never waits. The decision log (group commit) and the model runner both use it.
+through at once. With ``max_wait_s`` the thread also waits up to that long for more items, but
+only while requests arrive together and only until the batch is as large as the previous one
+(as many callers as were waiting last time are likely on their way back), so a lone request
+never waits and a full batch never idles. The decision log (group commit) and the model
+runner both use it.
 """
 
 from __future__ import annotations
@@ -115,7 +117,9 @@ class BatchWorker(Generic[T, R]):
                 try:
                     nxt = self._q.get_nowait()
                 except queue.Empty:
-                    if deadline is None:
+                    # wait only to reach the size of the previous batch: as many callers as
+                    # were waiting last time are likely on their way back
+                    if deadline is None or len(batch) >= self._last_size:
                         break
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
