@@ -32,7 +32,7 @@ from shipway.govern.auth import Authenticator
 from shipway.govern.keys import KeyRing, parse_duration
 from shipway.govern.pii import Redactor
 from shipway.govern.retention import purge
-from shipway.lifecycle.rollout import Rollout, RolloutState
+from shipway.lifecycle.rollout import Rollout, RolloutState, alert_actions
 from shipway.manifest import Manifest
 from shipway.metrics import ServiceMetrics
 from shipway.models import ModelVersion, Predictor, Registry, SklearnPredictor
@@ -208,11 +208,8 @@ class Service:
             store,
             manifest,
             champion=lambda: self.router.champion.version,
-            actions={
-                "rollback": self._alert_rollback,
-                "pause_canary": self._alert_pause_canary,
-                "review": self._alert_review,
-            },
+            actions={**alert_actions(self.rollout, after=self.refresh),
+                     "review": self._alert_review},
             metrics=self.metrics,
         )
         self._monitor_thread: threading.Thread | None = None
@@ -341,19 +338,9 @@ class Service:
             except Exception:
                 log.exception("rollout watcher: refresh failed; the current plan stays")
 
-    def _alert_rollback(self, reason: str) -> str:
-        st = self.rollout.rollback(actor="shipway-monitor", reason=reason)
-        self.refresh()
-        return f"rolled back: champion v{st.champion}, canary {st.canary}"
-
     def _alert_review(self, reason: str) -> str:
         n = self.review.open_batch(reason)
         return f"opened a review batch of {n} recent decisions (queue 'alerts')"
-
-    def _alert_pause_canary(self, reason: str) -> str:
-        if self.rollout.state().canary is None:
-            return "no canary running"
-        return self._alert_rollback(reason)
 
     def _monitor_loop(self) -> None:
         every = parse_duration(self.manifest.monitor.interval)

@@ -284,21 +284,19 @@ def create_app(service: Service, *, manage_lifecycle: bool = True) -> FastAPI:
         service.keyring.reload()
         return _json({"key": secret, **info.to_dict()}, 201)
 
+    async def _switch(stop: bool, body: Reason, request: Request) -> Response:
+        move = service.rollout.stop if stop else service.rollout.resume
+        st = await run_in_threadpool(lambda: move(actor=_actor(request), reason=body.reason))
+        service.refresh()  # this replica applies it now; others within a poll interval
+        return _json({"stopped": stop, "state": st.to_dict()})
+
     @app.post("/v1/stop", tags=["governance"], summary="Stop calling models (stop switch)")
     async def stop(body: Reason, request: Request) -> Response:
-        st = await run_in_threadpool(
-            lambda: service.rollout.stop(actor=_actor(request), reason=body.reason)
-        )
-        service.refresh()
-        return _json({"stopped": True, "state": st.to_dict()})
+        return await _switch(True, body, request)
 
     @app.post("/v1/resume", tags=["governance"], summary="Undo the stop switch")
     async def resume(body: Reason, request: Request) -> Response:
-        st = await run_in_threadpool(
-            lambda: service.rollout.resume(actor=_actor(request), reason=body.reason)
-        )
-        service.refresh()
-        return _json({"stopped": False, "state": st.to_dict()})
+        return await _switch(False, body, request)
 
     @app.post("/v1/retention/purge", tags=["governance"], summary="Purge past retention now")
     async def retention_purge(request: Request) -> Response:

@@ -5,7 +5,6 @@ and writes an audit event."""
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -14,7 +13,7 @@ import typer
 from rich.table import Table
 
 from shipway.cli.access import cli_principal
-from shipway.cli.lifecycle import ManifestArg, _opened, err, out
+from shipway.cli.lifecycle import ManifestArg, _opened, err, out, when
 from shipway.govern.roles import ADMIN, APPROVE, OPERATE, READ, ROLE_HELP
 from shipway.settings import Settings
 
@@ -24,12 +23,6 @@ audit_app = typer.Typer(help="The hash-chained audit log: list, verify, checkpoi
                         no_args_is_help=True)  # fmt: skip
 retention_app = typer.Typer(help="Remove records past the manifest's retention.",
                             no_args_is_help=True)  # fmt: skip
-
-
-def _when(ts: float | None) -> str:
-    if ts is None:
-        return "-"
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def register(app: typer.Typer) -> None:
@@ -65,7 +58,7 @@ def keys_create(
             name=name, role=role, actor=actor, expires_in=life, reason=reason
         )
     err.print(f"Created key [bold]{info.id}[/] for {name!r} with role {role}"
-              + (f", expires {_when(info.expires_at)} UTC" if info.expires_at else "")
+              + (f", expires {when(info.expires_at)} UTC" if info.expires_at else "")
               + ". It is shown once; store it now:", highlight=False)  # fmt: skip
     print(secret)
 
@@ -88,7 +81,7 @@ def keys_list(
         t.add_column(col)
     for k in keys:
         state = "revoked" if k.revoked_at else ("active" if k.active else "expired")
-        t.add_row(k.id, k.name, k.role, _when(k.created_at), k.created_by, _when(k.expires_at),
+        t.add_row(k.id, k.name, k.role, when(k.created_at), k.created_by, when(k.expires_at),
                   state)  # fmt: skip
     out.print(t)
 
@@ -146,7 +139,7 @@ def audit_list(
     for col in ("seq", "time (UTC)", "actor", "action", "target", "reason"):
         t.add_column(col)
     for e in events:
-        t.add_row(str(e["seq"]), _when(e["ts"]), e["actor"], e["action"], e["target"],
+        t.add_row(str(e["seq"]), when(e["ts"]), e["actor"], e["action"], e["target"],
                   e["reason"])  # fmt: skip
     out.print(t)
 
@@ -234,4 +227,4 @@ def retention_purge(manifest: ManifestArg = Path("shipway.yaml")) -> None:
         out.print("No retention is set in the manifest (retention.decisions); nothing removed.")
         return
     for name, n in res["removed"].items():
-        out.print(f"removed {n} rows from {name} older than {_when(res['older_than'][name])} UTC")
+        out.print(f"removed {n} rows from {name} older than {when(res['older_than'][name])} UTC")

@@ -55,8 +55,11 @@ def _opened(manifest: Path) -> Iterator[Any]:
         store.close()
 
 
-def _when(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+def when(ts: float | None, suffix: str = " UTC") -> str:
+    """A Unix time as 'YYYY-MM-DD HH:MM:SS UTC' ('-' for none)."""
+    if ts is None:
+        return "-"
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S") + suffix
 
 
 def _fmt_metrics(metrics: dict[str, Any]) -> str:
@@ -152,7 +155,7 @@ def register(models_app: typer.Typer, rollout_app: typer.Typer) -> None:
                     v.flavor,
                     gate_txt,
                     _fmt_metrics(v.metrics.get("holdout", {})),
-                    _when(v.created_at),
+                    when(v.created_at),
                     v.created_by,
                     v.note,
                 )
@@ -309,7 +312,7 @@ def register(models_app: typer.Typer, rollout_app: typer.Typer) -> None:
                 a = e["after"]
                 canary = f"v{a['canary']} {a['canary_percent']:g}%" if a.get("canary") else ""
                 t.add_row(
-                    _when(e["ts"]),
+                    when(e["ts"]),
                     e["actor"],
                     e["action"],
                     e["reason"],

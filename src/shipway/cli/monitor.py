@@ -3,7 +3,6 @@ labels."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -12,7 +11,7 @@ import typer
 from rich.table import Table
 
 from shipway.cli.access import cli_principal
-from shipway.cli.lifecycle import ManifestArg, _opened, out
+from shipway.cli.lifecycle import ManifestArg, _opened, out, when
 from shipway.govern.roles import OPERATE, PREDICT
 from shipway.settings import Settings
 
@@ -29,24 +28,18 @@ def register(app: typer.Typer) -> None:
 
 
 def _monitor(m: Any, store: Any) -> Any:
-    from shipway.lifecycle.rollout import Rollout
+    from shipway.lifecycle.rollout import Rollout, alert_actions
     from shipway.monitor.engine import Monitor
+    from shipway.review.queue import ReviewQueue
 
     rollout = Rollout(store, m)
+    queue = ReviewQueue(store.engine, m.service.name, m.review, m.output)
 
-    def rollback(reason: str) -> str:
-        st = rollout.rollback(actor="shipway-monitor", reason=reason)
-        return f"rolled back: champion v{st.champion}, canary {st.canary}"
-
-    def pause(reason: str) -> str:
-        return rollback(reason) if rollout.state().canary is not None else "no canary running"
+    def review(reason: str) -> str:
+        return f"opened a review batch of {queue.open_batch(reason)} recent decisions"
 
     return Monitor(store, m, champion=lambda: rollout.state().champion,
-                   actions={"rollback": rollback, "pause_canary": pause})  # fmt: skip
-
-
-def _when(ts: float | None) -> str:
-    return "-" if ts is None else datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
+                   actions={**alert_actions(rollout), "review": review})  # fmt: skip
 
 
 def _f(v: Any, digits: int = 4) -> str:
@@ -59,7 +52,7 @@ def _f(v: Any, digits: int = 4) -> str:
 
 def print_report(r: dict[str, Any]) -> None:
     out.print(f"[bold]{r['service']}[/] model v{r.get('model_version')}: window "
-              f"{_when(r.get('window_start'))} .. {_when(r.get('window_end'))} UTC, "
+              f"{when(r.get('window_start'))} .. {when(r.get('window_end'))} UTC, "
               f"{r['n']} decisions")  # fmt: skip
     ops = r.get("operations") or {}
     out.print("operations: " + ", ".join(
@@ -153,7 +146,7 @@ def alerts_list(
                                             for d in a.get("deliveries", [])))
             for a in e["detail"].get("actions", [])
         )  # fmt: skip
-        t.add_row(_when(e["ts"]), e["rule"], e["status"], acts)
+        t.add_row(when(e["ts"]), e["rule"], e["status"], acts)
     out.print(t)
 
 

@@ -4,9 +4,9 @@ rotated and revoked; every change is an audit event.
 A key looks like ``sw_<id>_<secret>``. The id finds the row; the secret is checked against its
 sha256 with a constant-time compare (keys are 256-bit random, so a fast hash is enough).
 Servers keep every key in memory (:class:`KeyRing`) and reload when the audit chain's head
-moves, which every key change does: checking a key costs no database round trip, and a
+moves, which every key change does: checking a known key costs no database round trip, and a
 revocation reaches every server within one poll interval (at once on the server that
-revoked it).
+revoked it). An unknown key id looks at the store at most every ``MISS_CHECK_S``.
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ from shipway.govern import audit
 from shipway.govern.roles import ROLES, Principal
 from shipway.store.tables import api_keys
 
+#: How often an unknown key id may trigger a look at the store (seconds).
+MISS_CHECK_S = 0.1
 _KEY = re.compile(r"^sw_([0-9a-f]{12})_([A-Za-z0-9_-]{20,})$")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -150,6 +152,7 @@ class KeyRing:
         self._by_id: dict[str, tuple[str, str, str, float | None, bool]] = {}
         self._lock = threading.Lock()
         self.loaded_at_seq = -1
+        self._last_miss_check = 0.0
 
     def reload(self) -> None:
         with self.engine.connect() as conn:
@@ -177,7 +180,16 @@ class KeyRing:
             return None
         entry = self._by_id.get(m.group(1))
         if entry is None:
-            return None
+            # A key made a moment ago elsewhere: look once (at most every MISS_CHECK_S, so
+            # guessed ids cannot turn into a database query per request).
+            now = time.monotonic()
+            if now - self._last_miss_check < MISS_CHECK_S:
+                return None
+            self._last_miss_check = now
+            self.refresh_if_changed()
+            entry = self._by_id.get(m.group(1))
+            if entry is None:
+                return None
         digest, role, name, expires_at, revoked = entry
         if not hmac.compare_digest(digest, _digest(m.group(2))):
             return None

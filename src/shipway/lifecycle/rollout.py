@@ -13,6 +13,7 @@ canary to champion; ``rollback`` to the previous champion at once.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -415,4 +416,26 @@ class Rollout:
         return self._commit(st, after, "rollback", actor, reason)
 
 
-__all__ = ["CanaryReport", "Check", "Rollout", "RolloutState"]
+def alert_actions(
+    rollout: Rollout, after: Callable[[], Any] | None = None
+) -> dict[str, Callable[[str], str]]:
+    """The rollout moves an alert rule may take: ``rollback`` and ``pause_canary``.
+
+    ``after`` runs after a move (a server applies its new plan at once with it).
+    """
+
+    def rollback(reason: str) -> str:
+        st = rollout.rollback(actor="shipway-monitor", reason=reason)
+        if after is not None:
+            after()
+        return f"rolled back: champion v{st.champion}, canary {st.canary}"
+
+    def pause_canary(reason: str) -> str:
+        if rollout.state().canary is None:
+            return "no canary running"
+        return rollback(reason)
+
+    return {"rollback": rollback, "pause_canary": pause_canary}
+
+
+__all__ = ["CanaryReport", "Check", "Rollout", "RolloutState", "alert_actions"]
