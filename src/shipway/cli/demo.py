@@ -224,7 +224,9 @@ def run_demo(*, duration: float | None, port: int, workdir: Path | None, console
         _info, operator_key = keys.create(name="demo-operator", role="operator", actor="demo")
     finally:
         store.close()
-    console.print("   API keys: demo-traffic (predictor), demo-viewer (viewer)")
+    console.print(
+        "   API keys: demo-traffic (predictor), demo-viewer (viewer), demo-operator (operator)"
+    )
     env = {k: v for k, v in os.environ.items()
            if k not in ("SHIPWAY_DATABASE_URL", "SHIPWAY_DEV_MODE")}  # fmt: skip
     env["SHIPWAY_SECRET_KEY"] = secrets.token_hex(32)
