@@ -267,7 +267,8 @@ def test_rate_limit_429_and_load_shedding_503_with_retry_after(
     assert all(r.json()["error"]["code"] == "overloaded" for r in shed)
     assert all(r.headers["retry-after"] == "1" for r in shed)
     metrics = server.client.get("/metrics").text
-    assert "shipway_rate_limited_total" in metrics and "shipway_shed_total" in metrics
+    assert f"shipway_rate_limited_total {float(codes.count(429))}" in metrics
+    assert f"shipway_shed_total {float(len(shed))}" in metrics
 
 
 def test_body_size_limit_is_413(workspace: Path, start_server: Any) -> None:

@@ -52,6 +52,12 @@ make an untrusted file safe. Only register model files from sources you trust.
 
 
 def _type_name(annotation: Any) -> str:
+    from shipway.manifest import Condition, Duration
+
+    if annotation is Duration:
+        return "duration (`30s`, `15m`, `1h`, `400d`, `2w`)"
+    if annotation is Condition:
+        return "condition (expression)"
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
     if origin is typing.Literal:

@@ -44,10 +44,12 @@ class ShipwayError(Exception):
     code = "shipway_error"
     retry_after: float | None = None
 
-    def __init__(self, message: str, **details: Any) -> None:
+    def __init__(self, message: str, *, retry_after: float | None = None, **details: Any) -> None:
         super().__init__(message)
         self.message = message
         self.details = details
+        if retry_after is not None:
+            self.retry_after = retry_after
 
     def to_dict(self) -> dict[str, Any]:
         body: dict[str, Any] = {"code": self.code, "message": self.message}
@@ -143,26 +145,16 @@ class ModelUnavailable(Unavailable):
     """The model failed and no fallback step could answer; ``attempts`` says why each failed."""
 
     code = "model_unavailable"
-
-    def __init__(self, message: str, attempts: list[str], retry_after: float = 1.0) -> None:
-        super().__init__(message, attempts=attempts)
-        self.retry_after = retry_after
+    retry_after = 1.0
 
 
 class Overloaded(Unavailable):
     code = "overloaded"
-
-    def __init__(self, message: str, retry_after: float = 1.0) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
+    retry_after = 1.0
 
 
 class RateLimited(ShipwayError):
     code = "rate_limited"
-
-    def __init__(self, message: str, retry_after: float) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
 
 
 class Unauthorized(ShipwayError):
@@ -175,10 +167,7 @@ class Forbidden(ShipwayError):
 
 class ServiceStopped(Unavailable):
     code = "service_stopped"
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.retry_after = 30.0
+    retry_after = 30.0
 
 
 class PayloadTooLarge(ShipwayError):

@@ -9,15 +9,58 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
-from shipway.errors import ManifestError
+from shipway.errors import InputError, ManifestError
 
 MANIFEST_FILENAME = "shipway.yaml"
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str) -> float:
+    """'90d', '12h', '30m', '45s', '2w' → seconds (InputError otherwise)."""
+    m = _DURATION.match(text)
+    if m is None:
+        raise InputError(f"{text!r} is not a duration like 90d, 12h, 30m or 45s")
+    return float(m.group(1)) * _UNITS[m.group(2)]
+
+
+def _duration(text: str) -> str:
+    try:
+        parse_duration(text)
+    except InputError as exc:
+        raise ValueError(exc.message) from None
+    return text
+
+
+def _expression(text: str) -> str:
+    from shipway.expr import Expression, ExpressionError
+
+    try:
+        Expression(text)
+    except ExpressionError as exc:
+        raise ValueError(exc.message) from None
+    return text
+
+
+#: A length of time in a manifest: a number and a unit (s, m, h, d, w), checked at load.
+Duration = Annotated[str, AfterValidator(_duration)]
+#: A condition in Shipway's expression language, parsed (and refused) at load.
+Condition = Annotated[str, AfterValidator(_expression)]
 
 FieldType = Literal["int", "float", "bool", "category", "string"]
 Scalar = str | int | float | bool
@@ -502,19 +545,11 @@ class StopSpec(_Model):
 class RetentionSpec(_Model):
     """How long records are kept; a purge inside ``shipway serve`` removes older ones."""
 
-    decisions: str | None = Field(None, description="Decisions, e.g. '400d' (unset: forever).")
-    shadow_decisions: str | None = Field(None, description="Shadow answers, e.g. '90d'.")
-    interval: str = Field("1h", description="How often the purge runs inside shipway serve.")
-
-    @model_validator(mode="after")
-    def _durations(self) -> RetentionSpec:
-        import re
-
-        for name in ("decisions", "shadow_decisions", "interval"):
-            v = getattr(self, name)
-            if v is not None and not re.match(r"^\s*\d+(\.\d+)?\s*[smhdw]\s*$", v):
-                raise ValueError(f"{name}: {v!r} is not a duration like 400d, 12h or 30m")
-        return self
+    decisions: Duration | None = Field(
+        None, description="Decisions, e.g. '400d' (unset: forever)."
+    )
+    shadow_decisions: Duration | None = Field(None, description="Shadow answers, e.g. '90d'.")
+    interval: Duration = Field("1h", description="How often the purge runs inside shipway serve.")
 
 
 PiiTreatment = Literal["drop", "mask", "hash"]
@@ -527,7 +562,7 @@ class AlertRule(_Model):
     """An alert: a condition over the monitor's figures, held for some windows, then actions."""
 
     name: str = Field(..., pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$", description="Rule name.")
-    when: str = Field(
+    when: Condition = Field(
         ...,
         description=(
             "A condition in Shipway's expression language over the window's figures, e.g. "
@@ -544,15 +579,6 @@ class AlertRule(_Model):
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
-    @model_validator(mode="after")
-    def _parses(self) -> AlertRule:
-        from shipway.expr import Expression, ExpressionError
-
-        try:
-            Expression(self.when)
-        except ExpressionError as exc:
-            raise ValueError(exc.message) from None
-        return self
 
 
 class WebhookSpec(_Model):
@@ -569,11 +595,11 @@ class WebhookSpec(_Model):
 class MonitorSpec(_Model):
     """Drift, performance and operations over windows of decisions; alert rules."""
 
-    window: str = Field("1h", description="Tumbling window length (e.g. 1h, 15m).")
+    window: Duration = Field("1h", description="Tumbling window length (e.g. 1h, 15m).")
     window_rows: int | None = Field(
         None, ge=10, description="Instead of time: the last N decisions form a window."
     )
-    interval: str = Field("5m", description="How often shipway serve runs the monitor.")
+    interval: Duration = Field("5m", description="How often shipway serve runs the monitor.")
     schedule: bool = Field(True, description="Run inside shipway serve on the interval.")
     min_rows: int = Field(
         100, ge=1, description="Fewer decisions than this: drift is not tested in a window."
@@ -599,7 +625,7 @@ class ReviewPolicy(_Model):
     """Which decisions people check: a condition, or a random sample, or both."""
 
     name: str = Field(..., pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$", description="Policy name.")
-    when: str | None = Field(
+    when: Condition | None = Field(
         None,
         description=(
             "A condition over the decision: confidence, output, route, model_version and "
@@ -624,18 +650,11 @@ class ReviewPolicy(_Model):
     def _something_to_match(self) -> ReviewPolicy:
         if self.when is None and self.sample is None:
             raise ValueError("a review policy needs 'when', 'sample' or both")
-        if self.when is not None:
-            from shipway.expr import Expression, ExpressionError
-
-            try:
-                Expression(self.when)
-            except ExpressionError as exc:
-                raise ValueError(exc.message) from None
         return self
 
 
 class ReviewQueueSpec(_Model):
-    sla: str = Field("24h", description="Time from creation to decision before escalation.")
+    sla: Duration = Field("24h", description="Time from creation to decision before escalation.")
 
 
 class ReviewSpec(_Model):
@@ -645,7 +664,7 @@ class ReviewSpec(_Model):
     queues: dict[str, ReviewQueueSpec] = Field(
         default_factory=dict, description="Per queue: the SLA (default 24h)."
     )
-    claim_ttl: str = Field("15m", description="A claim not finished in this time expires.")
+    claim_ttl: Duration = Field("15m", description="A claim not finished in this time expires.")
     webhook: str | None = Field(
         None, description="Called (POST) when a held decision gets its final answer."
     )
@@ -796,7 +815,9 @@ __all__ = [
     "BatchingSpec",
     "BreakerSpec",
     "CacheSpec",
+    "Condition",
     "ContractSpec",
+    "Duration",
     "EndpointSpec",
     "FallbackStep",
     "GuardsSpec",
@@ -823,5 +844,6 @@ __all__ = [
     "WebhookSpec",
     "dump_manifest",
     "load_manifest",
+    "parse_duration",
     "parse_manifest",
 ]

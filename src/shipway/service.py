@@ -29,11 +29,11 @@ from shipway.errors import (
     ShipwayError,
 )
 from shipway.govern.auth import Authenticator
-from shipway.govern.keys import KeyRing, parse_duration
+from shipway.govern.keys import KeyRing
 from shipway.govern.pii import Redactor
 from shipway.govern.retention import purge
 from shipway.lifecycle.rollout import Rollout, RolloutState, alert_actions
-from shipway.manifest import Manifest
+from shipway.manifest import Manifest, parse_duration
 from shipway.metrics import ServiceMetrics
 from shipway.models import ModelVersion, Predictor, Registry, SklearnPredictor
 from shipway.models.predictor import FunctionPredictor, import_callable
@@ -194,7 +194,7 @@ class Service:
             cache=manifest.serving.cache,
             redact=self.redactor if self.redactor else None,
             stop=manifest.stop,
-            review=self.review_policies if self.review_policies else None,
+            review=self.review_policies,
             review_log=self.review_log,
         )
         self._publish(self.state)
@@ -209,7 +209,7 @@ class Service:
             manifest,
             champion=lambda: self.router.champion.version,
             actions={**alert_actions(self.rollout, after=self.refresh),
-                     "review": self._alert_review},
+                     "review": self.review.alert_action},
             metrics=self.metrics,
         )
         self._monitor_thread: threading.Thread | None = None
@@ -337,10 +337,6 @@ class Service:
                 )
             except Exception:
                 log.exception("rollout watcher: refresh failed; the current plan stays")
-
-    def _alert_review(self, reason: str) -> str:
-        n = self.review.open_batch(reason)
-        return f"opened a review batch of {n} recent decisions (queue 'alerts')"
 
     def _monitor_loop(self) -> None:
         every = parse_duration(self.manifest.monitor.interval)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from shipway.api.errors import shipway_error_response
@@ -82,13 +83,17 @@ def _compile(path: str) -> re.Pattern[str]:
     return re.compile("^" + "[^/]+".join(re.escape(p) for p in parts) + "$")
 
 
-_TABLE = [(m, _compile(p), perms) for m, p, perms in ROUTE_PERMISSIONS]
+_EXACT = {(m, p): perms for m, p, perms in ROUTE_PERMISSIONS if "{" not in p}
+_TABLE = [(m, _compile(p), perms) for m, p, perms in ROUTE_PERMISSIONS if "{" in p]
 
 
 def permissions_for(method: str, path: str) -> tuple[str, ...] | None:
     """The permissions that allow ``method path`` (None: not a known route)."""
     if method == "HEAD":
         method = "GET"
+    exact = _EXACT.get((method, path))
+    if exact is not None:
+        return exact
     for m, rx, perms in _TABLE:
         if m == method and rx.match(path):
             return perms
@@ -143,9 +148,8 @@ class AccessMiddleware:
             state["principal"] = DEV
             await self.app(scope, receive, send)
             return
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         try:
-            principal = self.service.authenticator.authenticate(headers)
+            principal = self.service.authenticator.authenticate(Headers(scope=scope))
             if not any(principal.can(p) for p in perms):
                 raise Forbidden(
                     f"{scope['method']} {scope['path']} needs one of the roles "

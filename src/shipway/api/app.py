@@ -37,9 +37,10 @@ from shipway.api.openapi import predict_openapi, secure_openapi
 from shipway.api.v2 import v2_routes
 from shipway.errors import BadRequest, NotFound, PayloadTooLarge, ShipwayError
 from shipway.govern import audit
-from shipway.govern.keys import Keys, parse_duration
+from shipway.govern.keys import Keys
 from shipway.govern.retention import purge
 from shipway.govern.roles import APPROVE, READ_INPUTS
+from shipway.manifest import parse_duration
 from shipway.monitor.feedback import record_feedback
 from shipway.service import Service
 

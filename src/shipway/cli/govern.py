@@ -49,7 +49,8 @@ def keys_create(
     reason: Annotated[str, typer.Option(help="Why (kept in the audit log).")] = "",
 ) -> None:
     """Create an API key and print it ONCE; only its hash is stored."""
-    from shipway.govern.keys import Keys, parse_duration
+    from shipway.govern.keys import Keys
+    from shipway.manifest import parse_duration
 
     with _opened(manifest) as (_m, store):
         actor = cli_principal(store, Settings(), ADMIN, "keys create").name

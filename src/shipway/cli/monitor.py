@@ -34,12 +34,8 @@ def _monitor(m: Any, store: Any) -> Any:
 
     rollout = Rollout(store, m)
     queue = ReviewQueue(store.engine, m.service.name, m.review, m.output)
-
-    def review(reason: str) -> str:
-        return f"opened a review batch of {queue.open_batch(reason)} recent decisions"
-
     return Monitor(store, m, champion=lambda: rollout.state().champion,
-                   actions={**alert_actions(rollout), "review": review})  # fmt: skip
+                   actions={**alert_actions(rollout), "review": queue.alert_action})  # fmt: skip
 
 
 def _f(v: Any, digits: int = 4) -> str:

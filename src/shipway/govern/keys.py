@@ -30,16 +30,6 @@ from shipway.store.tables import api_keys
 #: How often an unknown key id may trigger a look at the store (seconds).
 MISS_CHECK_S = 0.1
 _KEY = re.compile(r"^sw_([0-9a-f]{12})_([A-Za-z0-9_-]{20,})$")
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def parse_duration(text: str) -> float:
-    """'90d', '12h', '30m', '45s', '2w' → seconds."""
-    m = _DURATION.match(text)
-    if m is None:
-        raise InputError(f"{text!r} is not a duration like 90d, 12h, 30m or 45s")
-    return float(m.group(1)) * _UNITS[m.group(2)]
 
 
 def _digest(secret: str) -> str:
@@ -137,9 +127,6 @@ class Keys:
         self.revoke(key_id, actor=actor, reason=reason or f"rotated to {new.id}")
         return new, secret
 
-    def any_admin(self) -> bool:
-        return any(k.active and k.role == "admin" for k in self.list())
-
     def count(self) -> int:
         return len(self.list())
 
@@ -203,4 +190,4 @@ class KeyRing:
             self._by_id.pop(key_id, None)
 
 
-__all__ = ["KeyInfo", "KeyRing", "Keys", "parse_duration"]
+__all__ = ["KeyInfo", "KeyRing", "Keys"]

@@ -8,8 +8,7 @@ from typing import Any
 from sqlalchemy import Engine, delete
 
 from shipway.govern import audit
-from shipway.govern.keys import parse_duration
-from shipway.manifest import RetentionSpec
+from shipway.manifest import RetentionSpec, parse_duration
 from shipway.store.tables import decisions, shadow_decisions
 
 

@@ -124,11 +124,6 @@ class _HttpBase:
             return _py(item[self.spec.output_field]), None if conf is None else float(conf)
         return _py(item), None
 
-    async def aclose(self) -> None:
-        for c in list(self._clients.values()):
-            await c.aclose()
-        self._clients.clear()
-
 
 class HttpJsonPredictor(_HttpBase):
     """A JSON model server: rows go out under ``request_key``, answers come back under

@@ -25,8 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from sqlalchemy import Engine, desc, insert, select, text
 
-from shipway.govern.keys import parse_duration
-from shipway.manifest import Manifest
+from shipway.manifest import Manifest, parse_duration
 from shipway.models import Registry
 from shipway.monitor.alerts import AlertBook
 from shipway.monitor.drift import Reference, calibrate_floors, drift_report

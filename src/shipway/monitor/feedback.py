@@ -28,7 +28,8 @@ class FeedbackInvalid(ShipwayError):
         super().__init__(message, fields=fields)
 
 
-def _label_problem(label: Any, output: OutputSpec) -> str | None:
+def label_problem(label: Any, output: OutputSpec) -> str | None:
+    """None when ``label`` fits the output spec, else what was expected."""
     if output.kind == "classification":
         labels = output.labels or []
         if label in labels and not (isinstance(label, bool) and True not in labels):
@@ -42,7 +43,7 @@ def _label_problem(label: Any, output: OutputSpec) -> str | None:
     return None
 
 
-def _normalise(label: Any, output: OutputSpec) -> Any:
+def normalise_label(label: Any, output: OutputSpec) -> Any:
     if output.kind == "classification" and isinstance(label, str):
         for x in output.labels or []:
             if str(x) == label:
@@ -68,7 +69,7 @@ def record_feedback(
             problems.append({"row": i, "field": None, "rule": "shape", "value": None,
                              "expected": 'an object {"id": ..., "label": ...}'})  # fmt: skip
             continue
-        why = _label_problem(it["label"], output)
+        why = label_problem(it["label"], output)
         if why is not None:
             problems.append({"row": i, "field": "label", "rule": "output_spec",
                              "value": it["label"], "expected": why})  # fmt: skip
@@ -107,7 +108,7 @@ def record_feedback(
             rev = int(current.get(did) or 0) + 1
             current[did] = rev
             rows.append({"decision_id": did, "service": service, "revision": rev, "ts": now,
-                         "label": orjson.dumps(_normalise(it["label"], output)).decode(),
+                         "label": orjson.dumps(normalise_label(it["label"], output)).decode(),
                          "actor": actor, "source": source})  # fmt: skip
             out.append({"id": did, "revision": rev})
         conn.execute(insert(feedback), rows)
@@ -151,4 +152,11 @@ def latest_labels(engine: Engine, ids: Iterable[str]) -> dict[str, Any]:
     return {k: v[1] for k, v in out.items()}
 
 
-__all__ = ["FeedbackInvalid", "latest_labels", "read_feedback_file", "record_feedback"]
+__all__ = [
+    "FeedbackInvalid",
+    "label_problem",
+    "latest_labels",
+    "normalise_label",
+    "read_feedback_file",
+    "record_feedback",
+]

@@ -19,7 +19,6 @@ import random
 import time
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -29,22 +28,33 @@ from shipway.decisions.log import GroupCommitWriter
 from shipway.errors import Conflict, InputError, NotFound
 from shipway.expr import Expression
 from shipway.govern import audit
-from shipway.govern.keys import parse_duration
-from shipway.manifest import OutputSpec, ReviewPolicy, ReviewSpec, WebhookSpec
+from shipway.manifest import OutputSpec, ReviewPolicy, ReviewSpec, WebhookSpec, parse_duration
 from shipway.monitor.alerts import deliver
-from shipway.monitor.feedback import record_feedback
+from shipway.monitor.feedback import label_problem, normalise_label, record_feedback
 from shipway.store.tables import decisions, review_items, review_outcomes
 
 ACTIONS = ("approve", "override", "escalate")
 
 
-@dataclass(frozen=True)
-class Match:
-    policy: ReviewPolicy
+#: The policy of decisions held while the stop switch says ``review``.
+STOP_POLICY = ReviewPolicy(name="stopped", sample=1.0, mode="hold", priority=50, queue="stopped")
+#: The policy of decisions an alert's ``review`` action queues.
+ALERT_POLICY = ReviewPolicy(name="alert", sample=1.0, priority=10, queue="alerts")
 
-    @property
-    def hold(self) -> bool:
-        return self.policy.mode == "hold"
+
+def sla_seconds(spec: ReviewSpec, queue: str) -> float:
+    q = spec.queues.get(queue)
+    return parse_duration(q.sla if q else "24h")
+
+
+def new_item(
+    decision_id: str, service: str, policy: ReviewPolicy, due_at: float, now: float
+) -> dict[str, Any]:
+    """A pending review item for one decision (every item is made here)."""
+    return {"id": str(uuid.uuid4()), "decision_id": decision_id, "service": service,
+            "policy": policy.name, "queue": policy.queue, "mode": policy.mode,
+            "priority": policy.priority, "required": policy.reviews, "status": "pending",
+            "created_at": now, "due_at": due_at, "sla_breached": False}  # fmt: skip
 
 
 class Policies:
@@ -53,12 +63,13 @@ class Policies:
     def __init__(self, spec: ReviewSpec, seed: int | None = None) -> None:
         self.spec = spec
         self.rules = [(p, Expression(p.when) if p.when else None) for p in spec.policies]
+        self._sla = {p.queue: sla_seconds(spec, p.queue) for p in [*spec.policies, STOP_POLICY]}
         self._rng = random.Random(seed)
 
     def __bool__(self) -> bool:
         return bool(self.rules)
 
-    def match(self, ctx: Mapping[str, Any]) -> Match | None:
+    def match(self, ctx: Mapping[str, Any]) -> ReviewPolicy | None:
         """The matching policy of highest priority (a hold policy wins a tie), or None."""
         best: ReviewPolicy | None = None
         for p, expr in self.rules:
@@ -70,17 +81,11 @@ class Policies:
             rank = (p.priority, p.mode == "hold")
             if best is None or rank > (best.priority, best.mode == "hold"):
                 best = p
-        return Match(best) if best is not None else None
+        return best
 
-    def item(self, decision_id: str, service: str, match: Match, now: float) -> dict[str, Any]:
-        p = match.policy
-        sla = self.spec.queues.get(p.queue)
-        due = now + parse_duration(sla.sla if sla else "24h")
-        return {"id": str(uuid.uuid4()), "decision_id": decision_id, "service": service,
-                "policy": p.name, "queue": p.queue, "mode": p.mode, "priority": p.priority,
-                "required": p.reviews, "status": "pending", "created_at": now, "due_at": due,
-                "claimed_by": None, "claim_expires": None, "sla_breached": False,
-                "final_output": None, "decided_at": None}  # fmt: skip
+    def item(self, decision_id: str, service: str, policy: ReviewPolicy, now: float
+             ) -> dict[str, Any]:  # fmt: skip
+        return new_item(decision_id, service, policy, now + self._sla[policy.queue], now)
 
 
 def _item_dict(row: Mapping[str, Any]) -> dict[str, Any]:
@@ -175,12 +180,10 @@ class ReviewQueue:
         if action == "override":
             if output is None:
                 raise InputError("override needs the new output")
-            from shipway.monitor.feedback import _label_problem, _normalise
-
-            why = _label_problem(output, self.output)
+            why = label_problem(output, self.output)
             if why is not None:
                 raise InputError(f"output {output!r} does not fit the output spec: expected {why}")
-            output = _normalise(output, self.output)
+            output = normalise_label(output, self.output)
         elif action == "approve":
             output = item["output"]
             if output is None:
@@ -222,11 +225,10 @@ class ReviewQueue:
                          "status": "reviewed", "output": output, "reviewer": reviewer})
         return self.get(item_id)
 
-    def open_batch(self, reason: str, size: int = 20, queue: str = "alerts") -> int:
+    def open_batch(self, reason: str, size: int = 20) -> int:
         """Queue the newest ``size`` decisions not yet under review (an alert's action)."""
         now = time.time()
-        sla = self.spec.queues.get(queue)
-        due = now + parse_duration(sla.sla if sla else "24h")
+        due = now + sla_seconds(self.spec, ALERT_POLICY.queue)
         with self.engine.begin() as conn:
             reviewed = select(review_items.c.decision_id).where(
                 review_items.c.service == self.service)
@@ -238,16 +240,17 @@ class ReviewQueue:
             ).scalars())  # fmt: skip
             if ids:
                 conn.execute(insert(review_items), [
-                    {"id": str(uuid.uuid4()), "decision_id": did, "service": self.service,
-                     "policy": "alert", "queue": queue, "mode": "respond_then_review",
-                     "priority": 10, "required": 1, "status": "pending", "created_at": now,
-                     "due_at": due, "sla_breached": False}
-                    for did in ids
-                ])  # fmt: skip
+                    new_item(did, self.service, ALERT_POLICY, due, now) for did in ids])
             audit.append(conn, actor="shipway-monitor", action="review.batch",
                          target=f"service:{self.service}", service=self.service,
-                         after={"queued": len(ids), "queue": queue}, reason=reason)  # fmt: skip
+                         after={"queued": len(ids), "queue": ALERT_POLICY.queue},
+                         reason=reason)  # fmt: skip
         return len(ids)
+
+    def alert_action(self, reason: str) -> str:
+        """The ``review`` action of alert rules."""
+        n = self.open_batch(reason)
+        return f"opened a review batch of {n} recent decisions (queue '{ALERT_POLICY.queue}')"
 
     # -- SLAs ----------------------------------------------------------------------------
 
@@ -341,4 +344,14 @@ def context(
             "model_version": version, "inputs": inputs}  # fmt: skip
 
 
-__all__ = ["ACTIONS", "Match", "Policies", "ReviewLog", "ReviewQueue", "context"]
+__all__ = [
+    "ACTIONS",
+    "ALERT_POLICY",
+    "STOP_POLICY",
+    "Policies",
+    "ReviewLog",
+    "ReviewQueue",
+    "context",
+    "new_item",
+    "sla_seconds",
+]

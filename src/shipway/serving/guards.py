@@ -41,7 +41,6 @@ class Breaker:
         self._state = CLOSED
         self._opened_at = 0.0
         self._trial = False
-        self.opened = 0  # times it opened (for metrics and tests)
 
     @property
     def enabled(self) -> bool:
@@ -92,7 +91,6 @@ class Breaker:
                 self._state = OPEN
                 self._opened_at = now
                 self._trial = False
-                self.opened += 1
                 return True
             if self._state == OPEN:
                 return False
@@ -103,16 +101,8 @@ class Breaker:
                 self._state = OPEN
                 self._opened_at = now
                 self._failures.clear()
-                self.opened += 1
                 return True
             return False
-
-    def retry_in(self) -> float:
-        """Seconds until an open breaker lets a trial call through."""
-        with self._lock:
-            if self._state != OPEN:
-                return 0.0
-            return max(0.0, self.cooldown - (self._clock() - self._opened_at))
 
 
 def is_retryable(exc: BaseException) -> bool:
@@ -200,7 +190,6 @@ class AnswerCache:
     def __init__(self, max_entries: int) -> None:
         self.max_entries = max_entries
         self._d: OrderedDict[Hashable, tuple[Any, Any, int | None, float]] = OrderedDict()
-        self.hits = 0
 
     def __len__(self) -> int:
         return len(self._d)
@@ -235,7 +224,6 @@ class AnswerCache:
         o, c, v, at = hit
         if time.monotonic() - at > max_age_s or (version is not None and v != version):
             return None
-        self.hits += 1
         return o, c, v
 
 

@@ -80,7 +80,6 @@ class Gate:
             raise Overloaded(
                 f"the service is at its limit of {self.max_in_flight} requests in flight "
                 "(serving.limits.max_in_flight); retry shortly",
-                retry_after=1.0,
             )
         self.in_flight += 1
 

@@ -32,20 +32,27 @@ from shipway.manifest import (
     CacheSpec,
     FallbackStep,
     GuardsSpec,
-    ReviewPolicy,
-    ReviewSpec,
     RolloutSpec,
     StopSpec,
 )
 from shipway.metrics import ServiceMetrics
 from shipway.models.predictor import Predictions, Row
-from shipway.review.queue import Match, Policies, ReviewLog
+from shipway.review.queue import STOP_POLICY, Policies, ReviewLog, new_item, sla_seconds
 from shipway.review.queue import context as review_context
 from shipway.serving.guards import AnswerCache, OutputCheck, backoff_s, is_retryable
 from shipway.serving.router import Job, Lane, Route, Router
 
 _now = time.time
 _perf = time.perf_counter
+
+
+def _held(d: dict[str, Any], policy: str, item: str) -> dict[str, Any]:
+    """What the caller of a held decision gets instead of the answer (202)."""
+    out = {"id": d["id"], "status": "pending_review", "status_url": f"/v1/decisions/{d['id']}",
+           "review": {"policy": policy, "item": item}}  # fmt: skip
+    if "row" in d:
+        out["row"] = d["row"]
+    return out
 
 
 def _same(d: dict[str, Any]) -> dict[str, Any]:
@@ -129,6 +136,8 @@ class PredictPath:
         self.stop = stop or StopSpec()
         self.review = review if review else None
         self.review_log = review_log
+        stop_queue = STOP_POLICY.queue
+        self._stop_sla = sla_seconds(review.spec, stop_queue) if review is not None else 86400.0
         self._violation_children: dict[tuple[str, str], Any] = {}
         self._decision_children: dict[tuple[str, str], Any] = {}
         self._background: set[asyncio.Task[None]] = set()
@@ -260,8 +269,6 @@ class PredictPath:
         lane = route.lane
         positions = route.rows
         rows = [values[i] for i in positions] if len(positions) != len(values) else values
-        if self.router.stopped is not None:
-            return await self._stopped(positions, rows, ids, values, caller, t0)
         cache = self.cache
         if cache is not None and self.cache_ttl > 0:
             hit = self._from_cache(rows, self.cache_ttl, lane.version)
@@ -283,30 +290,27 @@ class PredictPath:
 
     async def _stopped(
         self,
+        reason: str,
         positions: list[int],
-        rows: list[Row],
         ids: list[str],
         values: list[Row],
         caller: str | None,
         t0: float,
     ) -> Answer:
         """The stop switch is on: no model is called; the manifest's safe behaviour answers."""
-        why = f"service stopped: {self.router.stopped}"
-        if self.stop.behavior == "review":
-            n = len(rows)  # logged without an answer; a person gives it
+        why = f"service stopped: {reason}"
+        n = len(positions)
+        if self.stop.behavior == "review":  # logged without an answer; a person gives it
             return await self._answer_with(
                 positions, "stopped", None, [None] * n, [None] * n, ids, values, caller, t0, why
             )
         if self.stop.behavior == "default" and self.stop.answer is not None:
             a = self.stop.answer
-            n = len(rows)
             return await self._answer_with(
                 positions, "stopped", None, [a["output"]] * n, [a.get("confidence")] * n,
                 ids, values, caller, t0, why,
             )  # fmt: skip
-        raise ServiceStopped(
-            f"the service is stopped ({self.router.stopped}); no model is called"
-        )
+        raise ServiceStopped(f"the service is stopped ({reason}); no model is called")
 
     def _from_cache(
         self, rows: list[Row], max_age: float, version: int | None
@@ -435,17 +439,19 @@ class PredictPath:
         values = checked.values
         n = len(values)
         ids = new_ids(n)
-        routes = router.split(values, headers)
-        if len(routes) == 1:
+        if router.stopped is not None:  # the stop switch: no model is called
+            routes = [Route(router.champion, "stopped", list(range(n)))]
+            answers = [self._stopped(router.stopped, routes[0].rows, ids, values, caller, t0)]
+        else:
+            routes = router.split(values, headers)
+            answers = [self._answer(r, ids, values, caller, t0) for r in routes]
+        if len(answers) == 1:
             try:
-                results: list[Any] = [await self._answer(routes[0], ids, values, caller, t0)]
+                results: list[Any] = [await answers[0]]
             except ShipwayError as exc:
                 results = [exc]
         else:
-            results = list(await asyncio.gather(
-                *(self._answer(r, ids, values, caller, t0) for r in routes),
-                return_exceptions=True,
-            ))  # fmt: skip
+            results = list(await asyncio.gather(*answers, return_exceptions=True))
         failure = next((r for r in results if isinstance(r, BaseException)), None)
         if failure is not None:
             if not isinstance(failure, StoreError):
@@ -484,19 +490,12 @@ class PredictPath:
     async def _hold_all(self, out: list[dict[str, Any]]) -> None:
         """The stop switch with 'review': every row waits for a person's answer."""
         assert self.review_log is not None
-        spec = ReviewSpec(policies=[ReviewPolicy(name="stopped", sample=1.0, mode="hold",
-                                                 priority=50, queue="stopped")])  # fmt: skip
-        policies = Policies(spec)
-        match = Match(spec.policies[0])
-        now = _now()
+        due = _now() + self._stop_sla
         items = []
         for k, d in enumerate(out):
-            item = policies.item(d["id"], self.service, match, now)
+            item = new_item(d["id"], self.service, STOP_POLICY, due, _now())
             items.append(item)
-            out[k] = {"id": d["id"], "status": "pending_review",
-                      "status_url": f"/v1/decisions/{d['id']}",
-                      "review": {"policy": "stopped", "item": item["id"]},
-                      **({"row": d["row"]} if "row" in d else {})}  # fmt: skip
+            out[k] = _held(d, STOP_POLICY.name, item["id"])
         await self.review_log.write(items)
 
     async def _route_to_review(self, out: list[dict[str, Any]], values: list[Row]) -> None:
@@ -508,19 +507,15 @@ class PredictPath:
         for k, d in enumerate(out):
             ctx = review_context(d["output"], d["confidence"], d["route"], d["model_version"],
                                  dict(zip(names, values[k], strict=True)))  # fmt: skip
-            match = self.review.match(ctx)
-            if match is None:
+            policy = self.review.match(ctx)
+            if policy is None:
                 continue
-            item = self.review.item(d["id"], self.service, match, now)
+            item = self.review.item(d["id"], self.service, policy, now)
             items.append(item)
-            if match.hold:
-                out[k] = {"id": d["id"], "status": "pending_review",
-                          "status_url": f"/v1/decisions/{d['id']}",
-                          "review": {"policy": match.policy.name, "item": item["id"]},
-                          **({"row": d["row"]} if "row" in d else {})}  # fmt: skip
+            if policy.mode == "hold":
+                out[k] = _held(d, policy.name, item["id"])
             else:
-                d["review"] = {"status": "pending", "policy": match.policy.name,
-                               "item": item["id"]}  # fmt: skip
+                d["review"] = {"status": "pending", "policy": policy.name, "item": item["id"]}
         if items:
             await self.review_log.write(items)
 

@@ -25,9 +25,6 @@ from shipway.metrics import ServiceMetrics
 from shipway.models.predictor import Predictions, Predictor, Row
 from shipway.serving.guards import Breaker, OutputCheck
 
-#: Rows one model call takes at most when concurrent requests are gathered (default).
-MAX_MODEL_BATCH = 256
-
 PENDING, TAKEN, ABANDONED = 0, 1, 2
 _claim = threading.Lock()
 
@@ -273,4 +270,4 @@ class Router:
         return out
 
 
-__all__ = ["MAX_MODEL_BATCH", "Job", "Lane", "Route", "Router", "bucket"]
+__all__ = ["Job", "Lane", "Route", "Router", "bucket"]
