@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 from pathlib import Path
 
 import shipway
@@ -23,5 +24,17 @@ def test_public_api() -> None:
         ["Contract", "Manifest", "Service", "Settings", "ShipwayError", "create_app",
          "init_service", "load_manifest", "__version__"]
     )
-    for name in shipway.__all__:
-        assert getattr(shipway, name) is not None
+    from shipway.api.app import create_app
+    from shipway.contract import Contract
+    from shipway.errors import ShipwayError
+    from shipway.lifecycle.onboard import init_service
+    from shipway.manifest import Manifest, load_manifest
+    from shipway.service import Service
+    from shipway.settings import Settings
+
+    homes = {"Contract": Contract, "Manifest": Manifest, "Service": Service,
+             "Settings": Settings, "ShipwayError": ShipwayError, "create_app": create_app,
+             "init_service": init_service, "load_manifest": load_manifest}
+    for name, obj in homes.items():
+        assert getattr(shipway, name) is obj, name
+    assert shipway.__version__ == importlib.metadata.version("shipway")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -134,7 +135,7 @@ def test_expressions_evaluate_safely() -> None:
 class Receiver:
     """A webhook receiver started by the test (a real HTTP server on 127.0.0.1)."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0) -> None:
         self.events: list[dict[str, Any]] = []
         outer = self
 
@@ -148,12 +149,19 @@ class Receiver:
                 self.send_response(204)
                 self.end_headers()
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), H)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def statuses(self) -> list[tuple[str, str]]:
         return [(e["rule"], e["status"]) for e in self.events]
+
+    def wait_for(self, n: int, timeout: float = 20.0) -> list[dict[str, Any]]:
+        """The first ``n`` events, once the outbox has delivered them (or what came in time)."""
+        deadline = time.monotonic() + timeout
+        while len(self.events) < n and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self.events[:n]
 
     def close(self) -> None:
         self.server.shutdown()
@@ -216,9 +224,12 @@ def test_drift_alert_fires_within_its_windows_names_features_and_resolves_once(
         fired = run()
         assert [a["status"] for a in fired["alerts"]] == ["firing"]
         acts = {a["action"]: a for a in fired["alerts"][0]["actions"]}
-        assert acts["notify"]["deliveries"][0]["delivered"]
+        assert len(acts["notify"]["queued"]) == 1  # queued with the firing, sent by the outbox
         assert acts["retrain"]["result"] == "requested (not available yet)"
+        receiver.wait_for(1)
         assert receiver.statuses() == [("input-drift", "firing")]
+        listed = server.client.get("/v1/alerts").json()["events"][0]["detail"]["actions"]
+        assert listed[0]["deliveries"][0]["status"] == "delivered"
         assert sorted(receiver.events[0]["figures"]["drifted_features"]) == ["amount", "region"]
         _send(server, generate(400, seed=23, shifted=True))
         assert run()["alerts"] == []  # still firing: no second notification
@@ -226,6 +237,7 @@ def test_drift_alert_fires_within_its_windows_names_features_and_resolves_once(
         assert [a["status"] for a in run()["alerts"]] == ["resolved"]
         _send(server, generate(400, seed=32))
         assert run()["alerts"] == []
+        receiver.wait_for(2)
         assert receiver.statuses() == [("input-drift", "firing"), ("input-drift", "resolved")]
 
         listed = run_cli("alerts", "list", "--json", "-m", str(loans), env=NO_DB)
@@ -280,41 +292,13 @@ def test_feedback_is_validated_revised_and_drives_the_performance_rule(
         per_label = res["performance"]["per_label"]
         assert sum(v["support"] for v in per_label.values()) == 100  # every labeled decision
         assert [a["status"] for a in res["alerts"]] == ["firing"]
+        receiver.wait_for(1)
         assert receiver.statuses() == [("accuracy", "firing")]
         assert receiver.events[0]["figures"]["accuracy"] == pytest.approx(0.4)
         one = c.post("/v1/feedback", json={"id": decisions[0]["id"], "label": "deny"}).json()
         assert one["stored"][0]["revision"] == 3
     finally:
         receiver.close()
-
-
-@pytest.mark.postgres
-def test_only_one_replica_runs_the_monitor_on_postgresql(tmp_path: Path) -> None:
-    import os
-    import zlib
-
-    from sqlalchemy import create_engine, text
-
-    from shipway.monitor.engine import Monitor
-
-    base = os.environ.get("SHIPWAY_TEST_POSTGRES_URL")
-    if not base:
-        pytest.skip("no PostgreSQL configured (SHIPWAY_TEST_POSTGRES_URL is unset)")
-    engine = create_engine(base)
-    ran: list[int] = []
-    replica = object.__new__(Monitor)  # only the lock is under test: the run itself is counted
-    replica.engine, replica.service = engine, f"svc-{tmp_path.name}"
-    replica.run = lambda now=None: ran.append(1) or {"ran": True}  # type: ignore[method-assign]
-    key = 7244100 + (zlib.crc32(replica.service.encode()) & 0xFFFF)
-    try:
-        with engine.connect() as other:  # another replica is running it
-            other.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
-            assert replica.run_exclusive() is None and ran == []
-            other.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
-            other.commit()
-        assert replica.run_exclusive() == {"ran": True} and ran == [1]
-    finally:
-        engine.dispose()
 
 
 def test_alert_actions_pause_a_canary_through_the_rollout(

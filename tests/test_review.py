@@ -114,6 +114,7 @@ def test_hold_mode_answers_with_the_reviewer_and_concurrent_reviewers_never_shar
         assert final["model_output"] == "deny"
         other = c.get(held[1]["status_url"]).json()
         assert other["output"] == "deny" and other["status"] == "reviewed"
+        receiver.wait_for(len(held))
         hooks = [e for e in receiver.events if e.get("status") == "reviewed"]
         assert len(hooks) == len(held)
         assert any(e["decision_id"] == held[0]["id"] and e["output"] == "approve" for e in hooks)

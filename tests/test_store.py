@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import inspect
 
-from shipway.decisions import DecisionLog, get_decision, iter_decisions
+from shipway.decisions import DecisionLog, get, iter_decisions
 from shipway.errors import ArtifactIntegrityError, NotFound
 from shipway.manifest import ContractSpec, InputField
 from shipway.models import Registry
@@ -81,10 +81,10 @@ def test_decision_log_group_commits_and_reads_back(database_url: str, tmp_path: 
         assert log.group_commits < 300
         rows = list(iter_decisions(store.engine, service="svc", chunk=50))
         assert sorted(r["id"] for r in rows) == [f"d-{i:06d}" for i in range(300)]
-        one = get_decision(store.engine, "d-000007")
+        one = get(store.engine, "d-000007")
         assert one is not None
         assert one["inputs"] == {"x": 0.7, "note": "ü"} and one["output"] == 1
-        assert get_decision(store.engine, "nope") is None
+        assert get(store.engine, "nope") is None
         since = list(iter_decisions(store.engine, service="svc", since=1000.0 + 290))
         assert len(since) == 10
         assert len(list(iter_decisions(store.engine))) == 301

@@ -87,7 +87,7 @@ class BatchWorker(Generic[T, R]):
         done.wait()
         if isinstance(box[0], BaseException):
             raise box[0]
-        return box[0]  # type: ignore[no-any-return]
+        return box[0]
 
     def stop(self, timeout: float = 30.0) -> None:
         """Finish everything queued, then end the thread."""
@@ -172,13 +172,13 @@ class BatchWorker(Generic[T, R]):
                     except BaseException as one_exc:
                         outcome.append((None, one_exc))
         by_loop: dict[Any, list[tuple[asyncio.Future[Any], Any, BaseException | None]]] = {}
-        for (_item, fut, loop), (res, exc) in zip(batch, outcome, strict=True):
+        for (_item, fut, loop), (res, err) in zip(batch, outcome, strict=True):
             if loop is None:
                 done, box = fut
-                box.append(exc if exc is not None else res)
+                box.append(err if err is not None else res)
                 done.set()
                 continue
-            by_loop.setdefault(loop, []).append((fut, res, exc))
+            by_loop.setdefault(loop, []).append((fut, res, err))
         for loop, pairs in by_loop.items():
             # RuntimeError: the loop has closed; nobody is waiting any more.
             with contextlib.suppress(RuntimeError):

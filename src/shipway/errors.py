@@ -8,7 +8,9 @@ Domain code raises these and knows nothing of HTTP; the HTTP face maps codes to 
     ShipwayError                    code
     ├── ConfigError                 config_error        settings or environment are wrong
     │   └── ManifestError           manifest_invalid    shipway.yaml fails (file:line: field)
+    │   └── ExpressionError         expression_invalid  a rule or policy condition is not valid
     ├── InputError                  invalid_input       a file or argument is unusable
+    │   └── FeedbackInvalid         feedback_invalid    labels that do not fit (fields)
     ├── ContractViolation           contract_violation  inputs break the contract (fields)
     ├── BadRequest                  bad_request         a body is not the expected shape
     ├── NotFound                    not_found           a named thing does not exist
@@ -27,7 +29,9 @@ Domain code raises these and knows nothing of HTTP; the HTTP face maps codes to 
     ├── Forbidden                   forbidden           valid credentials without the role
     ├── ServiceStopped              service_stopped     the stop switch is on
     ├── RateLimited                 rate_limited        the caller's rate limit is used up
-    └── PayloadTooLarge             payload_too_large   the request body is over the limit
+    ├── PayloadTooLarge             payload_too_large   the request body is over the limit
+    ├── MethodNotAllowed            method_not_allowed  the route exists, not for this method
+    └── InternalError               internal_error      a bug: the server log has the details
 
 Errors that ask the caller to come back later carry ``retry_after`` (seconds), which the HTTP
 face sends as a ``Retry-After`` header.
@@ -71,8 +75,21 @@ class ManifestError(ConfigError):
         self.problems = problems or []
 
 
+class ExpressionError(ConfigError):
+    code = "expression_invalid"
+
+
 class InputError(ShipwayError):
     code = "invalid_input"
+
+
+class FeedbackInvalid(InputError):
+    """Labels that do not fit the output spec or name unknown decisions; nothing was stored."""
+
+    code = "feedback_invalid"
+
+    def __init__(self, message: str, fields: list[dict[str, Any]]) -> None:
+        super().__init__(message, fields=fields)
 
 
 class ContractViolation(ShipwayError):
@@ -174,16 +191,30 @@ class PayloadTooLarge(ShipwayError):
     code = "payload_too_large"
 
 
+class MethodNotAllowed(ShipwayError):
+    code = "method_not_allowed"
+
+
+class InternalError(ShipwayError):
+    """An error Shipway did not expect (a bug); the message points to the server log."""
+
+    code = "internal_error"
+
+
 __all__ = [
     "ArtifactIntegrityError",
     "BadRequest",
     "ConfigError",
     "Conflict",
     "ContractViolation",
+    "ExpressionError",
+    "FeedbackInvalid",
     "Forbidden",
     "GateFailed",
     "InputError",
+    "InternalError",
     "ManifestError",
+    "MethodNotAllowed",
     "ModelError",
     "ModelTimeout",
     "ModelUnavailable",

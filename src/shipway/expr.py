@@ -22,7 +22,7 @@ import operator
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from shipway.errors import ConfigError
+from shipway.errors import ExpressionError
 
 Context = Mapping[str, Any]
 _Fn = Callable[[Context], Any]
@@ -46,10 +46,6 @@ _ARITH: dict[type, Callable[[Any, Any], Any]] = {
     ast.Mult: operator.mul,
     ast.Div: operator.truediv,
 }
-
-
-class ExpressionError(ConfigError):
-    code = "expression_invalid"
 
 
 def _lookup(path: tuple[str, ...]) -> _Fn:

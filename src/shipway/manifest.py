@@ -7,6 +7,7 @@ problem as ``FILE:LINE: field.path: rule``.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import re
@@ -22,6 +23,7 @@ from pydantic import (
     ValidationError,
     model_validator,
 )
+from pydantic_core import core_schema
 
 from shipway.errors import InputError, ManifestError
 
@@ -39,12 +41,31 @@ def parse_duration(text: str) -> float:
     return float(m.group(1)) * _UNITS[m.group(2)]
 
 
-def _duration(text: str) -> str:
+class Duration(str):
+    """A length of time as written in a manifest ('90d', '15m'), checked once at load, with its
+    length in seconds (``.seconds``). It prints and dumps as written."""
+
+    seconds: float
+
+    def __new__(cls, text: str) -> Duration:
+        seconds = parse_duration(text)  # InputError when it is not a duration
+        obj = super().__new__(cls, text)
+        obj.seconds = seconds
+        return obj
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, _source: Any, _handler: Any) -> Any:
+        return core_schema.no_info_after_validator_function(
+            _duration, core_schema.str_schema(),
+            serialization=core_schema.to_string_ser_schema(),
+        )
+
+
+def _duration(text: str) -> Duration:
     try:
-        parse_duration(text)
+        return Duration(text)
     except InputError as exc:
         raise ValueError(exc.message) from None
-    return text
 
 
 def _expression(text: str) -> str:
@@ -57,8 +78,6 @@ def _expression(text: str) -> str:
     return text
 
 
-#: A length of time in a manifest: a number and a unit (s, m, h, d, w), checked at load.
-Duration = Annotated[str, AfterValidator(_duration)]
 #: A condition in Shipway's expression language, parsed (and refused) at load.
 Condition = Annotated[str, AfterValidator(_expression)]
 
@@ -231,39 +250,53 @@ class BatchingSpec(_Model):
 
 
 class RateLimitSpec(_Model):
-    """A token bucket per caller: a steady rate and a burst."""
+    """A token bucket per caller key: a steady rate and a burst."""
 
-    per_second: float = Field(..., gt=0, description="Requests per second a caller may make.")
-    burst: int = Field(..., ge=1, description="Requests a caller may make at once.")
+    per_second: float = Field(..., gt=0, description="Requests per second one key may make.")
+    burst: int = Field(..., ge=1, description="Requests one key may make at once.")
     key: str = Field(
-        "client",
+        "principal",
         description=(
-            "Who a caller is: 'client' (the client address) or 'header:NAME' (a request "
-            "header, such as an API key or a tenant id)."
+            "Who a caller is for this limit: 'principal' (the API key or token subject; the "
+            "client address in development mode), 'client' (the client address), or "
+            "'header:NAME' (a request header such as a tenant id; a request without it is "
+            "refused with 400)."
         ),
     )
 
     @model_validator(mode="after")
     def _key_form(self) -> RateLimitSpec:
-        if self.key != "client" and not (
+        if self.key not in ("principal", "client") and not (
             self.key.startswith("header:") and self.key.split(":", 1)[1].strip()
         ):
-            raise ValueError("key must be 'client' or 'header:NAME'")
+            raise ValueError("key must be 'principal', 'client' or 'header:NAME'")
         return self
 
 
 class LimitsSpec(_Model):
     """What callers may ask of the service before it refuses (429) or sheds load (503)."""
 
-    rate: RateLimitSpec | None = Field(None, description="Per-caller rate limit (off if unset).")
+    rate: RateLimitSpec | list[RateLimitSpec] | None = Field(
+        None,
+        description=(
+            "Rate limit (off if unset), or a list of limits each with its own key and rate "
+            "(e.g. per principal and per tenant): a request must fit every one."
+        ),
+    )
     max_in_flight: int = Field(
         512,
         ge=1,
         description=(
-            "Predict requests in progress at most; beyond it requests are shed with 503 and "
-            "Retry-After instead of queueing without bound."
+            "Requests carrying rows in progress at most; beyond it requests are shed with 503 "
+            "and Retry-After instead of queueing without bound."
         ),
     )
+
+    @property
+    def rates(self) -> list[RateLimitSpec]:
+        if self.rate is None:
+            return []
+        return self.rate if isinstance(self.rate, list) else [self.rate]
 
 
 class CacheSpec(_Model):
@@ -277,9 +310,14 @@ class ServingSpec(_Model):
     """Limits of the predict path and the decision log's durability."""
 
     max_batch_rows: int = Field(
-        1000, ge=1, description="Largest batch one predict request may carry."
+        1000, ge=1, description="Largest batch one predict (or V2 infer) request may carry."
     )
-    max_body_bytes: int = Field(10_000_000, ge=1024, description="Largest request body.")
+    max_feedback_rows: int = Field(
+        10_000, ge=1, description="Most labels one feedback request may carry."
+    )
+    max_body_bytes: int = Field(
+        10_000_000, ge=1024, description="Largest request body on every route that carries rows."
+    )
     decision_log: DecisionLogSpec = Field(
         default_factory=DecisionLogSpec, description="Durability and group-commit size."
     )
@@ -549,13 +587,27 @@ class RetentionSpec(_Model):
         None, description="Decisions, e.g. '400d' (unset: forever)."
     )
     shadow_decisions: Duration | None = Field(None, description="Shadow answers, e.g. '90d'.")
-    interval: Duration = Field("1h", description="How often the purge runs inside shipway serve.")
+    interval: Duration = Field(
+        Duration("1h"), description="How often the purge runs inside shipway serve."
+    )
 
 
 PiiTreatment = Literal["drop", "mask", "hash"]
 
 
 Action = Literal["notify", "rollback", "pause_canary", "review", "retrain"]
+
+#: The figures of a monitor window that alert rules are written against. Per input there is
+#: also ``drift.FIELD.effect``, ``drift.FIELD.p_adjusted`` and ``drift.FIELD.drifted``.
+ALERT_FIGURES = frozenset({
+    "n", "model_version", "request_rate", "error_rate", "p50_ms", "p95_ms", "p99_ms",
+    "fallback_share", "cost", "drift_share", "drifted", "drifted_features", "prediction_drift",
+    "confidence_drift", "labeled", "reviewed", "override_rate", "accuracy", "f1_macro",
+    "roc_auc", "mae", "rmse",
+})
+DRIFT_FIGURES = ("effect", "p_adjusted", "drifted")
+#: What review policies see of a decision; its inputs are ``inputs.FIELD``.
+REVIEW_FIELDS = frozenset({"output", "confidence", "route", "model_version"})
 
 
 class AlertRule(_Model):
@@ -573,7 +625,7 @@ class AlertRule(_Model):
         1, ge=1, alias="for", description="Consecutive windows the condition must hold."
     )
     do: list[Action] = Field(
-        default_factory=lambda: ["notify"],
+        default_factory=lambda: ["notify"],  # type: ignore[arg-type]
         description="notify, rollback, pause_canary, review, retrain.",
     )
 
@@ -595,11 +647,13 @@ class WebhookSpec(_Model):
 class MonitorSpec(_Model):
     """Drift, performance and operations over windows of decisions; alert rules."""
 
-    window: Duration = Field("1h", description="Tumbling window length (e.g. 1h, 15m).")
+    window: Duration = Field(Duration("1h"), description="Tumbling window length (e.g. 1h, 15m).")
     window_rows: int | None = Field(
         None, ge=10, description="Instead of time: the last N decisions form a window."
     )
-    interval: Duration = Field("5m", description="How often shipway serve runs the monitor.")
+    interval: Duration = Field(
+        Duration("5m"), description="How often shipway serve runs the monitor."
+    )
     schedule: bool = Field(True, description="Run inside shipway serve on the interval.")
     min_rows: int = Field(
         100, ge=1, description="Fewer decisions than this: drift is not tested in a window."
@@ -654,7 +708,9 @@ class ReviewPolicy(_Model):
 
 
 class ReviewQueueSpec(_Model):
-    sla: Duration = Field("24h", description="Time from creation to decision before escalation.")
+    sla: Duration = Field(
+        Duration("24h"), description="Time from creation to decision before escalation."
+    )
 
 
 class ReviewSpec(_Model):
@@ -664,7 +720,9 @@ class ReviewSpec(_Model):
     queues: dict[str, ReviewQueueSpec] = Field(
         default_factory=dict, description="Per queue: the SLA (default 24h)."
     )
-    claim_ttl: Duration = Field("15m", description="A claim not finished in this time expires.")
+    claim_ttl: Duration = Field(
+        Duration("15m"), description="A claim not finished in this time expires."
+    )
     webhook: str | None = Field(
         None, description="Called (POST) when a held decision gets its final answer."
     )
@@ -766,6 +824,37 @@ def _describe(errors: list[Any], path: str, root: yaml.Node | None) -> list[str]
     return problems
 
 
+def _unknown(name: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"{name!r} is not a name this condition can use{hint}"
+
+
+def _name_problems(m: Manifest) -> list[tuple[tuple[Any, ...], str]]:
+    """Names in alert rules and review policies that nothing provides (they would never fire)."""
+    fields = [f.name for f in m.contract.inputs]
+    figures = sorted(ALERT_FIGURES) + [f"drift.{f}.{k}" for f in fields for k in DRIFT_FIGURES]
+    review = sorted(REVIEW_FIELDS) + [f"inputs.{f}" for f in fields]
+    out: list[tuple[tuple[Any, ...], str]] = []
+    from shipway.expr import Expression
+
+    for i, rule in enumerate(m.monitor.alerts):
+        for name in sorted(Expression(rule.when).names):
+            if name not in ALERT_FIGURES and name not in figures:
+                out.append((("monitor", "alerts", i, "when"),
+                            _unknown(name, figures) + " (alert rules use the monitor's figures: "
+                            "see the manifest reference)"))
+    for i, policy in enumerate(m.review.policies):
+        if policy.when is None:
+            continue
+        for name in sorted(Expression(policy.when).names):
+            if name not in review:
+                out.append((("review", "policies", i, "when"),
+                            _unknown(name, review) + " (review policies use output, confidence, "
+                            "route, model_version and inputs.FIELD)"))
+    return out
+
+
 def parse_manifest(text: str, path: str = MANIFEST_FILENAME) -> Manifest:
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
@@ -780,13 +869,19 @@ def parse_manifest(text: str, path: str = MANIFEST_FILENAME) -> Manifest:
     if not isinstance(data, dict):
         raise ManifestError(f"{path}: the manifest must be a mapping of keys to values")
     try:
-        return Manifest.model_validate(data)
+        manifest = Manifest.model_validate(data)
     except ValidationError as exc:
         problems = _describe(exc.errors(), path, root)
-        head = (
-            problems[0] if len(problems) == 1 else f"{len(problems)} problems, first: {problems[0]}"
-        )
-        raise ManifestError(f"{path} is not a valid manifest: {head}", problems) from None
+    else:
+        problems = []
+        for loc, msg in _name_problems(manifest):
+            line = _line_of(root, loc)
+            where = f"{path}:{line}" if line else path
+            problems.append(f"{where}: {'.'.join(str(p) for p in loc)}: {msg}")
+        if not problems:
+            return manifest
+    head = problems[0] if len(problems) == 1 else f"{len(problems)} problems, first: {problems[0]}"
+    raise ManifestError(f"{path} is not a valid manifest: {head}", problems) from None
 
 
 def load_manifest(path: str | Path) -> Manifest:
@@ -809,7 +904,10 @@ def dump_manifest(manifest: Manifest) -> str:
 
 
 __all__ = [
+    "ALERT_FIGURES",
+    "DRIFT_FIGURES",
     "MANIFEST_FILENAME",
+    "REVIEW_FIELDS",
     "AlertRule",
     "AuthSpec",
     "BatchingSpec",

@@ -159,6 +159,39 @@ class ServiceMetrics:
             ["feature"],
             registry=r,
         )
+        self.outbox_attempts = Counter(
+            "shipway_outbox_attempts",
+            "Notification delivery attempts by topic and result (delivered, retry, failed).",
+            ["topic", "result"],
+            registry=r,
+        )
+        self.outbox_pending = Gauge(
+            "shipway_outbox_pending", "Notifications waiting to be delivered.", registry=r
+        )
+        self.outbox_oldest_s = Gauge(
+            "shipway_outbox_oldest_pending_seconds",
+            "Age of the oldest notification waiting to be delivered.",
+            registry=r,
+        )
+        self.job_runs = Counter(
+            "shipway_job_runs",
+            "Scheduled task runs by task and result (ok, failed, skipped: another replica).",
+            ["task", "result"],
+            registry=r,
+        )
+        self.job_seconds = Histogram(
+            "shipway_job_duration_seconds",
+            "Scheduled task run time by task.",
+            ["task"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.job_last_ok = Gauge(
+            "shipway_job_last_success_timestamp_seconds",
+            "When each scheduled task last succeeded (Unix time).",
+            ["task"],
+            registry=r,
+        )
         self._http_children: dict[tuple[str, int], Counter] = {}
         self._lat_children: dict[str, Histogram] = {}
 

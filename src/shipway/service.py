@@ -1,7 +1,10 @@
-"""Composition: builds a running :class:`Service` from a manifest and settings.
+"""Composition, with models: a running :class:`Service` is its parts (``parts.py``) plus the
+serving runtime: loaded model lanes behind a router, the predict path, authentication,
+admission, and the scheduler's periodic tasks.
 
-This is the one place that wires parts together. The CLI, the HTTP app and the tests all get
-a Service the same way: ``Service.open(path_to_manifest, settings)``.
+The CLI's ``serve``, the HTTP app and the tests all get a Service the same way:
+``Service.open(path_to_manifest, settings)``; commands that need no model open
+``ServiceParts`` instead.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from shipway.contract import Contract
-from shipway.decisions import DecisionLog, ShadowLog, get_decision
+from shipway.decisions import DecisionLog, ShadowLog, queries
 from shipway.errors import (
     ConfigError,
     Conflict,
@@ -31,27 +34,33 @@ from shipway.errors import (
 from shipway.govern.auth import Authenticator
 from shipway.govern.keys import KeyRing
 from shipway.govern.pii import Redactor
-from shipway.govern.retention import purge
-from shipway.lifecycle.rollout import Rollout, RolloutState, alert_actions
-from shipway.manifest import Manifest, parse_duration
-from shipway.metrics import ServiceMetrics
+from shipway.jobs import Scheduler, Task
+from shipway.lifecycle.rollout import RolloutState
+from shipway.manifest import Manifest
 from shipway.models import ModelVersion, Predictor, Registry, SklearnPredictor
 from shipway.models.predictor import FunctionPredictor, import_callable
-from shipway.monitor.engine import Monitor
+from shipway.parts import ServiceParts
 from shipway.review.explain import explain
-from shipway.review.queue import Policies, ReviewLog, ReviewQueue
+from shipway.review.queue import Policies, ReviewLog
+from shipway.serving.chain import Fallback, GuardChain
 from shipway.serving.guards import BREAKER_CODES, OPEN, Breaker, OutputCheck
 from shipway.serving.limits import Gate
-from shipway.serving.predict import Fallback, PredictPath
+from shipway.serving.predict import PredictPath
+from shipway.serving.review_routing import ReviewRouting
 from shipway.serving.router import Lane, Router
+from shipway.serving.shadows import Shadows
 from shipway.settings import Settings
 from shipway.store import Store
-from shipway.store.location import Location, open_manifest, open_service_store
+from shipway.store.location import Location
 
 log = logging.getLogger("shipway")
 
 #: How often a server looks for a new rollout plan (seconds).
 ROLLOUT_POLL_S = 0.25
+#: How often a server looks for key changes (seconds).
+KEYS_POLL_S = 0.25
+#: How often the outbox looks for notifications to deliver (seconds).
+OUTBOX_POLL_S = 0.5
 #: How often review SLAs are checked (seconds).
 REVIEW_SWEEP_S = 2.0
 #: Lanes no plan uses any more are stopped after this long (in-flight requests finish first).
@@ -146,73 +155,56 @@ class Lanes:
             lane.stop()
 
 
-class Service:
-    """A manifest brought to life: store, contract, models, rollout, decision log, metrics."""
+class Service(ServiceParts):
+    """A manifest brought to life: its parts, plus models, routing, logging and admission."""
 
     def __init__(
         self, manifest: Manifest, location: Location, settings: Settings, store: Store
     ) -> None:
-        self.manifest = manifest
-        self.name = manifest.service.name
-        self.location = location
-        self.settings = settings
-        self.store = store
-        self.registry = Registry(store)
-        self.rollout = Rollout(store, manifest, self.registry)
+        super().__init__(manifest, location, settings, store)
         self.contract = Contract(manifest.contract)
-        self.metrics = ServiceMetrics(self.name)
-        self.log = DecisionLog(store.engine, max_batch=manifest.serving.decision_log.max_batch)
-        self.shadow_log = ShadowLog(store.engine)
-        self.lanes = Lanes(self)
-        self.started = False
         self.dev_mode = settings.dev_mode
         secret = settings.secret()  # refuses to start without a real secret outside dev mode
+        self.log = DecisionLog(store.engine, max_batch=manifest.serving.decision_log.max_batch)
+        self.shadow_log = ShadowLog(store.engine)
+        self.review_log = ReviewLog(store.engine)
+        self.lanes = Lanes(self)
+        self.started = False
         self.keyring = KeyRing(store.engine)
         self.keyring.refresh_if_changed()
         self.authenticator = Authenticator(self.keyring, manifest.auth.oidc)
         self.redactor = Redactor(manifest.pii, secret)
-        self.review_policies = Policies(manifest.review)
-        self.review_log = ReviewLog(store.engine)
-        self.review = ReviewQueue(store.engine, self.name, manifest.review, manifest.output)
         self.output_check = OutputCheck(manifest.output, manifest.guards.output)
         self.fallbacks = self._build_fallbacks()
         self.gate = Gate(manifest.serving.limits)
         self.state = self.rollout.state()
-        router = self._build_router(self.state)
-        self.predict_path = PredictPath(
+        chain = GuardChain(
             service=self.name,
-            contract=self.contract,
-            router=router,
+            names=self.contract.names,
             log=self.log,
-            shadow_log=self.shadow_log,
             metrics=self.metrics,
-            max_batch_rows=manifest.serving.max_batch_rows,
-            rollout=manifest.rollout,
             guards=manifest.guards,
             output_check=self.output_check,
             fallbacks=self.fallbacks,
             cache=manifest.serving.cache,
             redact=self.redactor if self.redactor else None,
             stop=manifest.stop,
-            review=self.review_policies,
-            review_log=self.review_log,
         )
-        self._publish(self.state)
-        self._stop = threading.Event()
-        self._watcher: threading.Thread | None = None
-        self._refresh_lock = threading.Lock()
-        self._last_auto_step = 0.0
-        self._next_purge = 0.0
-        self._next_sweep = 0.0
-        self.monitor = Monitor(
-            store,
-            manifest,
-            champion=lambda: self.router.champion.version,
-            actions={**alert_actions(self.rollout, after=self.refresh),
-                     "review": self.review.alert_action},
+        self.predict_path = PredictPath(
+            contract=self.contract,
+            router=self._build_router(self.state),
+            chain=chain,
+            shadows=Shadows(self.name, self.shadow_log, self.metrics,
+                            timeout_s=manifest.rollout.shadow_timeout_ms / 1000.0,
+                            max_pending=manifest.rollout.shadow_max_pending),
+            review=ReviewRouting(self.name, self.contract.names, Policies(manifest.review),
+                                 self.review_log),
             metrics=self.metrics,
         )
-        self._monitor_thread: threading.Thread | None = None
+        self._publish(self.state)
+        self._refresh_lock = threading.Lock()
+        self.scheduler = Scheduler(store.engine, self.name, metrics=self.metrics)
+        self._schedule()
 
     def make_lane(self, version: int | None, predictor: Predictor, name: str = "") -> Lane:
         """A lane with the manifest's batching and its own circuit breaker."""
@@ -260,13 +252,9 @@ class Service:
 
     @classmethod
     def open(cls, path: str | Path, settings: Settings | None = None) -> Service:
-        settings = settings or Settings()
-        manifest, location, store = open_manifest(path, settings)
-        try:
-            return cls(manifest, location, settings, store)
-        except (NotFound, ModelError):
-            store.close()
-            raise
+        parts = super().open(path, settings)
+        assert isinstance(parts, Service)
+        return parts
 
     # -- rollout plan -> router -----------------------------------------------------------
 
@@ -299,6 +287,9 @@ class Service:
     def router(self) -> Router:
         return self.predict_path.router
 
+    def champion_version(self) -> int:
+        return self.router.champion.version or self.state.champion
+
     def refresh(self) -> bool:
         """Load the stored plan if it changed; swap the router. True when it changed."""
         with self._refresh_lock:
@@ -309,9 +300,7 @@ class Service:
             self.predict_path.router = router
             self.state = st
             self._publish(st)
-            in_use = {lane.version for lane in router.lanes()}
-            keep = {st.previous_champion} if st.previous_champion is not None else set()
-            self.lanes.retire_unused(in_use, keep, time.monotonic())
+            self._retire_lanes()
             log.info(
                 "rollout plan generation %s: champion v%s, canary %s, shadows %s",
                 st.generation,
@@ -321,67 +310,39 @@ class Service:
             )
             return True
 
-    def _watch(self) -> None:
-        while not self._stop.wait(ROLLOUT_POLL_S):
-            try:
-                self.keyring.refresh_if_changed()
-                self._maybe_purge()
-                self._maybe_sweep_reviews()
-                self.refresh()
-                self._maybe_auto_step()
-                router = self.router
-                self.lanes.retire_unused(
-                    {lane.version for lane in router.lanes()},
-                    {self.state.previous_champion} if self.state.previous_champion else set(),
-                    time.monotonic(),
-                )
-            except Exception:
-                log.exception("rollout watcher: refresh failed; the current plan stays")
+    def _retire_lanes(self) -> None:
+        in_use = {lane.version for lane in self.router.lanes() if lane.version is not None}
+        prev = self.state.previous_champion
+        self.lanes.retire_unused(in_use, {prev} if prev is not None else set(), time.monotonic())
 
-    def _monitor_loop(self) -> None:
-        every = parse_duration(self.manifest.monitor.interval)
-        while not self._stop.wait(every):
-            try:
-                self.monitor.run_exclusive()
-            except Exception:
-                log.exception("monitor run failed; it runs again in %s", every)
+    # -- periodic work ---------------------------------------------------------------------
 
-    def _maybe_sweep_reviews(self) -> None:
-        if not self.manifest.review.policies:
-            return
-        now = time.monotonic()
-        if now < self._next_sweep:
-            return
-        self._next_sweep = now + REVIEW_SWEEP_S
-        for item in self.review.sweep():
-            self.monitor.alerts.raise_event(
-                f"review-sla-{item['queue']}",
-                {"item": item["id"], "decision_id": item["decision_id"], "queue": item["queue"],
-                 "due_at": item["due_at"], "summary": "a review item is past its SLA"},
-            )  # fmt: skip
+    def _schedule(self) -> None:
+        """Every periodic task of a server, each with its own interval (see jobs/)."""
+        m = self.manifest
+        add = self.scheduler.add
 
-    def _maybe_purge(self) -> None:
-        spec = self.manifest.retention
-        if spec.decisions is None and spec.shadow_decisions is None:
-            return
-        now = time.monotonic()
-        if now < self._next_purge:
-            return
-        self._next_purge = now + parse_duration(spec.interval)
-        res = purge(self.store.engine, self.name, spec, actor="shipway-retention")
-        if any(res["removed"].values()):
-            log.info("retention purge removed %s", res["removed"])
+        def rollout_poll() -> None:
+            self.refresh()
+            self._retire_lanes()
 
-    def _maybe_auto_step(self) -> None:
+        add(Task("rollout", ROLLOUT_POLL_S, rollout_poll))
+        add(Task("keys", KEYS_POLL_S, self.keyring.refresh_if_changed))
+        add(Task("outbox", OUTBOX_POLL_S, self.outbox.deliver_due))
+        if m.review.policies:
+            add(Task("review-sla", REVIEW_SWEEP_S, self.sweep_reviews))
+        if m.retention.decisions is not None or m.retention.shadow_decisions is not None:
+            add(Task("retention", m.retention.interval.seconds,
+                     lambda: self.purge("shipway-retention"), once=True, first_s=ROLLOUT_POLL_S))
+        if m.rollout.auto:
+            add(Task("canary-step", m.rollout.check_interval_s, self._auto_step))
+        if m.monitor.schedule:
+            add(Task("monitor", m.monitor.interval.seconds, self.monitor.run, once=True))
+
+    def _auto_step(self) -> None:
         spec = self.manifest.rollout
         st = self.state
-        if not spec.auto or st.canary is None:
-            return
-        now = time.monotonic()
-        if now - self._last_auto_step < spec.check_interval_s:
-            return
-        self._last_auto_step = now
-        if st.canary_percent >= spec.steps[-1]:
+        if st.canary is None or st.canary_percent >= spec.steps[-1]:
             return
         if self.rollout.canary_report(st).ready:
             with contextlib.suppress(ShipwayError):
@@ -405,20 +366,16 @@ class Service:
         # Everything loaded so far lives as long as the process: keep it out of GC scans.
         gc.collect()
         gc.freeze()
-        self._stop.clear()
-        self._watcher = threading.Thread(target=self._watch, name="shipway-rollout", daemon=True)
-        self._watcher.start()
-        if self.manifest.monitor.schedule:
-            self._monitor_thread = threading.Thread(
-                target=self._monitor_loop, name="shipway-monitor", daemon=True
-            )
-            self._monitor_thread.start()
+        self.scheduler.start()
+
+    async def drain(self, timeout: float | None = None) -> None:
+        """Before :meth:`stop`, on the event loop: take no new shadow work and wait for the
+        shadow calls already started, so each is logged."""
+        await self.predict_path.drain(timeout)
 
     def stop(self) -> None:
         """Finish in-flight model calls and commit every queued decision, then close."""
-        self._stop.set()
-        if self._watcher is not None:
-            self._watcher.join(5)
+        self.scheduler.stop()
         self.lanes.stop_all()
         for fb in self.fallbacks:
             if fb.lane is not None:
@@ -427,21 +384,29 @@ class Service:
         self.shadow_log.stop()
         self.review_log.stop()
         self.metrics.model_loaded.set(0)
-        self.store.close()
+        self.close()
         self.started = False
 
     # -- the faces call these ----------------------------------------------------------------
 
     async def predict(
-        self, payload: Any, caller: str | None = None, headers: Any = None
+        self,
+        records: list[Any],
+        single: bool = False,
+        caller: str | None = None,
+        headers: Any = None,
+        *,
+        allow_partial: bool = True,
     ) -> dict[str, Any]:
-        return await self.predict_path.run(payload, caller, headers)
+        """Validate, answer and log parsed rows (the ingress has parsed and limited them)."""
+        return await self.predict_path.run(records, single, caller, headers,
+                                           allow_partial=allow_partial)
 
-    def admit(self, client: str | None, headers: Any, who: str | None = None) -> None:
-        """Let one predict request in (pair with :meth:`release`), or refuse it: 429 when the
-        caller's rate limit is used up, 503 when too much is in flight."""
+    def admit(self, keys: Any) -> None:
+        """Let one request in (pair with :meth:`release`), or refuse it: 429 when a rate
+        limit of the caller is used up, 503 when too much is in flight."""
         try:
-            self.gate.enter(client, headers, who)
+            self.gate.enter(keys)
         except RateLimited:
             self.metrics.rate_limited.inc()
             raise
@@ -493,7 +458,7 @@ class Service:
     def decision(self, decision_id: str) -> dict[str, Any]:
         """A logged decision; one under review says so, and a held one answers with the
         reviewer's output once there is one (its model's answer is kept as model_output)."""
-        d = get_decision(self.store.engine, decision_id)
+        d = queries.get(self.store.engine, decision_id)
         if d is None:
             raise NotFound(f"no decision with id {decision_id!r}")
         item = self.review.for_decision(decision_id)
@@ -501,7 +466,7 @@ class Service:
             done = item["status"] == "done"
             d["review"] = {"status": "reviewed" if done else "pending", "policy": item["policy"],
                            "mode": item["mode"], "item": item["id"],
-                           "final_output": item["final_output"]}  # fmt: skip
+                           "final_output": item["final_output"]}
             if item["mode"] == "hold":
                 d["model_output"] = d["output"]
                 d["output"] = item["final_output"] if done else None
@@ -513,7 +478,7 @@ class Service:
         item = self.review.get(item_id)
         if self.manifest.pii:
             raise Conflict("explanations are off for services with PII treatments: the log "
-                           "holds treated values the model never saw")  # fmt: skip
+                           "holds treated values the model never saw")
         version = item["model_version"]
         if version is None:
             raise Conflict("this decision was not answered by a registered model version")
@@ -527,7 +492,7 @@ class Service:
                 "method": "permutation against 20 reference rows", "features": top}
 
     def describe(self) -> dict[str, Any]:
-        champion = self.registry.get(self.name, self.router.champion.version)
+        champion = self.registry.get(self.name, self.champion_version())
         return {
             "service": self.name,
             "description": self.manifest.service.description,
@@ -563,4 +528,4 @@ class Service:
         return out
 
 
-__all__ = ["Location", "Service", "open_manifest", "open_service_store"]
+__all__ = ["Service", "load_predictor", "reference_rows"]

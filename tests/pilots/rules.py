@@ -36,3 +36,11 @@ def sleepy(rows: list[dict[str, Any]]) -> list[Any]:
 def explodes(rows: list[dict[str, Any]]) -> list[Any]:
     """A shadow candidate that always fails."""
     raise RuntimeError("shadow model exploded")
+
+
+def lagging(rows: list[dict[str, Any]]) -> list[Any]:
+    """A shadow candidate that answers in a tenth of a second: calls are in flight often."""
+    import time
+
+    time.sleep(0.1)
+    return predict(rows)

@@ -61,6 +61,8 @@ ROUTE_PERMISSIONS: list[tuple[str, str, tuple[str, ...]]] = [
     ("GET", "/v1/monitor/history", (READ,)),
     ("POST", "/v1/monitor/run", (OPERATE,)),
     ("GET", "/v1/alerts", (READ,)),
+    ("GET", "/v1/outbox", (READ,)),
+    ("GET", "/v1/jobs", (READ,)),
     ("GET", "/v1/review/next", (REVIEW,)),
     ("GET", "/v1/review/stats", (READ,)),
     ("GET", "/v1/review/{item_id}", (REVIEW,)),
@@ -110,7 +112,7 @@ def principal_of(scope_or_request: Any) -> Principal:
     state = scope_or_request.get("state") if isinstance(scope_or_request, dict) else None
     if state is None:
         state = getattr(scope_or_request, "scope", {}).get("state", {})
-    return state.get("principal", DEV)  # type: ignore[no-any-return]
+    return state.get("principal", DEV)
 
 
 def require(principal: Principal, permission: str, what: str) -> None:
@@ -157,7 +159,8 @@ class AccessMiddleware:
                     f"{', '.join(sorted(principal.roles)) or 'no role'}"
                 )
         except ShipwayError as exc:
-            await shipway_error_response(exc)(scope, receive, send)
+            v2 = scope["path"].startswith("/v2")
+            await shipway_error_response(exc, v2)(scope, receive, send)
             return
         state["principal"] = principal
         await self.app(scope, receive, send)

@@ -40,6 +40,8 @@ STATUS_BY_CODE: dict[str, int] = {
     "forbidden": 403,
     "service_stopped": 503,
     "payload_too_large": 413,
+    "method_not_allowed": 405,
+    "internal_error": 500,
 }
 
 
@@ -47,14 +49,30 @@ def status_for(exc: ShipwayError) -> int:
     return STATUS_BY_CODE.get(exc.code, 500)
 
 
-def shipway_error_response(exc: ShipwayError) -> Response:
-    """The error body and status for ``exc``, with Retry-After when it asks for a retry."""
-    headers = None
+def error_headers(exc: ShipwayError) -> dict[str, str]:
+    """Retry-After when the error asks for a retry; WWW-Authenticate when it needs credentials."""
     if exc.retry_after is not None:
-        headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after)))}
-    elif exc.code == "unauthorized":
-        headers = {"WWW-Authenticate": 'Bearer realm="shipway"'}
-    return error_response(exc.to_dict(), status_for(exc), headers)
+        return {"Retry-After": str(max(1, math.ceil(exc.retry_after)))}
+    if exc.code == "unauthorized":
+        return {"WWW-Authenticate": 'Bearer realm="shipway"'}
+    return {}
+
+
+def error_body(exc: ShipwayError, v2: bool = False) -> bytes:
+    """Shipway's one error body, or, on the V2 routes, the protocol's (``error`` a string, which
+    V2 clients print) with the same stable ``code`` and details beside it."""
+    body = exc.to_dict()
+    if not v2:
+        return orjson.dumps({"error": body})
+    code = body.pop("code")
+    message = body.pop("message")
+    return orjson.dumps({"error": f"{code}: {message}", "code": code, **body})
+
+
+def shipway_error_response(exc: ShipwayError, v2: bool = False) -> Response:
+    """The error body and status for ``exc``, with its headers."""
+    return Response(error_body(exc, v2), status_code=status_for(exc),
+                    media_type="application/json", headers=error_headers(exc) or None)
 
 
 def error_response(
@@ -68,4 +86,11 @@ def error_response(
     )
 
 
-__all__ = ["STATUS_BY_CODE", "error_response", "shipway_error_response", "status_for"]
+__all__ = [
+    "STATUS_BY_CODE",
+    "error_body",
+    "error_headers",
+    "error_response",
+    "shipway_error_response",
+    "status_for",
+]

@@ -1,4 +1,5 @@
-"""The predict route's OpenAPI description, built from the service's contract."""
+"""The ingress routes' OpenAPI description (``/v1/predict`` from the service's contract, and
+``/v1/feedback`` from its output spec), added to the control API's document."""
 
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ def _output_schema(manifest: Manifest) -> dict[str, Any]:
     return {"type": "number"}
 
 
-def predict_openapi(schema: dict[str, Any], manifest: Manifest) -> None:
+def ingress_openapi(schema: dict[str, Any], manifest: Manifest) -> None:
     comps = schema.setdefault("components", {}).setdefault("schemas", {})
     comps["InputRecord"] = contract_json_schema(manifest.contract)
     comps["Decision"] = {
@@ -122,9 +123,41 @@ def predict_openapi(schema: dict[str, Any], manifest: Manifest) -> None:
             },
         }
     }
-
-
-__all__ = ["predict_openapi"]
+    label = _output_schema(manifest)
+    item = {"type": "object", "required": ["id", "label"], "additionalProperties": False,
+            "properties": {"id": {"type": "string", "description": "A decision id."},
+                           "label": label}}
+    comps["FeedbackItem"] = item
+    schema["paths"]["/v1/feedback"] = {
+        "post": {
+            "tags": ["monitoring"],
+            "summary": "Ground-truth labels for decisions",
+            "description": (
+                "One label or a list; each must name a decision of this service and fit the "
+                "output spec. A second label for a decision is a new revision. A batch with a "
+                "bad item is refused whole."
+            ),
+            "operationId": "feedback",
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": {"oneOf": [
+                    {"$ref": "#/components/schemas/FeedbackItem"},
+                    {"type": "object", "required": ["feedback"], "additionalProperties": False,
+                     "properties": {"feedback": {
+                         "type": "array", "minItems": 1,
+                         "maxItems": manifest.serving.max_feedback_rows,
+                         "items": {"$ref": "#/components/schemas/FeedbackItem"}}}},
+                ]}}},
+            },
+            "responses": {
+                "201": {"description": "Stored: each label's decision id and revision."},
+                "400": {"description": "Body is not the expected shape.", "content": err},
+                "413": {"description": "Body too large.", "content": err},
+                "422": {"description": "A label does not fit (every problem named).",
+                        "content": err},
+            },
+        }
+    }
 
 
 def secure_openapi(schema: dict[str, Any]) -> None:
@@ -148,3 +181,6 @@ def secure_openapi(schema: dict[str, Any]) -> None:
                 op["responses"].setdefault(
                     "403", {"description": "Valid credentials without the role this needs."}
                 )
+
+
+__all__ = ["ingress_openapi", "secure_openapi"]

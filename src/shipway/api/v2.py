@@ -15,6 +15,10 @@ element per row; JSON by default, binary when the request asks for it.
 A V2 batch is all or nothing: a row that breaks the contract fails the request with 422.
 Errors follow the protocol (``{"error": "code: message"}``) and carry Shipway's stable
 ``code`` and details (``fields`` naming row, field and rule) beside it.
+
+The infer route is served by the one ingress (``api/ingress.py``: limits, authentication,
+admission, the same predict call as ``/v1/predict``); this module is its codec (tensors to
+rows, decisions to tensors) and the protocol's read-only routes.
 """
 
 from __future__ import annotations
@@ -25,12 +29,12 @@ from typing import Any
 
 import numpy as np
 import orjson
+from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from shipway import __version__
-from shipway.api.errors import status_for
+from shipway.api.errors import shipway_error_response
 from shipway.errors import BadRequest, NotFound, ShipwayError
 from shipway.service import Service
 
@@ -62,16 +66,9 @@ def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -
                     headers=headers)  # fmt: skip
 
 
-def _v2_error(exc: ShipwayError) -> Response:
-    """The protocol's error body (``error`` is a string, which V2 clients print), with the
-    stable ``code`` and the usual details beside it."""
-    body = exc.to_dict()
-    code = body.pop("code")
-    message = body.pop("message")
-    headers = None
-    if exc.retry_after is not None:
-        headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after)))}
-    return _json({"error": f"{code}: {message}", "code": code, **body}, status_for(exc), headers)
+def v2_error(exc: ShipwayError) -> Response:
+    """The protocol's error body (``error`` is a string), with the stable ``code`` beside it."""
+    return shipway_error_response(exc, v2=True)
 
 
 def _bytes_elements(raw: bytes) -> list[str]:
@@ -120,7 +117,8 @@ def _tensor_values(
     return arr, offset
 
 
-def _records(body: dict[str, Any], names: list[str], binary: memoryview | None) -> list[dict]:
+def records(body: dict[str, Any], names: list[str], binary: memoryview | None) -> list[dict]:
+    """The rows a V2 request carries (one tensor per field, or one [N, F] tensor)."""
     inputs = body.get("inputs")
     if not isinstance(inputs, list) or not inputs:
         raise BadRequest('the body must hold a non-empty "inputs" list of tensors')
@@ -217,131 +215,122 @@ def _encode(
     }
 
 
-def v2_routes(service: Service) -> list[Route]:
-    names = service.contract.names
+def split_body(raw: bytes, head_len: str | None) -> tuple[bytes, memoryview | None]:
+    """The JSON header and the binary tensor data after it (binary tensor extension)."""
+    if head_len is None:
+        return raw, None
+    try:
+        k = int(head_len)
+    except ValueError:
+        raise BadRequest("Inference-Header-Content-Length is not a number") from None
+    if not 0 < k <= len(raw):
+        raise BadRequest("Inference-Header-Content-Length is outside the body")
+    return raw[:k], memoryview(raw)[k:]
+
+
+def check_model(service: Service, model: str, version: str | None = None) -> None:
     name = service.name
+    if model != name:
+        raise NotFound(f"no model named {model!r}; this server serves {name!r}")
+    if version is not None and version != str(service.router.champion.version):
+        known = {str(m.version) for m in service.registry.list(name)}
+        if version not in known:
+            raise NotFound(f"model {name!r} has no version {version!r}")
+
+
+def response(
+    service: Service, request: dict[str, Any], decisions: list[dict[str, Any]]
+) -> tuple[bytes, bytes, list[tuple[bytes, bytes]]]:
+    """The infer response: (content, content type, extra headers)."""
+    manifest = service.manifest
+    out: dict[str, Any] = {
+        "model_name": service.name,
+        "model_version": str(service.router.champion.version),
+        "outputs": _output_tensors(decisions, manifest.output.kind,
+                                   list(manifest.output.labels or [])),
+    }
+    if request.get("id") is not None:
+        out["id"] = request["id"]
+    params = request.get("parameters") or {}
+    content, headers = _encode(
+        out, request.get("outputs"), bool(params.get("binary_data_output", False))
+    )
+    ctype = headers.pop("content-type").encode()
+    return content, ctype, [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+
+
+# -- the protocol's read-only routes -------------------------------------------------------------
+
+router = APIRouter(include_in_schema=False)
+
+
+def _service(request: Request) -> Service:
+    service: Service = request.app.state.service
+    return service
+
+
+@router.get("/v2")
+async def server_meta() -> Response:
+    return _json({"name": "shipway", "version": __version__, "extensions": ["binary_tensor_data"]})
+
+
+@router.get("/v2/health/live")
+async def live() -> Response:
+    return _json({"live": True})
+
+
+@router.get("/v2/health/ready")
+async def ready(request: Request) -> Response:
+    ok = _service(request).readiness()["ready"]
+    return _json({"ready": ok}, 200 if ok else 503)
+
+
+def _model_meta(service: Service) -> dict[str, Any]:
     manifest = service.manifest
     labels = list(manifest.output.labels or [])
-
-    def _check_model(model: str, version: str | None = None) -> None:
-        if model != name:
-            raise NotFound(f"no model named {model!r}; this server serves {name!r}")
-        if version is not None and version != str(service.router.champion.version):
-            known = {str(m.version) for m in service.registry.list(name)}
-            if version not in known:
-                raise NotFound(f"model {name!r} has no version {version!r}")
-
-    async def server_meta(_request: Request) -> Response:
-        return _json(
-            {"name": "shipway", "version": __version__, "extensions": ["binary_tensor_data"]}
-        )
-
-    async def live(_request: Request) -> Response:
-        return _json({"live": True})
-
-    async def ready(_request: Request) -> Response:
-        ok = service.readiness()["ready"]
-        return _json({"ready": ok}, 200 if ok else 503)
-
-    async def model_meta(request: Request) -> Response:
-        try:
-            _check_model(request.path_params["model"], request.path_params.get("version"))
-        except ShipwayError as exc:
-            return _v2_error(exc)
-        out_type = "FP64" if manifest.output.kind == "regression" else (
-            "INT64" if labels and all(isinstance(x, int) and not isinstance(x, bool)
-                                      for x in labels) else "BYTES"
-        )  # fmt: skip
-        return _json({
-            "name": name,
-            "versions": [str(m.version) for m in service.registry.list(name)],
-            "platform": "shipway",
-            "inputs": [{"name": f.name, "datatype": _FIELD_TYPE[f.type], "shape": [-1]}
-                       for f in manifest.contract.inputs],
-            "outputs": [
-                {"name": "output", "datatype": out_type, "shape": [-1]},
-                {"name": "confidence", "datatype": "FP64", "shape": [-1]},
-                {"name": "decision_id", "datatype": "BYTES", "shape": [-1]},
-                {"name": "route", "datatype": "BYTES", "shape": [-1]},
-                {"name": "model_version", "datatype": "INT64", "shape": [-1]},
-            ],
-        })  # fmt: skip
-
-    async def model_ready(request: Request) -> Response:
-        try:
-            _check_model(request.path_params["model"], request.path_params.get("version"))
-        except ShipwayError as exc:
-            return _v2_error(exc)
-        ok = service.readiness()["ready"]
-        return _json({"name": name, "ready": ok}, 200 if ok else 503)
-
-    async def infer(request: Request) -> Response:
-        try:
-            _check_model(request.path_params["model"], request.path_params.get("version"))
-            raw = await request.body()
-            head_len = request.headers.get("inference-header-content-length")
-            binary: memoryview | None = None
-            if head_len is not None:
-                try:
-                    k = int(head_len)
-                except ValueError:
-                    raise BadRequest("Inference-Header-Content-Length is not a number") from None
-                if not 0 < k <= len(raw):
-                    raise BadRequest("Inference-Header-Content-Length is outside the body")
-                binary = memoryview(raw)[k:]
-                raw = raw[:k]
-            try:
-                body = orjson.loads(raw)
-            except orjson.JSONDecodeError as exc:
-                raise BadRequest(f"the body is not valid JSON: {exc}") from None
-            if not isinstance(body, dict):
-                raise BadRequest("the body must be a JSON object")
-            records = _records(body, names, binary)
-            if len(records) > manifest.serving.max_batch_rows:
-                raise BadRequest(
-                    f"{len(records)} rows; this service takes at most "
-                    f"{manifest.serving.max_batch_rows} per request (serving.max_batch_rows)"
-                )
-            client = request.client.host if request.client else None
-            p = request.scope.get("state", {}).get("principal")
-            who = (p.key_id or p.name) if p is not None and p.kind != "dev" else None
-            service.admit(client, request.headers, who)
-        except ShipwayError as exc:
-            return _v2_error(exc)
-        try:
-            result = await service.predict_path.run_records(
-                records, False, client, request.headers, allow_partial=False
-            )
-        except ShipwayError as exc:
-            return _v2_error(exc)
-        finally:
-            service.release()
-        response: dict[str, Any] = {
-            "model_name": name,
-            "model_version": str(service.router.champion.version),
-            "outputs": _output_tensors(result["decisions"], manifest.output.kind, labels),
-        }
-        if body.get("id") is not None:
-            response["id"] = body["id"]
-        params = body.get("parameters") or {}
-        content, headers = _encode(
-            response, body.get("outputs"), bool(params.get("binary_data_output", False))
-        )
-        ctype = headers.pop("content-type")
-        return Response(content, media_type=ctype, headers=headers)
-
-    base = "/v2/models/{model}"
-    return [
-        Route("/v2", server_meta, methods=["GET"], name="v2_server"),
-        Route("/v2/health/live", live, methods=["GET"], name="v2_live"),
-        Route("/v2/health/ready", ready, methods=["GET"], name="v2_ready"),
-        Route(base, model_meta, methods=["GET"], name="v2_model"),
-        Route(base + "/versions/{version}", model_meta, methods=["GET"], name="v2_model_v"),
-        Route(base + "/ready", model_ready, methods=["GET"], name="v2_model_ready"),
-        Route(base + "/versions/{version}/ready", model_ready, methods=["GET"]),
-        Route(base + "/infer", infer, methods=["POST"], name="v2_infer"),
-        Route(base + "/versions/{version}/infer", infer, methods=["POST"], name="v2_infer_v"),
-    ]
+    if manifest.output.kind == "regression":
+        out_type = "FP64"
+    elif labels and all(isinstance(x, int) and not isinstance(x, bool) for x in labels):
+        out_type = "INT64"
+    else:
+        out_type = "BYTES"
+    return {
+        "name": service.name,
+        "versions": [str(m.version) for m in service.registry.list(service.name)],
+        "platform": "shipway",
+        "inputs": [{"name": f.name, "datatype": _FIELD_TYPE[f.type], "shape": [-1]}
+                   for f in manifest.contract.inputs],
+        "outputs": [
+            {"name": "output", "datatype": out_type, "shape": [-1]},
+            {"name": "confidence", "datatype": "FP64", "shape": [-1]},
+            {"name": "decision_id", "datatype": "BYTES", "shape": [-1]},
+            {"name": "route", "datatype": "BYTES", "shape": [-1]},
+            {"name": "model_version", "datatype": "INT64", "shape": [-1]},
+        ],
+    }
 
 
-__all__ = ["v2_routes"]
+@router.get("/v2/models/{model}")
+@router.get("/v2/models/{model}/versions/{version}")
+async def model_meta(request: Request, model: str, version: str | None = None) -> Response:
+    service = _service(request)
+    try:
+        check_model(service, model, version)
+    except ShipwayError as exc:
+        return v2_error(exc)
+    return _json(_model_meta(service))
+
+
+@router.get("/v2/models/{model}/ready")
+@router.get("/v2/models/{model}/versions/{version}/ready")
+async def model_ready(request: Request, model: str, version: str | None = None) -> Response:
+    service = _service(request)
+    try:
+        check_model(service, model, version)
+    except ShipwayError as exc:
+        return v2_error(exc)
+    ok = service.readiness()["ready"]
+    return _json({"name": service.name, "ready": ok}, 200 if ok else 503)
+
+
+__all__ = ["check_model", "records", "response", "router", "split_body", "v2_error"]

@@ -164,11 +164,28 @@ def _read_endpoint(path: Path) -> Any:
         raise fail(f"{path} is not a valid endpoint section: {' '.join(first[:3])}") from None
 
 
+#: The manifest as a positional argument, kept for compatibility beside -m/--manifest.
+ManifestPositional = Annotated[
+    Path | None,
+    typer.Argument(help="The manifest (or its folder); same as -m.", show_default=False),
+]
+ManifestOption = Annotated[
+    Path | None,
+    typer.Option("--manifest", "-m", help="The service's manifest (or its folder).",
+                 show_default="shipway.yaml"),
+]
+
+
+def _manifest_path(positional: Path | None, option: Path | None) -> Path:
+    if positional is not None and option is not None and positional != option:
+        raise fail(f"two manifests given ({positional} and -m {option}); give one")
+    return option or positional or Path("shipway.yaml")
+
+
 @app.command()
 def serve(
-    manifest: Annotated[Path, typer.Argument(help="The manifest (or its folder).")] = Path(
-        "shipway.yaml"
-    ),
+    manifest_arg: ManifestPositional = None,
+    manifest: ManifestOption = None,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
@@ -192,9 +209,10 @@ def serve(
     from shipway.api import create_app
     from shipway.service import Service
 
+    path = _manifest_path(manifest_arg, manifest)
     settings = Settings(dev_mode=True) if dev else Settings()
     try:
-        service = Service.open(manifest, settings)
+        service = Service.open(path, settings)
     except ShipwayError as exc:
         raise fail(exc.message) from None
     if settings.dev_mode:
@@ -242,9 +260,8 @@ def _parse_since(text: str | None) -> float | None:
 
 @decisions_app.command("export")
 def decisions_export(
-    manifest: Annotated[Path, typer.Argument(help="The manifest (or its folder).")] = Path(
-        "shipway.yaml"
-    ),
+    manifest_arg: ManifestPositional = None,
+    manifest: ManifestOption = None,
     fmt: Annotated[str, typer.Option("--format", help="jsonl or csv.")] = "jsonl",
     since: Annotated[
         str | None,
@@ -256,19 +273,16 @@ def decisions_export(
 ) -> None:
     """Write every logged decision of the service, oldest first."""
     from shipway.decisions import iter_decisions
-    from shipway.manifest import load_manifest
-    from shipway.store.location import Location, open_service_store
+    from shipway.parts import ServiceParts
 
     if fmt not in ("jsonl", "csv"):
         raise fail(f"--format must be jsonl or csv, not {fmt!r}")
     ts_since = _parse_since(since)
     try:
-        m = load_manifest(manifest)
-        mpath = manifest if manifest.is_file() else manifest / "shipway.yaml"
-        location = Location.of(m, mpath.resolve(), Settings())
-        store = open_service_store(location, m)
+        parts = ServiceParts.open(_manifest_path(manifest_arg, manifest), Settings())
     except ShipwayError as exc:
         raise fail(exc.message) from None
+    m, store = parts.manifest, parts.store
     stream = open(output, "w", newline="", encoding="utf-8") if output else sys.stdout  # noqa: SIM115
     count = 0
     try:
@@ -306,7 +320,7 @@ def decisions_export(
     finally:
         if output:
             stream.close()
-        store.close()
+        parts.close()
     console.print(f"exported {count} decisions", style="dim")
 
 

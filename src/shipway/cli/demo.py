@@ -213,17 +213,13 @@ def run_demo(*, duration: float | None, port: int, workdir: Path | None, console
         f"inputs; model v{res.version} registered; holdout {scores}"
     )
     # Production-like: authentication on, a real secret, a key per use.
-    from shipway.govern.keys import Keys
-    from shipway.store.location import open_manifest
+    from shipway.parts import ServiceParts
 
-    _m, _loc, store = open_manifest(res.manifest_path, settings)
-    try:
-        keys = Keys(store.engine)
+    with ServiceParts.open(res.manifest_path, settings) as parts:
+        keys = parts.keys
         _info, traffic_key = keys.create(name="demo-traffic", role="predictor", actor="demo")
         _info, viewer_key = keys.create(name="demo-viewer", role="viewer", actor="demo")
         _info, operator_key = keys.create(name="demo-operator", role="operator", actor="demo")
-    finally:
-        store.close()
     console.print(
         "   API keys: demo-traffic (predictor), demo-viewer (viewer), demo-operator (operator)"
     )
@@ -255,7 +251,9 @@ def run_demo(*, duration: float | None, port: int, workdir: Path | None, console
             ("/v1/service", "the service, its model and contract"),
         ]:
             console.print(f"  {base}{path}  {what}")
-        console.print(f"Export the log: shipway decisions export {res.manifest_path} --format csv")
+        console.print(
+            f"Export the log: shipway decisions export -m {res.manifest_path} --format csv"
+        )
         if duration is None:
             console.print("Serving until Ctrl-C.")
             with contextlib.suppress(KeyboardInterrupt):
@@ -295,16 +293,11 @@ def _monitor_summary(base: str, key: str, console: Console) -> None:
 
 def _decisions(manifest_path: Path) -> Any:
     from shipway.decisions import iter_decisions
-    from shipway.manifest import load_manifest
+    from shipway.parts import ServiceParts
     from shipway.settings import Settings
-    from shipway.store.location import Location, open_service_store
 
-    m = load_manifest(manifest_path)
-    store = open_service_store(Location.of(m, manifest_path.resolve(), Settings(database_url=None)))
-    try:
-        yield from iter_decisions(store.engine, service=m.service.name)
-    finally:
-        store.close()
+    with ServiceParts.open(manifest_path, Settings(database_url=None)) as parts:
+        yield from iter_decisions(parts.store.engine, service=parts.name)
 
 
 __all__ = ["build_pilot", "run_demo"]

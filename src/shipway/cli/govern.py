@@ -49,13 +49,12 @@ def keys_create(
     reason: Annotated[str, typer.Option(help="Why (kept in the audit log).")] = "",
 ) -> None:
     """Create an API key and print it ONCE; only its hash is stored."""
-    from shipway.govern.keys import Keys
     from shipway.manifest import parse_duration
 
-    with _opened(manifest) as (_m, store):
-        actor = cli_principal(store, Settings(), ADMIN, "keys create").name
+    with _opened(manifest) as parts:
+        actor = cli_principal(parts.store, Settings(), ADMIN, "keys create").name
         life = parse_duration(expires) if expires else None
-        info, secret = Keys(store.engine).create(
+        info, secret = parts.keys.create(
             name=name, role=role, actor=actor, expires_in=life, reason=reason
         )
     err.print(f"Created key [bold]{info.id}[/] for {name!r} with role {role}"
@@ -70,10 +69,8 @@ def keys_list(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """API keys without their secrets."""
-    from shipway.govern.keys import Keys
-
-    with _opened(manifest) as (_m, store):
-        keys = Keys(store.engine).list()
+    with _opened(manifest) as parts:
+        keys = parts.keys.list()
     if as_json:
         print(orjson.dumps([k.to_dict() for k in keys]).decode())
         return
@@ -94,11 +91,9 @@ def keys_revoke(
     reason: Annotated[str, typer.Option(help="Why (kept in the audit log).")] = "",
 ) -> None:
     """Revoke a key: running servers refuse it within a quarter of a second."""
-    from shipway.govern.keys import Keys
-
-    with _opened(manifest) as (_m, store):
-        actor = cli_principal(store, Settings(), ADMIN, "keys revoke").name
-        Keys(store.engine).revoke(key_id, actor=actor, reason=reason)
+    with _opened(manifest) as parts:
+        actor = cli_principal(parts.store, Settings(), ADMIN, "keys revoke").name
+        parts.keys.revoke(key_id, actor=actor, reason=reason)
     out.print(f"Revoked key {key_id}")
 
 
@@ -109,11 +104,9 @@ def keys_rotate(
     reason: Annotated[str, typer.Option(help="Why (kept in the audit log).")] = "",
 ) -> None:
     """Replace a key with a new one (same name, role, lifetime); the old one is revoked."""
-    from shipway.govern.keys import Keys
-
-    with _opened(manifest) as (_m, store):
-        actor = cli_principal(store, Settings(), ADMIN, "keys rotate").name
-        info, secret = Keys(store.engine).rotate(key_id, actor=actor, reason=reason)
+    with _opened(manifest) as parts:
+        actor = cli_principal(parts.store, Settings(), ADMIN, "keys rotate").name
+        info, secret = parts.keys.rotate(key_id, actor=actor, reason=reason)
     err.print(f"Key {key_id} revoked; new key [bold]{info.id}[/], shown once:")
     print(secret)
 
@@ -130,8 +123,8 @@ def audit_list(
     """The newest audit events: who did what, to what, when and why."""
     from shipway.govern import audit
 
-    with _opened(manifest) as (_m, store):
-        events = list(reversed(audit.events(store.engine, limit=limit, newest_first=True)))
+    with _opened(manifest) as parts:
+        events = list(reversed(audit.events(parts.store.engine, limit=limit, newest_first=True)))
     if as_json:
         for e in events:
             print(orjson.dumps(e).decode())
@@ -150,8 +143,8 @@ def audit_verify(manifest: ManifestArg = Path("shipway.yaml")) -> None:
     """Check the whole hash chain; exit 1 naming the first broken link."""
     from shipway.govern import audit
 
-    with _opened(manifest) as (_m, store):
-        res = audit.verify(store.engine)
+    with _opened(manifest) as parts:
+        res = audit.verify(parts.store.engine)
     if res.ok:
         out.print(f"[green]audit chain intact[/]: {res.checked} events")
         return
@@ -172,14 +165,15 @@ def audit_checkpoint(
     from shipway.govern import audit
 
     settings = Settings()
-    with _opened(manifest) as (_m, store):
-        cli_principal(store, settings, READ, "audit checkpoint")
+    with _opened(manifest) as parts:
+        engine = parts.store.engine
+        cli_principal(parts.store, settings, READ, "audit checkpoint")
         key = settings.secret()
         if check is None:
-            print(json.dumps(audit.checkpoint(store.engine, key)))
+            print(json.dumps(audit.checkpoint(engine, key)))
             return
         cp = json.loads(check.read_text())
-        if audit.check_checkpoint(store.engine, key, cp):
+        if audit.check_checkpoint(engine, key, cp):
             out.print(f"[green]checkpoint valid[/]: event {cp['seq']} is in the chain unchanged")
             return
     err.print("[bold red]checkpoint does not match[/]: wrong secret, or the chain was rewritten")
@@ -194,12 +188,10 @@ def stop(
     manifest: ManifestArg = Path("shipway.yaml"),
 ) -> None:
     """Stop calling models at once: every request gets the manifest's safe behaviour."""
-    from shipway.lifecycle.rollout import Rollout
-
-    with _opened(manifest) as (m, store):
-        actor = cli_principal(store, Settings(), APPROVE, "stop").name
-        Rollout(store, m).stop(actor=actor, reason=reason)
-    out.print(f"[bold red]Stopped[/] {m.service.name}: running servers stop calling models "
+    with _opened(manifest) as parts:
+        actor = cli_principal(parts.store, Settings(), APPROVE, "stop").name
+        parts.rollout.stop(actor=actor, reason=reason)
+    out.print(f"[bold red]Stopped[/] {parts.name}: running servers stop calling models "
               "within a second. Undo with 'shipway resume'.")  # fmt: skip
 
 
@@ -208,22 +200,18 @@ def resume(
     reason: Annotated[str, typer.Option("--reason", help="Why (audited).")] = "",
 ) -> None:
     """Undo 'shipway stop': models answer again."""
-    from shipway.lifecycle.rollout import Rollout
-
-    with _opened(manifest) as (m, store):
-        actor = cli_principal(store, Settings(), APPROVE, "resume").name
-        Rollout(store, m).resume(actor=actor, reason=reason)
-    out.print(f"[green]Resumed[/] {m.service.name}")
+    with _opened(manifest) as parts:
+        actor = cli_principal(parts.store, Settings(), APPROVE, "resume").name
+        parts.rollout.resume(actor=actor, reason=reason)
+    out.print(f"[green]Resumed[/] {parts.name}")
 
 
 @retention_app.command("purge")
 def retention_purge(manifest: ManifestArg = Path("shipway.yaml")) -> None:
     """Delete decisions older than the manifest's retention now (serve also does it hourly)."""
-    from shipway.govern.retention import purge
-
-    with _opened(manifest) as (m, store):
-        actor = cli_principal(store, Settings(), OPERATE, "retention purge").name
-        res = purge(store.engine, m.service.name, m.retention, actor=actor)
+    with _opened(manifest) as parts:
+        actor = cli_principal(parts.store, Settings(), OPERATE, "retention purge").name
+        res = parts.purge(actor)
     if not res["older_than"]:
         out.print("No retention is set in the manifest (retention.decisions); nothing removed.")
         return

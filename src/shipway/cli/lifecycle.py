@@ -10,7 +10,7 @@ import contextlib
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import orjson
 import typer
@@ -21,6 +21,9 @@ from shipway.cli.access import cli_principal
 from shipway.errors import ShipwayError
 from shipway.govern.roles import APPROVE, OPERATE
 from shipway.settings import Settings
+
+if TYPE_CHECKING:
+    from shipway.parts import ServiceParts
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -38,21 +41,22 @@ Force = Annotated[
 
 
 @contextlib.contextmanager
-def _opened(manifest: Path) -> Iterator[Any]:
-    from shipway.store.location import open_manifest
+def _opened(manifest: Path) -> Iterator[ServiceParts]:
+    """The service's parts (no model loaded); a ShipwayError becomes a clear exit 1."""
+    from shipway.parts import ServiceParts
 
     try:
-        m, _loc, store = open_manifest(manifest, Settings())
+        parts = ServiceParts.open(manifest, Settings())
     except ShipwayError as exc:
         err.print(f"[bold red]error:[/] {exc.message}", highlight=False)
         raise typer.Exit(1) from None
     try:
-        yield m, store
+        yield parts
     except ShipwayError as exc:
         err.print(f"[bold red]error:[/] {exc.message}", highlight=False)
         raise typer.Exit(1) from None
     finally:
-        store.close()
+        parts.close()
 
 
 def when(ts: float | None, suffix: str = " UTC") -> str:
@@ -100,10 +104,11 @@ def register(models_app: typer.Typer, rollout_app: typer.Typer) -> None:
         from shipway.lifecycle.versions import add_version
 
         settings = Settings()
-        with _opened(manifest) as (m, store):
-            actor = cli_principal(store, settings, OPERATE, "models add").name
+        with _opened(manifest) as parts:
+            actor = cli_principal(parts.store, settings, OPERATE, "models add").name
             with err.status("Scoring the new version and the champion on the holdout..."):
-                res = add_version(store, m, model=model, data=data, note=note, actor=actor)
+                res = add_version(parts.store, parts.manifest, model=model, data=data, note=note,
+                                  actor=actor)
             out.print(
                 f"[green]Registered[/] version {res.version.version} "
                 f"({res.version.flavor}, {res.version.uri})"
@@ -122,12 +127,9 @@ def register(models_app: typer.Typer, rollout_app: typer.Typer) -> None:
         as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     ) -> None:
         """Registered versions with their roles, gate result and holdout metrics."""
-        from shipway.lifecycle.rollout import Rollout
-        from shipway.models import Registry
-
-        with _opened(manifest) as (m, store):
-            st = Rollout(store, m).state()
-            versions = Registry(store).list(m.service.name)
+        with _opened(manifest) as parts:
+            st = parts.rollout.state()
+            versions = parts.registry.list(parts.name)
             if as_json:
                 rows = []
                 for v in versions:
@@ -136,7 +138,7 @@ def register(models_app: typer.Typer, rollout_app: typer.Typer) -> None:
                     rows.append(d)
                 print(orjson.dumps({"state": st.to_dict(), "models": rows}).decode())
                 return
-            t = Table(title=f"models of {m.service.name}")
+            t = Table(title=f"models of {parts.name}")
             for col in ("version", "role", "flavor", "gate", "holdout", "added", "by", "note"):
                 t.add_column(col)
             for v in versions:
@@ -162,11 +164,9 @@ def register(models_app: typer.Typer, rollout_app: typer.Typer) -> None:
             out.print(t)
 
     def _move(manifest: Path, fn: Any, permission: str = OPERATE, what: str = "") -> Any:
-        from shipway.lifecycle.rollout import Rollout
-
-        with _opened(manifest) as (m, store):
-            actor = cli_principal(store, Settings(), permission, what or "this move").name
-            result = fn(Rollout(store, m), actor)
+        with _opened(manifest) as parts:
+            actor = cli_principal(parts.store, Settings(), permission, what or "this move").name
+            result = fn(parts.rollout, actor)
             st = result[0] if isinstance(result, tuple) else result
             _print_state(st)
             return result
@@ -252,10 +252,8 @@ def register(models_app: typer.Typer, rollout_app: typer.Typer) -> None:
         as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     ) -> None:
         """The plan, the canary's step checks, and each shadow's agreement with the champion."""
-        from shipway.lifecycle.rollout import Rollout
-
-        with _opened(manifest) as (m, store):
-            r = Rollout(store, m)
+        with _opened(manifest) as parts:
+            r = parts.rollout
             st = r.state()
             rep = r.canary_report(st) if st.canary is not None else None
             shadows = [r.agreement(v) for v in st.shadows]
@@ -302,13 +300,11 @@ def register(models_app: typer.Typer, rollout_app: typer.Typer) -> None:
         limit: Annotated[int, typer.Option(help="Most recent moves to show.")] = 50,
     ) -> None:
         """Every rollout move: who, when, why, and the plan after it."""
-        from shipway.lifecycle.rollout import Rollout
-
-        with _opened(manifest) as (m, store):
-            t = Table(title=f"rollout history of {m.service.name}")
+        with _opened(manifest) as parts:
+            t = Table(title=f"rollout history of {parts.name}")
             for col in ("when", "who", "move", "why", "champion", "canary", "shadows"):
                 t.add_column(col)
-            for e in Rollout(store, m).history(limit):
+            for e in parts.rollout.history(limit):
                 a = e["after"]
                 canary = f"v{a['canary']} {a['canary_percent']:g}%" if a.get("canary") else ""
                 t.add_row(

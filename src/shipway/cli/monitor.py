@@ -19,23 +19,15 @@ monitor_app = typer.Typer(help="Drift, performance and operations over windows o
                           no_args_is_help=True)  # fmt: skip
 alerts_app = typer.Typer(help="Alert firings and resolutions.", no_args_is_help=True)
 feedback_app = typer.Typer(help="Ground-truth labels for logged decisions.", no_args_is_help=True)
+outbox_app = typer.Typer(help="Notifications waiting, sent and failed (webhooks).",
+                         no_args_is_help=True)
 
 
 def register(app: typer.Typer) -> None:
     app.add_typer(monitor_app, name="monitor")
     app.add_typer(alerts_app, name="alerts")
     app.add_typer(feedback_app, name="feedback")
-
-
-def _monitor(m: Any, store: Any) -> Any:
-    from shipway.lifecycle.rollout import Rollout, alert_actions
-    from shipway.monitor.engine import Monitor
-    from shipway.review.queue import ReviewQueue
-
-    rollout = Rollout(store, m)
-    queue = ReviewQueue(store.engine, m.service.name, m.review, m.output)
-    return Monitor(store, m, champion=lambda: rollout.state().champion,
-                   actions={**alert_actions(rollout), "review": queue.alert_action})  # fmt: skip
+    app.add_typer(outbox_app, name="outbox")
 
 
 def _f(v: Any, digits: int = 4) -> str:
@@ -92,10 +84,13 @@ def monitor_run(
     manifest: ManifestArg = Path("shipway.yaml"),
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Compute one window now, store it, evaluate alert rules and act on them."""
-    with _opened(manifest) as (m, store):
-        cli_principal(store, Settings(), OPERATE, "monitor run")
-        result = _monitor(m, store).run()
+    """Compute one window now, store it, evaluate alert rules and act on them.
+
+    Notifications are queued in the outbox; a running server delivers them (or run
+    'shipway outbox deliver')."""
+    with _opened(manifest) as parts:
+        cli_principal(parts.store, Settings(), OPERATE, "monitor run")
+        result = parts.monitor.run()
     if as_json:
         print(orjson.dumps(result, option=orjson.OPT_NON_STR_KEYS).decode())
     else:
@@ -108,8 +103,8 @@ def monitor_report(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """The latest stored window, readable (or --json)."""
-    with _opened(manifest) as (m, store):
-        rows = _monitor(m, store).latest(1)
+    with _opened(manifest) as parts:
+        rows = parts.monitor.latest(1)
     if not rows:
         out.print("The monitor has not run yet: shipway monitor run")
         raise typer.Exit(1)
@@ -126,19 +121,19 @@ def alerts_list(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
 ) -> None:
     """Every firing and resolution, with what each action did."""
-    with _opened(manifest) as (m, store):
-        events = _monitor(m, store).alerts.events(limit)
+    with _opened(manifest) as parts:
+        events = parts.monitor.alerts.events(limit)
     if as_json:
         for e in reversed(events):
             print(orjson.dumps(e, option=orjson.OPT_NON_STR_KEYS).decode())
         return
-    t = Table(title=f"alerts of {m.service.name}")
+    t = Table(title=f"alerts of {parts.name}")
     for col in ("time (UTC)", "rule", "status", "actions"):
         t.add_column(col)
     for e in reversed(events):
         acts = "; ".join(
             a["action"] + (": " + str(a["result"]) if "result" in a else
-                           ": " + ", ".join("delivered" if d["delivered"] else "FAILED"
+                           ": " + ", ".join(f"{d['to']} {d['status']}"
                                             for d in a.get("deliveries", [])))
             for a in e["detail"].get("actions", [])
         )  # fmt: skip
@@ -152,12 +147,45 @@ def feedback_import(
     manifest: ManifestArg = Path("shipway.yaml"),
 ) -> None:
     """Attach delayed ground truth to logged decisions (joined on the decision id)."""
-    from shipway.monitor.feedback import read_feedback_file, record_feedback
+    from shipway.decisions.labels import read_file
 
-    with _opened(manifest) as (m, store):
-        actor = cli_principal(store, Settings(), PREDICT, "feedback import").name
-        items = read_feedback_file(file)
-        stored = record_feedback(store.engine, m.service.name, m.output, items, actor=actor,
-                                 source="file")  # fmt: skip
+    with _opened(manifest) as parts:
+        actor = cli_principal(parts.store, Settings(), PREDICT, "feedback import").name
+        stored = parts.record_feedback(read_file(file), actor=actor, source="file")
     revised = sum(1 for s in stored if s["revision"] > 1)
     out.print(f"stored {len(stored)} labels ({revised} revisions of earlier labels)")
+
+
+@outbox_app.command("list")
+def outbox_list(
+    manifest: ManifestArg = Path("shipway.yaml"),
+    status: Annotated[
+        str | None, typer.Option(help="Only pending, delivered or failed messages.")
+    ] = None,
+    limit: Annotated[int, typer.Option(help="Newest messages to show.")] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
+) -> None:
+    """Notifications with their delivery: attempts, outcome, last error."""
+    with _opened(manifest) as parts:
+        msgs = parts.outbox.messages(limit=limit, status=status)
+    if as_json:
+        for msg in reversed(msgs):
+            print(orjson.dumps(msg, option=orjson.OPT_NON_STR_KEYS).decode())
+        return
+    t = Table(title=f"notifications of {parts.name}")
+    for col in ("id", "queued (UTC)", "topic", "to", "status", "attempts", "last error"):
+        t.add_column(col)
+    for msg in reversed(msgs):
+        t.add_row(str(msg["id"]), when(msg["created_at"], ""), msg["topic"], msg["url"],
+                  msg["status"], str(msg["attempts"]), msg["last_error"] or "")
+    out.print(t)
+
+
+@outbox_app.command("deliver")
+def outbox_deliver(manifest: ManifestArg = Path("shipway.yaml")) -> None:
+    """Deliver the notifications that are due now (a running server does this by itself)."""
+    with _opened(manifest) as parts:
+        cli_principal(parts.store, Settings(), OPERATE, "outbox deliver")
+        n = parts.outbox.deliver_due()
+        pending, _oldest = parts.outbox.backlog()
+    out.print(f"{n} delivery attempts made; {pending} notifications still pending")

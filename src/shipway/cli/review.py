@@ -32,12 +32,10 @@ def review(
     against the output spec); escalate sends it to the escalated queue. Every outcome becomes
     a feedback label (approve, override) and an audit event.
     """
-    from shipway.review.queue import ReviewQueue
-
     done = 0
-    with _opened(manifest) as (m, store):
-        reviewer = cli_principal(store, Settings(), REVIEW, "review").name
-        q = ReviewQueue(store.engine, m.service.name, m.review, m.output)
+    with _opened(manifest) as parts:
+        reviewer = cli_principal(parts.store, Settings(), REVIEW, "review").name
+        q = parts.review
         while limit == 0 or done < limit:
             item = q.claim(reviewer, queue)
             if item is None:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from sqlalchemy import Engine, delete
+from sqlalchemy import Engine
 
+from shipway.decisions import queries
 from shipway.govern import audit
-from shipway.manifest import RetentionSpec, parse_duration
-from shipway.store.tables import decisions, shadow_decisions
+from shipway.manifest import RetentionSpec
 
 
 def purge(
@@ -17,21 +17,16 @@ def purge(
 ) -> dict[str, Any]:
     """Delete what is past retention, in one transaction with its audit event."""
     now = time.time() if now is None else now
-    removed: dict[str, int] = {}
     cutoffs: dict[str, float] = {}
+    if spec.decisions is not None:
+        cutoffs["decisions"] = now - spec.decisions.seconds
+    if spec.shadow_decisions is not None:
+        cutoffs["shadow_decisions"] = now - spec.shadow_decisions.seconds
     with engine.begin() as conn:
-        for name, table, age in (
-            ("decisions", decisions, spec.decisions),
-            ("shadow_decisions", shadow_decisions, spec.shadow_decisions),
-        ):
-            if age is None:
-                continue
-            cutoff = now - parse_duration(age)
-            cutoffs[name] = cutoff
-            res = conn.execute(
-                delete(table).where(table.c.service == service, table.c.ts < cutoff)
-            )
-            removed[name] = int(res.rowcount or 0)
+        removed = queries.purge(
+            conn, service, decisions_before=cutoffs.get("decisions"),
+            shadows_before=cutoffs.get("shadow_decisions"),
+        )
         if cutoffs:
             audit.append(
                 conn, actor=actor, action="retention.purge", target=f"service:{service}",

@@ -153,7 +153,8 @@ def init_service(
     model_file: Path | None = None
     if model.startswith("python:"):
         predictor: Predictor = FunctionPredictor(import_callable(model), names)
-        flavor, params = "python", {}
+        params: dict[str, Any] = {}
+        flavor = "python"
     elif model.startswith(("http://", "https://")):
         from shipway.models.endpoints import endpoint_predictor
 

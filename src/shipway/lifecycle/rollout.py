@@ -18,14 +18,15 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import insert, select, update
 
+from shipway.decisions import queries
 from shipway.errors import Conflict, GateFailed, InputError, NotFound
 from shipway.govern import audit
 from shipway.manifest import Manifest
 from shipway.models import ModelVersion, Registry
 from shipway.store import Store
-from shipway.store.tables import decisions, rollout_events, rollout_state, shadow_decisions
+from shipway.store.tables import rollout_events, rollout_state
 
 
 @dataclass(frozen=True)
@@ -138,18 +139,8 @@ class Rollout:
 
     def agreement(self, version: int, limit: int = 50_000) -> dict[str, Any]:
         """How often a shadow version agreed with the answer the caller got."""
-        j = shadow_decisions.join(decisions, decisions.c.id == shadow_decisions.c.decision_id)
-        q = (
-            select(decisions.c.output, shadow_decisions.c.output, shadow_decisions.c.error)
-            .select_from(j)
-            .where(shadow_decisions.c.service == self.service,
-                   shadow_decisions.c.model_version == version)
-            .order_by(shadow_decisions.c.seq.desc())
-            .limit(limit)
-        )  # fmt: skip
-        with self.store.engine.connect() as conn:
-            rows = conn.execute(q).all()
-        answered = [(a, b) for a, b, err in rows if err is None and b is not None]
+        rows = queries.shadow_pairs(self.store.engine, self.service, version, limit)
+        answered = [(p.served, p.shadow) for p in rows if p.error is None and p.shadow is not None]
         out: dict[str, Any] = {
             "version": version,
             "shadowed": len(rows),
@@ -162,9 +153,7 @@ class Rollout:
         if self.manifest.output.kind == "classification":
             out["agreement"] = sum(a == b for a, b in answered) / len(answered)
         else:
-            import orjson
-
-            diffs = [abs(float(orjson.loads(a)) - float(orjson.loads(b))) for a, b in answered]
+            diffs = [abs(float(a) - float(b)) for a, b in answered]
             out["agreement"] = None
             out["mean_abs_diff"] = float(np.mean(diffs))
         return out
@@ -175,25 +164,12 @@ class Rollout:
         if state.canary is None:
             rep.checks.append(Check("canary", False, "no canary is running"))
             return rep
-        since = state.canary_since or 0.0
-        with self.store.engine.connect() as conn:
-            base = (
-                decisions.c.service == self.service,
-                decisions.c.model_version == state.canary,
-                decisions.c.route == "canary",
-                decisions.c.ts >= since,
-            )
-            rep.requests = int(conn.execute(select(func.count()).where(*base)).scalar() or 0)
-            rep.errors = int(
-                conn.execute(
-                    select(func.count()).where(*base, decisions.c.error.is_not(None))
-                ).scalar()
-                or 0
-            )
-            lat = conn.execute(
-                select(decisions.c.latency_ms).where(*base).order_by(decisions.c.ts.desc())
-                .limit(100_000)
-            ).scalars().all()  # fmt: skip
+        figures = queries.canary_figures(
+            self.store.engine, self.service, state.canary, state.canary_since or 0.0
+        )
+        rep.requests = figures.requests
+        rep.errors = figures.errors
+        lat = figures.latencies_ms
         if rep.requests:
             rep.error_rate = rep.errors / rep.requests
         if lat:

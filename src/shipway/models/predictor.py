@@ -182,7 +182,7 @@ def import_callable(ref: str) -> Callable[..., Any]:
             raise ModelError(f"module {mod_name!r} has no attribute {attr!r}")
     if not callable(fn):
         raise ModelError(f"{ref!r} is not callable")
-    return fn  # type: ignore[return-value]
+    return fn
 
 
 def load_sklearn_bytes(data: bytes) -> Any:

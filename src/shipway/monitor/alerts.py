@@ -1,53 +1,31 @@
 """Alert rules: evaluated each window, fired after ``for`` consecutive windows, resolved when
 the condition clears, each transition exactly once (the state is stored), and acted on.
 
-Actions: ``notify`` (a JSON POST to every webhook, retried with exponential backoff, every
-attempt recorded, and a log line), ``rollback`` and ``pause_canary`` (through the rollout
-machinery the service hands in), ``review`` (a batch of recent decisions queued for people),
-and ``retrain`` (recorded as requested until retraining exists). Firings, resolutions and
-what each action did are stored in ``alert_events`` and shown by ``shipway alerts list``.
+Actions: ``notify`` (a JSON message to every webhook, queued in the notification outbox in the
+same transaction as the firing, and delivered by the outbox worker with retries), ``rollback``
+and ``pause_canary`` (through the rollout machinery the service hands in), ``review`` (a batch
+of recent decisions queued for people), and ``retrain`` (recorded as requested until
+retraining exists). Firings, resolutions and what each action did are stored in
+``alert_events`` and shown by ``shipway alerts list``, with each notification's delivery.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import random
 import time
 from collections.abc import Callable
 from typing import Any
 
-import httpx
 import orjson
-from sqlalchemy import Engine, desc, insert, select, update
+from sqlalchemy import Connection, Engine, desc, insert, select, update
 
 from shipway.expr import Expression
-from shipway.manifest import MonitorSpec, WebhookSpec
+from shipway.manifest import MonitorSpec
+from shipway.notify import Outbox, host_of
+from shipway.notify.outbox import enqueue_all
 from shipway.store.tables import alert_events, alert_state
 
 log = logging.getLogger("shipway.alerts")
-
-
-def deliver(hook: WebhookSpec, payload: dict[str, Any]) -> dict[str, Any]:
-    """POST ``payload``; retry connection errors, 429 and 5xx with jittered backoff."""
-    headers = {"content-type": "application/json"}
-    for k, v in hook.headers.items():
-        headers[k] = os.environ.get(v[4:], "") if v.startswith("env:") else v
-    attempts: list[str] = []
-    body = orjson.dumps(payload)
-    for i in range(hook.attempts):
-        try:
-            r = httpx.post(hook.url, content=body, headers=headers, timeout=hook.timeout_s)
-            attempts.append(f"HTTP {r.status_code}")
-            if r.status_code < 400:
-                return {"url": hook.url, "delivered": True, "attempts": attempts}
-            if r.status_code != 429 and r.status_code < 500:
-                break
-        except httpx.HTTPError as exc:
-            attempts.append(f"{type(exc).__name__}")
-        if i < hook.attempts - 1:
-            time.sleep(random.uniform(0, min(8.0, 0.25 * 2**i)))
-    return {"url": hook.url, "delivered": False, "attempts": attempts}
 
 
 class AlertBook:
@@ -57,47 +35,47 @@ class AlertBook:
         service: str,
         spec: MonitorSpec,
         actions: dict[str, Callable[[str], str]],
-        notify: Callable[[WebhookSpec, dict[str, Any]], dict[str, Any]] = deliver,
     ) -> None:
         self.engine = engine
         self.service = service
         self.spec = spec
         self.rules = [(r, Expression(r.when)) for r in spec.alerts]
         self.actions = actions
-        self.notify = notify
 
     def _state(self, rule: str) -> tuple[int, bool, float | None] | None:
         with self.engine.connect() as conn:
             row = conn.execute(
                 select(alert_state.c.consecutive, alert_state.c.firing, alert_state.c.since)
                 .where(alert_state.c.service == self.service, alert_state.c.rule == rule)
-            ).first()  # fmt: skip
+            ).first()
         return None if row is None else (int(row[0]), bool(row[1]), row[2])
 
-    def _save(self, rule: str, consecutive: int, firing: bool, since: float | None, new: bool
-              ) -> None:  # fmt: skip
-        with self.engine.begin() as conn:
-            values = {"consecutive": consecutive, "firing": firing, "since": since}
-            if new:
-                conn.execute(insert(alert_state).values(service=self.service, rule=rule, **values))
-            else:
-                conn.execute(update(alert_state).where(
-                    alert_state.c.service == self.service, alert_state.c.rule == rule
-                ).values(**values))  # fmt: skip
+    def _save(self, conn: Connection, rule: str, consecutive: int, firing: bool,
+              since: float | None, new: bool) -> None:
+        values = {"consecutive": consecutive, "firing": firing, "since": since}
+        if new:
+            conn.execute(insert(alert_state).values(service=self.service, rule=rule, **values))
+        else:
+            conn.execute(update(alert_state).where(
+                alert_state.c.service == self.service, alert_state.c.rule == rule
+            ).values(**values))
 
-    def _record(self, rule: str, status: str, detail: dict[str, Any]) -> None:
-        with self.engine.begin() as conn:
-            conn.execute(insert(alert_events).values(
-                service=self.service, rule=rule, status=status, ts=time.time(),
-                detail=orjson.dumps(detail, option=orjson.OPT_NON_STR_KEYS).decode(),
-            ))  # fmt: skip
+    def _record(self, conn: Connection, rule: str, status: str, detail: dict[str, Any]) -> None:
+        conn.execute(insert(alert_events).values(
+            service=self.service, rule=rule, status=status, ts=time.time(),
+            detail=orjson.dumps(detail, option=orjson.OPT_NON_STR_KEYS).decode(),
+        ))
+
+    def _notify(self, conn: Connection, payload: dict[str, Any]) -> dict[str, Any]:
+        ids = enqueue_all(conn, self.service, "alert", self.spec.webhooks, payload)
+        return {"action": "notify", "queued": ids}
 
     def _payload(self, rule: Any, status: str, ctx: dict[str, Any], result: dict[str, Any]
-                 ) -> dict[str, Any]:  # fmt: skip
+                 ) -> dict[str, Any]:
         figures = {k: v for k, v in ctx.items() if k != "drift"}
         return {"service": self.service, "rule": rule.name, "status": status, "when": rule.when,
                 "window_start": result.get("window_start"), "window_end": result.get("window_end"),
-                "figures": figures, "ts": time.time()}  # fmt: skip
+                "figures": figures, "ts": time.time()}
 
     def evaluate(self, ctx: dict[str, Any], result: dict[str, Any]) -> list[dict[str, Any]]:
         """Advance every rule by one window; returns the transitions (fired or resolved)."""
@@ -109,40 +87,44 @@ class AlertBook:
             consecutive = consecutive + 1 if holds else 0
             if holds and not firing and consecutive >= rule.for_:
                 payload = self._payload(rule, "firing", ctx, result)
-                done = self._act(rule, payload)
-                self._save(rule.name, consecutive, True, time.time(), st is None)
-                self._record(rule.name, "firing", {**payload, "actions": done})
+                done = self._act(rule)
+                with self.engine.begin() as conn:
+                    if "notify" in rule.do:
+                        done.insert(rule.do.index("notify"), self._notify(conn, payload))
+                    self._save(conn, rule.name, consecutive, True, time.time(), st is None)
+                    self._record(conn, rule.name, "firing", {**payload, "actions": done})
                 log.warning("alert %s firing: %s", rule.name, rule.when)
                 out.append({"rule": rule.name, "status": "firing", "actions": done})
             elif not holds and firing:
                 payload = self._payload(rule, "resolved", ctx, result)
-                done = []
-                if "notify" in rule.do:
-                    done = [{"action": "notify", "deliveries": [self.notify(h, payload)
-                                                                for h in self.spec.webhooks]}]
-                self._save(rule.name, 0, False, None, st is None)
-                self._record(rule.name, "resolved", {**payload, "actions": done})
+                with self.engine.begin() as conn:
+                    done = [self._notify(conn, payload)] if "notify" in rule.do else []
+                    self._save(conn, rule.name, 0, False, None, st is None)
+                    self._record(conn, rule.name, "resolved", {**payload, "actions": done})
                 log.warning("alert %s resolved", rule.name)
                 out.append({"rule": rule.name, "status": "resolved", "actions": done})
             else:
-                self._save(rule.name, consecutive, firing, since, st is None)
+                with self.engine.begin() as conn:
+                    self._save(conn, rule.name, consecutive, firing, since, st is None)
         return out
 
     def raise_event(self, rule: str, detail: dict[str, Any]) -> None:
         """A one-off alert raised by another part (a review SLA breach): recorded, notified."""
-        payload = {"service": self.service, "rule": rule, "status": "firing", "ts": time.time(),
-                   **detail}  # fmt: skip
-        deliveries = [self.notify(h, payload) for h in self.spec.webhooks]
-        self._record(rule, "firing", {**payload, "actions": [
-            {"action": "notify", "deliveries": deliveries}]})  # fmt: skip
+        with self.engine.begin() as conn:
+            self.raise_in(conn, rule, detail)
         log.warning("alert %s: %s", rule, detail.get("summary", ""))
 
-    def _act(self, rule: Any, payload: dict[str, Any]) -> list[dict[str, Any]]:
+    def raise_in(self, conn: Connection, rule: str, detail: dict[str, Any]) -> None:
+        """:meth:`raise_event` in the caller's transaction."""
+        payload = {"service": self.service, "rule": rule, "status": "firing", "ts": time.time(),
+                   **detail}
+        self._record(conn, rule, "firing", {**payload, "actions": [self._notify(conn, payload)]})
+
+    def _act(self, rule: Any) -> list[dict[str, Any]]:
+        """Every action but notify (which is queued with the firing's own transaction)."""
         done = []
         for action in rule.do:
             if action == "notify":
-                deliveries = [self.notify(h, payload) for h in self.spec.webhooks]
-                done.append({"action": "notify", "deliveries": deliveries})
                 continue
             fn = self.actions.get(action)
             if fn is None:
@@ -155,13 +137,31 @@ class AlertBook:
         return done
 
     def events(self, limit: int = 100) -> list[dict[str, Any]]:
+        """Firings and resolutions, newest first; notify actions show each delivery (the
+        target's host, status and attempts)."""
         with self.engine.connect() as conn:
             rows = conn.execute(
                 select(alert_events).where(alert_events.c.service == self.service)
                 .order_by(desc(alert_events.c.id)).limit(limit)
-            ).mappings().all()  # fmt: skip
-        return [{**{str(k): v for k, v in r.items() if k != "detail"},
-                 "detail": orjson.loads(r["detail"])} for r in rows]  # fmt: skip
+            ).mappings().all()
+        events = [{**{str(k): v for k, v in r.items() if k != "detail"},
+                   "detail": orjson.loads(r["detail"])} for r in rows]
+        ids = [i for e in events for a in e["detail"].get("actions", [])
+               if a.get("action") == "notify" for i in a.get("queued", [])]
+        if ids:
+            msgs = {m["id"]: m for m in Outbox(self.engine, self.service).messages(
+                limit=len(ids), ids=ids)}
+            for e in events:
+                for a in e["detail"].get("actions", []):
+                    if a.get("action") == "notify" and "queued" in a:
+                        a["deliveries"] = [_delivery(msgs[i]) for i in a["queued"] if i in msgs]
+        return events
 
 
-__all__ = ["AlertBook", "deliver"]
+def _delivery(msg: dict[str, Any]) -> dict[str, Any]:
+    return {"message": msg["id"], "to": host_of(msg["url"]), "status": msg["status"],
+            "delivered": msg["status"] == "delivered", "attempts": msg["attempts"],
+            "last_error": msg["last_error"]}
+
+
+__all__ = ["AlertBook"]

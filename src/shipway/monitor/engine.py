@@ -14,7 +14,6 @@ import io
 import logging
 import math
 import time
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -23,15 +22,15 @@ import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
-from sqlalchemy import Engine, desc, insert, select, text
+from sqlalchemy import Engine, desc, insert, select
 
-from shipway.manifest import Manifest, parse_duration
+from shipway.decisions import labels, queries
+from shipway.manifest import Manifest
 from shipway.models import Registry
 from shipway.monitor.alerts import AlertBook
 from shipway.monitor.drift import Reference, calibrate_floors, drift_report
-from shipway.monitor.feedback import latest_labels
 from shipway.store import Store
-from shipway.store.tables import decisions, monitor_results, review_outcomes
+from shipway.store.tables import monitor_results
 
 log = logging.getLogger("shipway.monitor")
 
@@ -94,6 +93,7 @@ class Monitor:
         champion: Callable[[], int],
         actions: dict[str, Callable[[str], str]] | None = None,
         metrics: Any = None,
+        review_figures: Callable[[float | None, float], dict[str, Any]] | None = None,
     ) -> None:
         self.store = store
         self.engine: Engine = store.engine
@@ -104,6 +104,7 @@ class Monitor:
         self.registry = Registry(store)
         self.alerts = AlertBook(self.engine, self.service, self.spec, actions or {})
         self.metrics = metrics
+        self.review_figures = review_figures
         self._refs: dict[int, tuple[Reference, Reference]] = {}
 
     # -- reference -----------------------------------------------------------------------
@@ -145,23 +146,13 @@ class Monitor:
 
     def window(self, now: float | None = None) -> Window:
         now = time.time() if now is None else now
-        cols = [decisions.c.id, decisions.c.ts, decisions.c.model_version, decisions.c.route,
-                decisions.c.inputs, decisions.c.output, decisions.c.confidence,
-                decisions.c.latency_ms, decisions.c.error, decisions.c.cost]  # fmt: skip
-        q = select(*cols).where(decisions.c.service == self.service)
         start: float | None
         if self.spec.window_rows:
-            q = q.where(decisions.c.ts <= now).order_by(desc(decisions.c.seq))
-            q = q.limit(self.spec.window_rows)
-            start = None
-        else:
-            start = now - parse_duration(self.spec.window)
-            q = q.where(decisions.c.ts >= start, decisions.c.ts < now)
-        with self.engine.connect() as conn:
-            rows = [dict(r._mapping) for r in conn.execute(q)]
-        if self.spec.window_rows:
-            rows.reverse()
+            rows = queries.window(self.engine, self.service, end=now, last=self.spec.window_rows)
             start = rows[0]["ts"] if rows else None
+        else:
+            start = now - self.spec.window.seconds
+            rows = queries.window(self.engine, self.service, start=start, end=now)
         return Window(start, now, rows)
 
     def compute(self, win: Window) -> dict[str, Any]:
@@ -195,13 +186,13 @@ class Monitor:
         inputs_ref, outputs_ref = self.reference(champion)
         model_rows = [r for r in answered if not r["route"].startswith(FALLBACK_ROUTES)]
         if len(model_rows) >= self.spec.min_rows and inputs_ref.features():
-            decoded = [orjson.loads(r["inputs"]) for r in model_rows]
+            decoded = [r["inputs"] for r in model_rows]
             current = {name: pa.array([d.get(name) for d in decoded])
                        for name in inputs_ref.features()}  # fmt: skip
             result["drift"] = drift_report(inputs_ref, current, self.spec.alpha)
             out_current: dict[str, Any] = {}
             if "output" in outputs_ref.features():
-                outs = [orjson.loads(r["output"]) for r in model_rows]
+                outs = [r["output"] for r in model_rows]
                 out_current["output"] = pa.array(
                     [str(o) for o in outs] if self.manifest.output.kind == "classification"
                     else [float(o) for o in outs]
@@ -219,27 +210,20 @@ class Monitor:
                 f"{len(model_rows)} model answers in the window; drift needs "
                 f"{self.spec.min_rows} (monitor.min_rows)"
             )
-        # human review: how often people overrode the model in this window
-        rq = select(review_outcomes.c.action).where(
-            review_outcomes.c.service == self.service, review_outcomes.c.action != "escalate",
-            review_outcomes.c.ts < win.end,
-        )  # fmt: skip
-        if win.start is not None:
-            rq = rq.where(review_outcomes.c.ts >= win.start)
-        with self.engine.connect() as conn:
-            actions = list(conn.execute(rq).scalars())
-        result["review"] = {
-            "reviewed": len(actions),
-            "override_rate": (actions.count("override") / len(actions)) if actions else None,
-        }
+        # human review: how often people overrode the model in this window (the review
+        # package hands this in, so neither package imports the other)
+        if self.review_figures is not None:
+            result["review"] = self.review_figures(win.start, win.end)
+        else:
+            result["review"] = {"reviewed": 0, "override_rate": None}
         # performance from feedback
-        labels = latest_labels(self.engine, [r["id"] for r in answered])
-        labeled = [r for r in answered if r["id"] in labels]
+        truth = labels.latest(self.engine, [r["id"] for r in answered])
+        labeled = [r for r in answered if r["id"] in truth]
         kind, classes = self.manifest.output.kind, list(self.manifest.output.labels or [])
 
         def perf(rs: list[dict[str, Any]]) -> dict[str, Any]:
-            return performance(kind, [labels[r["id"]] for r in rs],
-                               [orjson.loads(r["output"]) for r in rs],
+            return performance(kind, [truth[r["id"]] for r in rs],
+                               [r["output"] for r in rs],
                                [r["confidence"] for r in rs], classes)  # fmt: skip
 
         result["performance"] = perf(labeled)
@@ -304,21 +288,6 @@ class Monitor:
         if self.metrics is not None:
             self.metrics.publish_monitor(ctx, result)
         return result
-
-    def run_exclusive(self, now: float | None = None) -> dict[str, Any] | None:
-        """Run unless another replica is running it (PostgreSQL advisory lock); None if so."""
-        if self.engine.dialect.name != "postgresql":
-            return self.run(now)
-        key = 7244100 + (zlib.crc32(self.service.encode()) & 0xFFFF)
-        with self.engine.connect() as conn:
-            got = conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar()
-            if not got:
-                return None
-            try:
-                return self.run(now)
-            finally:
-                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
-                conn.commit()
 
     def latest(self, limit: int = 1) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:

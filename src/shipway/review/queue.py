@@ -9,8 +9,9 @@ The queue hands out the oldest item of the highest priority with one conditional
 no two reviewers ever hold the same item (the database decides); a claim expires after
 ``claim_ttl`` and the item goes back. An outcome (approve, override with a new output checked
 against the output spec, or escalate) is stored per reviewer; when the item has the reviews
-its policy asks for, its final answer is set, becomes a feedback label for the decision, and
-an audit event is written. Items past their queue's SLA are escalated once, with an alert.
+its policy asks for, its final answer is set and becomes a label for the decision; the outcome,
+its audit event, the label and (for a held decision) the notification of its answer commit in
+one transaction. Items past their queue's SLA are escalated once, with an alert.
 """
 
 from __future__ import annotations
@@ -18,20 +19,20 @@ from __future__ import annotations
 import random
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
-from sqlalchemy import Engine, and_, func, insert, or_, select, update
+from sqlalchemy import Connection, Engine, and_, func, insert, or_, select, update
 
-from shipway.decisions.log import GroupCommitWriter
+from shipway.decisions import labels, queries
 from shipway.errors import Conflict, InputError, NotFound
 from shipway.expr import Expression
 from shipway.govern import audit
-from shipway.manifest import OutputSpec, ReviewPolicy, ReviewSpec, WebhookSpec, parse_duration
-from shipway.monitor.alerts import deliver
-from shipway.monitor.feedback import label_problem, normalise_label, record_feedback
-from shipway.store.tables import decisions, review_items, review_outcomes
+from shipway.manifest import OutputSpec, ReviewPolicy, ReviewSpec, WebhookSpec
+from shipway.notify import enqueue
+from shipway.store.tables import review_items, review_outcomes
+from shipway.store.writer import GroupCommitWriter
 
 ACTIONS = ("approve", "override", "escalate")
 
@@ -44,7 +45,7 @@ ALERT_POLICY = ReviewPolicy(name="alert", sample=1.0, priority=10, queue="alerts
 
 def sla_seconds(spec: ReviewSpec, queue: str) -> float:
     q = spec.queues.get(queue)
-    return parse_duration(q.sla if q else "24h")
+    return q.sla.seconds if q else 86400.0
 
 
 def new_item(
@@ -88,7 +89,7 @@ class Policies:
         return new_item(decision_id, service, policy, now + self._sla[policy.queue], now)
 
 
-def _item_dict(row: Mapping[str, Any]) -> dict[str, Any]:
+def _item_dict(row: Any) -> dict[str, Any]:
     d = {str(k): v for k, v in row.items()}
     if d.get("final_output") is not None:
         d["final_output"] = orjson.loads(d["final_output"])
@@ -101,7 +102,7 @@ class ReviewQueue:
         self.service = service
         self.spec = spec
         self.output = output
-        self.claim_ttl = parse_duration(spec.claim_ttl)
+        self.claim_ttl = spec.claim_ttl.seconds
 
     # -- claiming ------------------------------------------------------------------------
 
@@ -144,25 +145,20 @@ class ReviewQueue:
                     return self.get(pick, conn=conn)
         return None  # pragma: no cover - only under extreme contention
 
-    def get(self, item_id: str, conn: Any = None) -> dict[str, Any]:
-        q = (
-            select(review_items, decisions.c.inputs, decisions.c.output, decisions.c.confidence,
-                   decisions.c.model_version, decisions.c.route, decisions.c.ts)
-            .select_from(review_items.join(decisions, decisions.c.id == review_items.c.decision_id))
-            .where(review_items.c.id == item_id, review_items.c.service == self.service)
-        )  # fmt: skip
+    def get(self, item_id: str, conn: Connection | None = None) -> dict[str, Any]:
+        """One item with what a reviewer needs of its decision (inputs, output, ...)."""
         if conn is None:
             with self.engine.connect() as c:
-                row = c.execute(q).mappings().first()
-        else:
-            row = conn.execute(q).mappings().first()
-        if row is None:
+                return self.get(item_id, c)
+        row = conn.execute(
+            select(review_items)
+            .where(review_items.c.id == item_id, review_items.c.service == self.service)
+        ).mappings().first()
+        d = queries.view(conn, row["decision_id"]) if row is not None else None
+        if row is None or d is None:
             raise NotFound(f"no review item {item_id!r}")
-        d = _item_dict(row)
-        d["inputs"] = orjson.loads(d["inputs"])
-        d["output"] = orjson.loads(d["output"]) if d["output"] is not None else None
         d["decided_ts"] = d.pop("ts")
-        return d
+        return {**_item_dict(row), **d}
 
     # -- outcomes ------------------------------------------------------------------------
 
@@ -180,10 +176,10 @@ class ReviewQueue:
         if action == "override":
             if output is None:
                 raise InputError("override needs the new output")
-            why = label_problem(output, self.output)
+            why = labels.label_problem(output, self.output)
             if why is not None:
                 raise InputError(f"output {output!r} does not fit the output spec: expected {why}")
-            output = normalise_label(output, self.output)
+            output = labels.normalise_label(output, self.output)
         elif action == "approve":
             output = item["output"]
             if output is None:
@@ -215,14 +211,14 @@ class ReviewQueue:
                          before={"output": item["output"]},
                          after={"output": output, "status": values.get("status")},
                          reason=reason)  # fmt: skip
-        if values.get("status") == "done":
-            record_feedback(self.engine, self.service, self.output,
-                            [{"id": item["decision_id"], "label": output}], actor=reviewer,
-                            source="review")  # fmt: skip
-            if item["mode"] == "hold" and self.spec.webhook:
-                deliver(WebhookSpec(url=self.spec.webhook),
-                        {"service": self.service, "decision_id": item["decision_id"],
-                         "status": "reviewed", "output": output, "reviewer": reviewer})
+            if values.get("status") == "done":
+                labels.record(conn, self.service, self.output,
+                              [{"id": item["decision_id"], "label": output}], actor=reviewer,
+                              source="review")
+                if item["mode"] == "hold" and self.spec.webhook:
+                    enqueue(conn, self.service, "review.held", WebhookSpec(url=self.spec.webhook),
+                            {"service": self.service, "decision_id": item["decision_id"],
+                             "status": "reviewed", "output": output, "reviewer": reviewer})
         return self.get(item_id)
 
     def open_batch(self, reason: str, size: int = 20) -> int:
@@ -232,12 +228,7 @@ class ReviewQueue:
         with self.engine.begin() as conn:
             reviewed = select(review_items.c.decision_id).where(
                 review_items.c.service == self.service)
-            ids = list(conn.execute(
-                select(decisions.c.id).where(decisions.c.service == self.service,
-                                             decisions.c.error.is_(None),
-                                             decisions.c.id.not_in(reviewed))
-                .order_by(decisions.c.seq.desc()).limit(size)
-            ).scalars())  # fmt: skip
+            ids = queries.newest_answered(conn, self.service, size, exclude=reviewed)
             if ids:
                 conn.execute(insert(review_items), [
                     new_item(did, self.service, ALERT_POLICY, due, now) for did in ids])
@@ -254,8 +245,25 @@ class ReviewQueue:
 
     # -- SLAs ----------------------------------------------------------------------------
 
-    def sweep(self, now: float | None = None) -> list[dict[str, Any]]:
-        """Escalate, once, every open item past its due time; returns the escalated items."""
+    def window_figures(self, start: float | None, end: float) -> dict[str, Any]:
+        """How many outcomes were given in ``[start, end)`` and the share that overrode the
+        model (the monitor's review figures)."""
+        q = select(review_outcomes.c.action).where(
+            review_outcomes.c.service == self.service, review_outcomes.c.action != "escalate",
+            review_outcomes.c.ts < end)
+        if start is not None:
+            q = q.where(review_outcomes.c.ts >= start)
+        with self.engine.connect() as conn:
+            actions = list(conn.execute(q).scalars())
+        return {"reviewed": len(actions),
+                "override_rate": (actions.count("override") / len(actions)) if actions else None}
+
+    def sweep(
+        self, now: float | None = None, on_late: Callable[[Connection, dict[str, Any]], None] | None
+        = None,
+    ) -> list[dict[str, Any]]:
+        """Escalate, once, every open item past its due time; returns the escalated items.
+        ``on_late(conn, item)`` runs in the escalation's transaction (to raise its alert)."""
         now = time.time() if now is None else now
         with self.engine.begin() as conn:
             late = conn.execute(
@@ -274,6 +282,8 @@ class ReviewQueue:
                 )  # fmt: skip
                 if res.rowcount == 1:
                     out.append(dict(r))
+                    if on_late is not None:
+                        on_late(conn, dict(r))
         return out
 
     # -- reading -------------------------------------------------------------------------
@@ -333,8 +343,8 @@ class ReviewLog(GroupCommitWriter):
     """Review items, committed (in groups) before the caller hears the answer."""
 
     def __init__(self, engine: Engine) -> None:
-        super().__init__(engine, table="review_items", columns=_ITEM_COLUMNS,
-                         to_params=lambda r: tuple(r[c] for c in _ITEM_COLUMNS))  # fmt: skip
+        super().__init__(engine, review_items, _ITEM_COLUMNS,
+                         lambda r: tuple(r[c] for c in _ITEM_COLUMNS), what="review item")
 
 
 def context(

@@ -141,7 +141,7 @@ class Lane:
     batching: BatchingSpec | None = None
     breaker: Breaker | None = None
     name: str = ""
-    runner: BatchWorker[Job, Predictions] | None = field(init=False, default=None)
+    runner: BatchWorker[Job, Predictions | Exception] | None = field(init=False, default=None)
     in_flight: int = field(default=0, init=False)
     """Rows submitted and not yet answered (used to bound shadow work)."""
 

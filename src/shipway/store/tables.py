@@ -249,6 +249,55 @@ review_outcomes = Table(
 )
 Index("ix_review_outcomes_item", review_outcomes.c.item_id)
 
+outbox = Table(
+    "outbox",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("service", String(64), nullable=False),
+    Column("topic", String(64), nullable=False),
+    Column("url", Text, nullable=False),
+    Column("headers", Text, nullable=False),
+    Column("payload", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("max_attempts", Integer, nullable=False),
+    Column("timeout_s", Float, nullable=False),
+    Column("next_at", Float, nullable=False),
+    Column("lease_until", Float, nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("delivered_at", Float, nullable=True),
+)
+Index("ix_outbox_due", outbox.c.service, outbox.c.status, outbox.c.next_at)
+
+outbox_attempts = Table(
+    "outbox_attempts",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("message_id", Integer, nullable=False),
+    Column("ts", Float, nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("outcome", String(128), nullable=False),
+    Column("ok", Boolean, nullable=False),
+    Column("duration_ms", Float, nullable=False),
+)
+Index("ix_outbox_attempts_message", outbox_attempts.c.message_id)
+
+job_runs = Table(
+    "job_runs",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("service", String(64), nullable=False),
+    Column("task", String(64), nullable=False),
+    Column("slot", BigInteger, nullable=False),
+    Column("started_at", Float, nullable=False),
+    Column("finished_at", Float, nullable=True),
+    Column("status", String(16), nullable=False),
+    Column("error", Text, nullable=True),
+    Column("runner", String(128), nullable=False),
+    UniqueConstraint("service", "task", "slot", name="uq_job_runs_slot"),
+)
+
 __all__ = [
     "alert_events",
     "alert_state",
@@ -258,9 +307,12 @@ __all__ = [
     "audit_head",
     "decisions",
     "feedback",
+    "job_runs",
     "metadata",
     "model_versions",
     "monitor_results",
+    "outbox",
+    "outbox_attempts",
     "review_items",
     "review_outcomes",
     "rollout_events",

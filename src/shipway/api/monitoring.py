@@ -1,0 +1,58 @@
+"""Monitoring over HTTP: windows, alerts, and the notifications they sent.
+
+Labels (``POST /v1/feedback``) carry rows, so they come through the ingress.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+
+from shipway.api.access import principal_of
+from shipway.api.common import json_response, service_of
+from shipway.errors import NotFound
+from shipway.govern.roles import ADMIN
+from shipway.notify import host_of
+
+router = APIRouter()
+
+
+@router.get("/v1/monitor", tags=["monitoring"], summary="The latest monitor window")
+async def monitor_latest(request: Request) -> Response:
+    rows = await run_in_threadpool(service_of(request).monitor.latest, 1)
+    if not rows:
+        raise NotFound("the monitor has not run yet: POST /v1/monitor/run or wait for it")
+    return json_response(rows[0])
+
+
+@router.get("/v1/monitor/history", tags=["monitoring"], summary="Recent monitor windows")
+async def monitor_history(request: Request, limit: int = 20) -> Response:
+    monitor = service_of(request).monitor
+    return json_response({"windows": await run_in_threadpool(monitor.latest, min(limit, 500))})
+
+
+@router.post("/v1/monitor/run", tags=["monitoring"], summary="Run the monitor on a window now")
+async def monitor_run(request: Request) -> Response:
+    return json_response(await run_in_threadpool(service_of(request).monitor.run))
+
+
+@router.get("/v1/alerts", tags=["monitoring"], summary="Alert firings and resolutions")
+async def alerts(request: Request, limit: int = 100) -> Response:
+    book = service_of(request).monitor.alerts
+    return json_response({"events": await run_in_threadpool(book.events, limit)})
+
+
+@router.get("/v1/outbox", tags=["monitoring"], summary="Notifications and their delivery")
+async def outbox(request: Request, status: str | None = None, limit: int = 100) -> Response:
+    """Webhook URLs can hold credentials: below admin only their scheme and host are shown."""
+    box = service_of(request).outbox
+    msgs = await run_in_threadpool(lambda: box.messages(limit=min(limit, 1000), status=status))
+    if not principal_of(request).can(ADMIN):
+        for m in msgs:
+            m["url"] = host_of(m["url"])
+    return json_response({"messages": msgs})
+
+
+__all__ = ["router"]

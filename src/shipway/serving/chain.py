@@ -1,0 +1,369 @@
+"""The guard chain: who answers a route's rows, and the decisions their answers become.
+
+For each route of a request (champion or canary rows) the chain tries the route's lane with a
+timeout, retries with jittered backoff (only errors that are safe to retry), a circuit breaker
+and output checks; then the manifest's fallback steps in order (another model or version, a
+remembered answer, a declared default). Each answer is recorded as decisions by
+:func:`shipway.decisions.records.decision_row`: a lane's answers by its runner thread, in the
+same transaction as the rest of its model batch; every other answer here, before it returns.
+When every step fails the chain raises :class:`ModelUnavailable` with the reasons.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from itertools import repeat
+from typing import Any
+
+from shipway.decisions import DecisionLog
+from shipway.decisions.records import Redact, decision_row
+from shipway.errors import (
+    ModelError,
+    ModelTimeout,
+    ModelUnavailable,
+    ServiceStopped,
+    ShipwayError,
+    StoreError,
+)
+from shipway.manifest import CacheSpec, FallbackStep, GuardsSpec, StopSpec
+from shipway.metrics import ServiceMetrics
+from shipway.models.predictor import Predictions, Row
+from shipway.serving.guards import AnswerCache, OutputCheck, backoff_s, is_retryable
+from shipway.serving.router import Job, Lane, Route
+
+_now = time.time
+_perf = time.perf_counter
+
+
+def _same(d: dict[str, Any]) -> dict[str, Any]:
+    return d
+
+
+def _retrieve(fut: Any) -> None:
+    """Mark a late result of an abandoned job as seen (no 'never retrieved' warnings)."""
+    if not fut.cancelled():
+        fut.exception()
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """Who answered the rows of one route, and with what."""
+
+    rows: list[int]
+    route: str
+    version: int | None
+    outputs: list[Any]
+    confidence: list[Any]
+
+
+@dataclass(frozen=True)
+class Fallback:
+    """One fallback step, ready: its spec, and the lane of a model or version step."""
+
+    step: FallbackStep
+    lane: Lane | None = None
+
+
+class GuardChain:
+    def __init__(
+        self,
+        *,
+        service: str,
+        names: Sequence[str],
+        log: DecisionLog,
+        metrics: ServiceMetrics,
+        guards: GuardsSpec | None = None,
+        output_check: OutputCheck | None = None,
+        fallbacks: list[Fallback] | None = None,
+        cache: CacheSpec | None = None,
+        redact: Redact | None = None,
+        stop: StopSpec | None = None,
+    ) -> None:
+        self.service = service
+        self.names = list(names)
+        self.log = log
+        self.metrics = metrics
+        self.guards = guards or GuardsSpec()
+        self.timeout = self.guards.timeout_ms / 1000.0
+        self.check = output_check
+        self.fallbacks = fallbacks or []
+        cache = cache or CacheSpec()
+        self.cache_ttl = cache.ttl_s
+        wants_cache = cache.ttl_s > 0 or any(f.step.kind == "cache" for f in self.fallbacks)
+        self.cache = AnswerCache(cache.max_entries) if wants_cache else None
+        self.redact: Redact = redact or _same
+        self.stop = stop or StopSpec()
+
+    # -- decisions ---------------------------------------------------------------------------
+
+    def recorder(
+        self,
+        rows: list[int],
+        route: str,
+        version: int | None,
+        ids: list[str],
+        values: list[Row],
+        caller: str | None,
+        t0: float,
+        reason: str | None = None,
+    ) -> Callable[[Predictions], list[dict[str, Any]]]:
+        """Builds the decision rows of one answer (on the runner thread for model answers)."""
+        names = self.names
+        service = self.service
+        redact = self.redact
+
+        def record(pred: Predictions) -> list[dict[str, Any]]:
+            latency_ms = (_perf() - t0) * 1000.0
+            ts = _now()
+            costs = pred.cost if pred.cost is not None else repeat(None)
+            return [
+                decision_row(ids[k], ts, service, version, route,
+                             redact(dict(zip(names, values[k], strict=True))), o, c,
+                             latency_ms, caller, reason=reason, cost=cost)
+                for k, o, c, cost in zip(rows, pred.outputs, pred.confidence, costs, strict=False)
+            ]
+
+        return record
+
+    async def log_failures(
+        self,
+        routes: list[Route],
+        results: list[Any],
+        ids: list[str],
+        values: list[Row],
+        caller: str | None,
+        t0: float,
+    ) -> None:
+        """Failed rows become decisions with ``error`` set (their callers get an error).
+
+        Rows of another route of the same request that were answered are already logged;
+        they stand as decisions even though the request as a whole failed.
+        """
+        names = self.names
+        redact = self.redact
+        latency_ms = (_perf() - t0) * 1000.0
+        ts = _now()
+        rows = []
+        for route, res in zip(routes, results, strict=True):
+            if not isinstance(res, BaseException):
+                continue
+            msg = res.message if isinstance(res, ShipwayError) else f"{type(res).__name__}: {res}"
+            if not isinstance(res, ModelUnavailable | ServiceStopped):
+                self.metrics.model_errors.labels(str(route.lane.version), "model_error").inc()
+            for k in route.rows:
+                rows.append(decision_row(
+                    ids[k], ts, self.service, route.lane.version, route.route,
+                    redact(dict(zip(names, values[k], strict=True))), None, None, latency_ms,
+                    caller, error=msg[:2000]))
+        await self.log.write(rows)
+
+    # -- one attempt -------------------------------------------------------------------------
+
+    async def _call(self, lane: Lane, job: Job, timeout: float) -> Predictions:
+        """One attempt: the lane scores the job within ``timeout`` or the job is abandoned."""
+        fut = lane.submit(job)
+        try:
+            res = await asyncio.wait_for(asyncio.shield(fut), timeout)
+        except TimeoutError:
+            if job.abandon():
+                if isinstance(fut, asyncio.Task):
+                    fut.cancel()
+                else:
+                    fut.add_done_callback(_retrieve)
+                raise ModelTimeout(f"no answer within {timeout * 1000:.0f} ms") from None
+            res = await fut  # the answer is being recorded right now: it stands
+        except ShipwayError:
+            raise
+        except Exception as exc:
+            raise ModelError(f"{type(exc).__name__}: {exc}") from None
+        if isinstance(res, Exception):
+            raise res
+        return res
+
+    def _failed(self, lane: Lane, exc: ShipwayError, reasons: list[str]) -> None:
+        version = str(lane.version)
+        self.metrics.model_errors.labels(version, exc.code).inc()
+        breaker = lane.breaker
+        if breaker is not None and breaker.failure():
+            self.metrics.breaker_opened.labels(version).inc()
+        reasons.append(f"{lane.name}: {exc.message}")
+
+    async def _guarded(
+        self, lane: Lane, rows: list[Row], record: Any, reasons: list[str]
+    ) -> Predictions | None:
+        """Timeout, retries with jittered backoff, breaker, output checks; None if it failed."""
+        g = self.guards
+        breaker = lane.breaker
+        for attempt in range(g.retries + 1):
+            if breaker is not None and not breaker.allow():
+                reasons.append(f"{lane.name}: circuit breaker open")
+                return None
+            job = Job(rows, record, self.check)
+            try:
+                pred = await self._call(lane, job, self.timeout)
+            except StoreError:
+                raise
+            except ModelError as exc:
+                self._failed(lane, exc, reasons)
+                if attempt < g.retries and is_retryable(exc):
+                    self.metrics.retries.labels(str(lane.version)).inc()
+                    await asyncio.sleep(backoff_s(attempt, g.backoff_ms, g.backoff_max_ms))
+                    continue
+                return None
+            if breaker is not None:
+                breaker.success()
+            return pred
+        return None  # pragma: no cover - the loop always returns
+
+    # -- a route's answer --------------------------------------------------------------------
+
+    async def answer(
+        self,
+        route: Route,
+        ids: list[str],
+        values: list[Row],
+        caller: str | None,
+        t0: float,
+    ) -> Answer:
+        """The route's rows answered by its lane, or by the fallback chain; else 503."""
+        lane = route.lane
+        positions = route.rows
+        rows = [values[i] for i in positions] if len(positions) != len(values) else values
+        cache = self.cache
+        if cache is not None and self.cache_ttl > 0:
+            hit = self._from_cache(rows, self.cache_ttl, lane.version)
+            if hit is not None:
+                self.metrics.cache_hits.inc(len(rows))
+                return await self._answer_with(
+                    positions, "cache", hit[2], hit[0], hit[1], ids, values, caller, t0, None
+                )
+        reasons: list[str] = []
+        record = self.recorder(positions, route.route, lane.version, ids, values, caller, t0)
+        pred = await self._guarded(lane, rows, record, reasons)
+        if pred is not None:
+            if cache is not None:
+                cache.put_many(rows, pred.outputs, pred.confidence, lane.version)
+            if pred.cost is not None:
+                self.metrics.cost.inc(sum(c for c in pred.cost if c))
+            return Answer(positions, route.route, lane.version, pred.outputs, pred.confidence)
+        return await self._fall_back(positions, rows, reasons, ids, values, caller, t0)
+
+    async def stopped(
+        self,
+        reason: str,
+        positions: list[int],
+        ids: list[str],
+        values: list[Row],
+        caller: str | None,
+        t0: float,
+    ) -> Answer:
+        """The stop switch is on: no model is called; the manifest's safe behaviour answers."""
+        why = f"service stopped: {reason}"
+        n = len(positions)
+        if self.stop.behavior == "review":  # logged without an answer; a person gives it
+            return await self._answer_with(
+                positions, "stopped", None, [None] * n, [None] * n, ids, values, caller, t0, why
+            )
+        if self.stop.behavior == "default" and self.stop.answer is not None:
+            a = self.stop.answer
+            return await self._answer_with(
+                positions, "stopped", None, [a["output"]] * n, [a.get("confidence")] * n,
+                ids, values, caller, t0, why,
+            )
+        raise ServiceStopped(f"the service is stopped ({reason}); no model is called")
+
+    def _from_cache(
+        self, rows: list[Row], max_age: float, version: int | None
+    ) -> tuple[list[Any], list[Any], int | None] | None:
+        assert self.cache is not None
+        outs, confs, ver = [], [], None
+        for r in rows:
+            got = self.cache.get(r, max_age, version)
+            if got is None:
+                return None
+            outs.append(got[0])
+            confs.append(got[1])
+            ver = got[2]
+        return outs, confs, ver
+
+    async def _answer_with(
+        self,
+        positions: list[int],
+        route: str,
+        version: int | None,
+        outputs: list[Any],
+        confidence: list[Any],
+        ids: list[str],
+        values: list[Row],
+        caller: str | None,
+        t0: float,
+        reason: str | None,
+    ) -> Answer:
+        """An answer that did not come from a lane's runner: log it here, then answer."""
+        record = self.recorder(positions, route, version, ids, values, caller, t0, reason)
+        await self.log.write(record(Predictions(outputs, confidence)))
+        return Answer(positions, route, version, outputs, confidence)
+
+    async def _fall_back(
+        self,
+        positions: list[int],
+        rows: list[Row],
+        reasons: list[str],
+        ids: list[str],
+        values: list[Row],
+        caller: str | None,
+        t0: float,
+    ) -> Answer:
+        n = len(rows)
+        for fb in self.fallbacks:
+            step = fb.step
+            kind = step.kind
+            if kind in ("model", "version"):
+                lane = fb.lane
+                assert lane is not None
+                if lane.breaker is not None and not lane.breaker.allow():
+                    reasons.append(f"{step.route}: circuit breaker open")
+                    continue
+                why = "; ".join(reasons)
+                record = self.recorder(
+                    positions, step.route, lane.version, ids, values, caller, t0, why
+                )
+                timeout = (step.timeout_ms or self.guards.timeout_ms) / 1000.0
+                try:
+                    pred = await self._call(lane, Job(rows, record, self.check), timeout)
+                except StoreError:
+                    raise
+                except ModelError as exc:
+                    self._failed(lane, exc, reasons)
+                    continue
+                if lane.breaker is not None:
+                    lane.breaker.success()
+                self.metrics.fallbacks.labels(step.route).inc(n)
+                return Answer(positions, step.route, lane.version, pred.outputs, pred.confidence)
+            if kind == "cache":
+                hit = self._from_cache(rows, step.max_age_s, None) if self.cache else None
+                if hit is None:
+                    reasons.append("cache: no answer remembered for these inputs")
+                    continue
+                self.metrics.fallbacks.labels("cache").inc(n)
+                return await self._answer_with(
+                    positions, "cache", hit[2], hit[0], hit[1], ids, values, caller, t0,
+                    "; ".join(reasons),
+                )
+            default = step.default or {}
+            self.metrics.fallbacks.labels("default").inc(n)
+            return await self._answer_with(
+                positions, "default", None, [default["output"]] * n,
+                [default.get("confidence")] * n, ids, values, caller, t0, "; ".join(reasons),
+            )
+        self.metrics.unanswered.inc(n)
+        raise ModelUnavailable(
+            "the model could not answer and no fallback step could either: " + "; ".join(reasons),
+            attempts=reasons,
+        )
+
+
+__all__ = ["Answer", "Fallback", "GuardChain"]
