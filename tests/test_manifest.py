@@ -49,6 +49,7 @@ def test_a_good_manifest_round_trips() -> None:
         ("    min: 0", "    min: 200000", "shipway.yaml:9: contract.inputs.0: min (200000.0) is greater than max"),
         ("  kind: classification", "  kind: ranking", "shipway.yaml:17: output.kind: Input should be"),
         ("  version: 1\n  uri", "  version: zero\n  uri", "shipway.yaml:5: model.version: Input should be a valid integer"),
+        ("  labels: [approve, deny]", "  labels: [approve, deny]\nquality:\n  on_missing_metric: skip", "shipway.yaml:20: quality.on_missing_metric: Input should be 'note' or 'fail'"),
     ],
 )  # fmt: skip
 def test_errors_name_file_line_and_field(old: str, new: str, expected: str) -> None:

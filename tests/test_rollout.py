@@ -17,7 +17,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from shipway.manifest import load_manifest
+from shipway.lifecycle.evaluate import gate
+from shipway.manifest import load_manifest, parse_manifest
 from shipway.models import Registry
 from shipway.serving.router import bucket
 from shipway.settings import Settings
@@ -116,6 +117,44 @@ def test_versions_keep_lineage_and_refuse_misfits(
     listing = json.loads(out)
     assert [m["version"] for m in listing["models"]] == [1, 2, 3]
     assert listing["state"]["champion"] == 1
+
+
+GATED = """\
+version: 1
+service: {name: cancer}
+model: {version: 1, uri: "python:tests.pilots.rules:predict"}
+contract: {inputs: [{name: radius, type: float}]}
+output: {kind: classification, labels: [0, 1]}
+quality:
+  not_worse_than_champion_by: 0.02
+  metrics: {roc_auc: {min: 0.95}}
+"""
+
+
+def test_gate_compares_on_the_metrics_both_versions_produce() -> None:
+    champion = {"accuracy": 0.95, "f1_macro": 0.94, "roc_auc": 0.99, "log_loss": 0.1}
+    no_roc = "roc_auc cannot be computed for this version (it needs class probabilities)"
+    m = parse_manifest(GATED)
+    # a version without probabilities is compared on accuracy and F1, and told so
+    res = gate(m, {"accuracy": 0.94, "f1_macro": 0.93}, champion)
+    assert res.passed and res.reasons == []
+    assert res.checks == [
+        "accuracy 0.9400 >= champion 0.9500 - 0.02", "f1_macro 0.9300 >= champion 0.9400 - 0.02",
+    ]  # fmt: skip
+    assert res.notes == [
+        f"{no_roc}; not checked",
+        "compared with the champion on the metrics both versions produce: accuracy, f1_macro",
+    ]
+    assert not gate(m, {"accuracy": 0.90, "f1_macro": 0.93}, champion).passed
+    # without a champion margin nothing is left to check, and that is not a pass
+    bare = parse_manifest(GATED.replace("  not_worse_than_champion_by: 0.02\n", ""))
+    res = gate(bare, {"accuracy": 0.94, "f1_macro": 0.93}, champion)
+    assert not res.passed
+    assert res.reasons == ["no metric the gate asks for can be computed for this version"]
+    # the manifest can make a missing metric a failure
+    strict = parse_manifest(GATED + "  on_missing_metric: fail\n")
+    res = gate(strict, {"accuracy": 0.94, "f1_macro": 0.93}, champion)
+    assert not res.passed and res.reasons == [no_roc] and res.notes == []
 
 
 def test_gate_blocks_canary_unless_forced_with_reason(svc: dict[str, Any]) -> None:

@@ -218,6 +218,14 @@ class QualitySpec(_Model):
             "holdout score less 0.02 (or plus 2% for error metrics)."
         ),
     )
+    on_missing_metric: Literal["note", "fail"] = Field(
+        "note",
+        description=(
+            "A version that cannot produce a gate metric (roc_auc and log_loss need class "
+            "probabilities): 'note' says so in the gate result and compares it with the champion "
+            "on the metrics both produce; 'fail' fails its gate."
+        ),
+    )
 
 
 class DecisionLogSpec(_Model):

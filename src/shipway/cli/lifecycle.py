@@ -120,6 +120,8 @@ def register(models_app: typer.Typer, rollout_app: typer.Typer) -> None:
             else:
                 out.print("  gate: [red]failed[/]: " + "; ".join(res.gate.reasons))
                 out.print("  It may shadow; canary or promotion needs --force and a reason.")
+            for text in res.gate.notes:
+                out.print(f"  note: {text}")
 
     @models_app.command("list")
     def models_list(

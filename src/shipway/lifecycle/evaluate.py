@@ -18,6 +18,9 @@ from shipway.store import Store
 #: Metrics where lower is better get a ``max`` threshold; the rest a ``min``.
 LOWER_IS_BETTER = frozenset({"mae", "rmse", "log_loss"})
 
+#: Metrics computed from class probabilities; a version without them cannot produce these.
+PROBABILITY_METRICS = frozenset({"roc_auc", "log_loss"})
+
 
 def score(
     kind: str, y_true: list[Any], y_pred: list[Any], proba: np.ndarray | None, labels: list[Any]
@@ -93,21 +96,57 @@ class GateResult:
     passed: bool
     reasons: list[str] = field(default_factory=list)
     checks: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    """What the gate could not check, and what it compared instead."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"passed": self.passed, "reasons": self.reasons, "checks": self.checks}
+        return {
+            "passed": self.passed,
+            "reasons": self.reasons,
+            "checks": self.checks,
+            "notes": self.notes,
+        }
+
+
+def _compare(res: GateResult, name: str, mine: float, theirs: float, margin: float) -> None:
+    if name in LOWER_IS_BETTER:
+        ok = mine <= theirs + margin
+        text = f"{name} {mine:.4f} <= champion {theirs:.4f} + {margin}"
+    else:
+        ok = mine >= theirs - margin
+        text = f"{name} {mine:.4f} >= champion {theirs:.4f} - {margin}"
+    (res.checks if ok else res.reasons).append(text)
 
 
 def gate(
     manifest: Manifest, metrics: dict[str, float], champion: dict[str, float] | None
 ) -> GateResult:
-    """Check the manifest's quality thresholds and the not-worse-than-champion margin."""
+    """Check the manifest's quality thresholds and the not-worse-than-champion margin.
+
+    A metric this version cannot produce (a model without class probabilities has no roc_auc
+    or log_loss) fails the gate only with ``quality.on_missing_metric: fail``; otherwise it is
+    noted and the champion comparison uses the metrics both versions produce. A gate that could
+    check nothing at all fails.
+    """
     res = GateResult(passed=True)
     q = manifest.quality
+    missing: list[str] = []
+
+    def cannot(name: str) -> None:
+        if name in missing:
+            return
+        missing.append(name)
+        why = " (it needs class probabilities)" if name in PROBABILITY_METRICS else ""
+        text = f"{name} cannot be computed for this version{why}"
+        if q.on_missing_metric == "fail":
+            res.reasons.append(text)
+        else:
+            res.notes.append(f"{text}; not checked")
+
     for name, th in q.metrics.items():
         value = metrics.get(name)
         if value is None:
-            res.reasons.append(f"{name} cannot be computed for this version")
+            cannot(name)
             continue
         if th.min is not None:
             ok = value >= th.min
@@ -117,20 +156,37 @@ def gate(
             (res.checks if ok else res.reasons).append(f"{name} {value:.4f} <= {th.max}")
     margin = q.not_worse_than_champion_by
     if margin is not None and champion:
-        names = list(q.metrics) or list(champion)
-        for name in names:
-            if name not in metrics or name not in champion:
-                continue
-            mine, theirs = metrics[name], champion[name]
-            if name in LOWER_IS_BETTER:
-                ok = mine <= theirs + margin
-                text = f"{name} {mine:.4f} <= champion {theirs:.4f} + {margin}"
+        compared = []
+        for name in list(q.metrics) or list(champion):
+            if name not in metrics:
+                cannot(name)
+            elif name not in champion:
+                res.notes.append(f"{name} not compared with the champion, which cannot produce it")
             else:
-                ok = mine >= theirs - margin
-                text = f"{name} {mine:.4f} >= champion {theirs:.4f} - {margin}"
-            (res.checks if ok else res.reasons).append(text)
+                _compare(res, name, metrics[name], champion[name], margin)
+                compared.append(name)
+        if not compared and q.on_missing_metric == "note":
+            shared = [n for n in champion if n in metrics]
+            for name in shared:
+                _compare(res, name, metrics[name], champion[name], margin)
+            if shared:
+                res.notes.append(
+                    "compared with the champion on the metrics both versions produce: "
+                    + ", ".join(shared)
+                )
+    if missing and not res.checks and not res.reasons:
+        res.reasons.append("no metric the gate asks for can be computed for this version")
     res.passed = not res.reasons
     return res
 
 
-__all__ = ["LOWER_IS_BETTER", "GateResult", "evaluate", "gate", "holdout", "probabilities", "score"]
+__all__ = [
+    "LOWER_IS_BETTER",
+    "PROBABILITY_METRICS",
+    "GateResult",
+    "evaluate",
+    "gate",
+    "holdout",
+    "probabilities",
+    "score",
+]
