@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import shutil
+import sys
+import warnings
 from pathlib import Path
+from typing import Any
 
 import joblib
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
+from shipway.errors import ModelError
 from shipway.manifest import load_manifest
 from shipway.models import Registry
+from shipway.models.formats import load_mlflow
 from shipway.settings import Settings
 from shipway.store.location import Location, open_service_store
 from tests.conftest import Pilot, run_cli
@@ -42,8 +49,9 @@ def test_onnx_model_is_registered_and_answers_like_the_original(
     onx = skl2onnx.to_onnx(model, x[:1])
     (tmp_path / "pilot.onnx").write_bytes(onx.SerializeToString())
     manifest = workspace / "shipway.yaml"
-    res = run_cli("models", "add", "--model", str(tmp_path / "pilot.onnx"), "-m", str(manifest),
-                  env=NO_DB)
+    res = run_cli(
+        "models", "add", "--model", str(tmp_path / "pilot.onnx"), "-m", str(manifest), env=NO_DB
+    )
     assert res.returncode == 0, res.stderr
     assert "Registered version 2 (onnx" in res.stdout
     reg, store = _versions(manifest)
@@ -60,35 +68,211 @@ def test_onnx_model_is_registered_and_answers_like_the_original(
         store.close()
 
 
-def test_mlflow_model_folder_is_snapshotted_and_served(
-    workspace: Path, pilot: Pilot, tmp_path: Path
-) -> None:
+def _save_sklearn(model: Any, folder: Path, fmt: str) -> None:
+    """``mlflow.sklearn.save_model`` as a user calls it: its default format, or cloudpickle."""
     mlflow_sklearn = pytest.importorskip("mlflow.sklearn")
-    model = joblib.load(pilot.model)
-    folder = tmp_path / "mlflow-model"
-    import warnings
-
+    kwargs: dict[str, Any] = {}
+    if fmt == "default":
+        pytest.importorskip("skops")
+    else:
+        kwargs["serialization_format"] = mlflow_sklearn.SERIALIZATION_FORMAT_CLOUDPICKLE
     with warnings.catch_warnings():  # MLflow's own advice while writing the fixture
         warnings.simplefilter("ignore")
-        mlflow_sklearn.save_model(
-            model, str(folder),
-            serialization_format=mlflow_sklearn.SERIALIZATION_FORMAT_CLOUDPICKLE,
-        )
+        mlflow_sklearn.save_model(model, str(folder), **kwargs)
+
+
+def _save_pyfunc(python_model: Any, folder: Path, **kwargs: Any) -> None:
+    mlflow_pyfunc = pytest.importorskip("mlflow.pyfunc")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        kwargs.setdefault("pip_requirements", ["scikit-learn"])
+        mlflow_pyfunc.save_model(str(folder), python_model=python_model, **kwargs)
+
+
+def _holdout_proba(model: Any, pilot: Pilot, n: int) -> tuple[list[tuple], list[float]]:
+    rows = pilot.rows[:n]
+    proba = model.predict_proba(pd.DataFrame(rows))
+    return [tuple(r.values()) for r in rows], proba.max(axis=1).tolist()
+
+
+@pytest.mark.parametrize("fmt", ["default", "cloudpickle"])
+def test_mlflow_sklearn_model_of_the_champion_passes_the_gate_with_equal_metrics(
+    workspace: Path, pilot: Pilot, tmp_path: Path, fmt: str
+) -> None:
+    model = joblib.load(pilot.model)
+    folder = tmp_path / "mlflow_model"
+    _save_sklearn(model, folder, fmt)
+    if fmt == "default":
+        assert (folder / "model.skops").exists()  # what MLflow 3 writes unless told otherwise
     manifest = workspace / "shipway.yaml"
     res = run_cli("models", "add", "--model", str(folder), "-m", str(manifest), env=NO_DB)
     assert res.returncode == 0, res.stderr
     assert "Registered version 2 (mlflow" in res.stdout
+    assert "gate: passed" in res.stdout and "note:" not in res.stdout, res.stdout
+    assert "cannot be computed" not in res.stdout
     # the served model is the registered snapshot, not the folder it came from
-    import shutil
-
     shutil.rmtree(folder)
     reg, store = _versions(manifest)
     try:
-        rows = [tuple(r.values()) for r in pilot.rows[:100]]
-        expected = model.predict(pd.DataFrame(pilot.rows[:100])).tolist()
-        assert _served(reg, manifest, 2, rows) == expected
+        mv = reg.get("cancer", 2)
+        assert mv.metrics["gate"] == {
+            "passed": True, "reasons": [], "checks": mv.metrics["gate"]["checks"], "notes": [],
+        }  # fmt: skip
+        assert {"roc_auc", "log_loss"} <= set(mv.metrics["holdout"])
+        assert mv.metrics["holdout"] == mv.metrics["champion"]["holdout"]
+        rows, confidence = _holdout_proba(model, pilot, 100)
+        m = load_manifest(manifest)
+        pred = reg.load(mv, m.contract, list(m.output.labels or [])).predict(rows)
+        assert pred.outputs == model.predict(pd.DataFrame(pilot.rows[:100])).tolist()
+        assert pred.confidence == pytest.approx(confidence, abs=1e-12)
     finally:
         store.close()
+
+
+def test_mlflow_model_decisions_carry_confidences_over_http(
+    workspace: Path, pilot: Pilot, tmp_path: Path, start_server: Any
+) -> None:
+    model = joblib.load(pilot.model)
+    _save_sklearn(model, tmp_path / "mlflow_model", "default")
+    manifest = workspace / "shipway.yaml"
+    res = run_cli(
+        "models", "add", "--model", str(tmp_path / "mlflow_model"), "-m", str(manifest), env=NO_DB
+    )
+    assert res.returncode == 0, res.stderr
+    # an identical model needs neither --force nor a reason to take all the traffic
+    res = run_cli("rollout", "canary", "2", "--percent", "100", "-m", str(manifest), env=NO_DB)
+    assert res.returncode == 0, res.stderr
+    server = start_server(manifest)
+    _rows, confidence = _holdout_proba(model, pilot, 40)
+    r = server.client.post("/v1/predict", json={"inputs": pilot.rows[:40]})
+    assert r.status_code == 200, r.text
+    decisions = r.json()["decisions"]
+    assert {d["model_version"] for d in decisions} == {2}
+    assert [d["output"] for d in decisions] == model.predict(pd.DataFrame(pilot.rows[:40])).tolist()
+    assert [d["confidence"] for d in decisions] == pytest.approx(confidence, abs=1e-12)
+
+
+def test_pyfunc_without_probabilities_is_registered_with_a_note(
+    workspace: Path, pilot: Pilot, tmp_path: Path
+) -> None:
+    pytest.importorskip("mlflow.pyfunc")
+    from tests.pilots.pyfunc import LabelsOnly
+
+    _save_pyfunc(LabelsOnly(joblib.load(pilot.model)), tmp_path / "labels_only")
+    manifest = workspace / "shipway.yaml"
+    res = run_cli(
+        "models", "add", "--model", str(tmp_path / "labels_only"), "-m", str(manifest), env=NO_DB
+    )
+    assert res.returncode == 0, res.stderr
+    out = " ".join(res.stdout.split())
+    assert "gate: passed" in out, out
+    for name in ("roc_auc", "log_loss"):
+        assert (
+            f"note: {name} cannot be computed for this version (it needs class probabilities); "
+            "not checked" in out
+        ), out
+    reg, store = _versions(manifest)
+    try:
+        gate = reg.get("cancer", 2).metrics["gate"]
+        assert gate["passed"] is True and gate["reasons"] == []
+        assert len(gate["notes"]) == 2
+        assert any(c.startswith("accuracy ") for c in gate["checks"])
+    finally:
+        store.close()
+
+    # the manifest can make a missing metric a failure
+    data = yaml.safe_load(manifest.read_text())
+    data["quality"]["on_missing_metric"] = "fail"
+    manifest.write_text(yaml.safe_dump(data, sort_keys=False))
+    res = run_cli(
+        "models", "add", "--model", str(tmp_path / "labels_only"), "-m", str(manifest), env=NO_DB
+    )
+    assert res.returncode == 0, res.stderr
+    out = " ".join(res.stdout.split())
+    assert "Registered version 3" in out and "gate: failed" in out, out
+    assert "roc_auc cannot be computed for this version" in out
+
+
+@pytest.mark.parametrize("kind", ["predict_proba", "probability_frame"])
+def test_pyfunc_probabilities_are_used(
+    workspace: Path, pilot: Pilot, tmp_path: Path, kind: str
+) -> None:
+    pytest.importorskip("mlflow.pyfunc")
+    from mlflow.models import infer_signature
+
+    from tests.pilots.pyfunc import ProbabilityFrame, WithPredictProba
+
+    model = joblib.load(pilot.model)
+    if kind == "predict_proba":
+        _save_pyfunc(WithPredictProba(model), tmp_path / "pyfunc")
+    else:
+        wrapped = ProbabilityFrame(model)
+        frame = pd.DataFrame(pilot.rows[:5])
+        signature = infer_signature(frame, wrapped.predict(None, frame))
+        _save_pyfunc(wrapped, tmp_path / "pyfunc", signature=signature)
+    manifest = workspace / "shipway.yaml"
+    res = run_cli("models", "add", "--model", str(tmp_path / "pyfunc"), "-m", str(manifest),
+                  env=NO_DB)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert "gate: passed" in res.stdout and "note:" not in res.stdout, res.stdout
+    reg, store = _versions(manifest)
+    try:
+        mv = reg.get("cancer", 2)
+        mine, champion = mv.metrics["holdout"], mv.metrics["champion"]["holdout"]
+        assert set(mine) == set(champion)
+        assert mine == pytest.approx(champion, rel=1e-9)
+        rows, confidence = _holdout_proba(model, pilot, 50)
+        m = load_manifest(manifest)
+        pred = reg.load(mv, m.contract, list(m.output.labels or [])).predict(rows)
+        assert pred.confidence == pytest.approx(confidence, abs=1e-12)
+    finally:
+        store.close()
+
+
+def test_a_model_that_needs_a_missing_package_is_refused_naming_it(
+    workspace: Path, pilot: Pilot, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = joblib.load(pilot.model)
+    # the skops format, where skops is not installed
+    _save_sklearn(model, tmp_path / "skops_model", "default")
+    m = load_manifest(workspace / "shipway.yaml")
+    names = [f.name for f in m.contract.inputs]
+    monkeypatch.setitem(sys.modules, "skops", None)  # how Python reports an absent package
+    monkeypatch.setitem(sys.modules, "skops.io", None)
+    with pytest.raises(ModelError) as info:
+        load_mlflow(tmp_path / "skops_model", names, [0, 1], numeric=True)
+    assert info.value.message == (
+        "the MLflow model needs the Python package 'skops', which is not installed: "
+        "pip install 'shipway[mlflow]'"
+    )
+    monkeypatch.undo()
+
+    # a python model whose code lives in a package the serving machine lacks
+    pytest.importorskip("mlflow.pyfunc")
+    (tmp_path / "pkgs").mkdir()
+    (tmp_path / "pkgs" / "acme_features.py").write_text(
+        "from tests.pilots.pyfunc import LabelsOnly\n\n\nclass Scorer(LabelsOnly):\n    pass\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path / "pkgs"))
+    import acme_features  # type: ignore[import-not-found]
+
+    try:
+        _save_pyfunc(
+            acme_features.Scorer(model), tmp_path / "acme",
+            pip_requirements=["scikit-learn", "acme-features==1.2.0"],
+        )  # fmt: skip
+    finally:
+        del sys.modules["acme_features"]
+    manifest = workspace / "shipway.yaml"
+    res = run_cli("models", "add", "--model", str(tmp_path / "acme"), "-m", str(manifest),
+                  env=NO_DB)  # fmt: skip
+    assert res.returncode != 0
+    err = " ".join(res.stderr.split())
+    assert (
+        "the MLflow model needs the Python package 'acme_features', which is not installed: "
+        "pip install 'acme-features==1.2.0'" in err
+    ), err
+    assert "ModuleNotFoundError" not in err
 
 
 def test_unknown_model_sources_are_refused(workspace: Path, tmp_path: Path) -> None:

@@ -4,15 +4,21 @@
   contract's numeric fields as a float32 matrix in contract order; a model with one input per
   field takes named columns. The first output is the answer; a second output, when present,
   holds class probabilities (a tensor, or a list of label → probability maps).
-* MLflow models (the ``mlflow`` extra) load through ``mlflow.pyfunc``. Shipway keeps a
+* MLflow models (the ``mlflow`` extra) load through their native flavor when Shipway knows it
+  (``sklearn``: the estimator itself, served like a joblib file, probabilities included) and
+  through ``mlflow.pyfunc`` otherwise, using the probabilities a pyfunc offers. Shipway keeps a
   snapshot of the model directory as a content-addressed tar archive, so what is served is
-  exactly what was registered even if the tracking server changes.
+  exactly what was registered even if the tracking server changes. A model that needs a
+  package that is not installed is refused with that package's name.
 """
 
 from __future__ import annotations
 
+import inspect
 import io
+import re
 import tarfile
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,7 +26,11 @@ from typing import Any
 import numpy as np
 
 from shipway.errors import ModelError
-from shipway.models.predictor import Predictions, Row, _py
+from shipway.models.predictor import Predictions, Row, SklearnPredictor, _py
+
+# Importing mlflow.pyfunc warns about a type hint inside MLflow itself; it says nothing about
+# the model being loaded, so it is kept out of Shipway's output.
+warnings.filterwarnings("ignore", message=r".*Any type hint is inferred as AnyType")
 
 
 class OnnxPredictor:
@@ -95,37 +105,199 @@ class OnnxPredictor:
         return Predictions(labels, conf)
 
 
+#: Python packages an MLflow model may need that Shipway's ``mlflow`` extra installs.
+MLFLOW_EXTRA_PACKAGES = frozenset({"mlflow", "skops", "cloudpickle"})
+
+#: Import names whose package on PyPI is named differently.
+PACKAGE_NAMES = {"sklearn": "scikit-learn", "yaml": "pyyaml"}
+
+
+def _missing_package(exc: BaseException, model_dir: Path) -> str | None:
+    """The message for a model that needs a package that is not installed, else None.
+
+    MLflow raises ``ModuleNotFoundError`` itself or wraps it, so the whole chain is searched.
+    """
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, ModuleNotFoundError) and cur.name:
+            module = cur.name.partition(".")[0]
+            package = PACKAGE_NAMES.get(module, module)
+            if package in MLFLOW_EXTRA_PACKAGES:
+                how = "pip install 'shipway[mlflow]'"
+            else:
+                how = f"pip install '{_requirement(model_dir, package) or package}'"
+            return (
+                f"the MLflow model needs the Python package {package!r}, which is not "
+                f"installed: {how}"
+            )
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return None
+
+
+def _requirement(model_dir: Path, package: str) -> str | None:
+    """The model's own requirement line for ``package`` (MLflow writes requirements.txt)."""
+    path = model_dir / "requirements.txt"
+    if not path.is_file():
+        return None
+    want = package.lower().replace("_", "-")
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        name = re.match(r"[A-Za-z0-9_.\-]*", line.strip())
+        if name and name.group().lower().replace("_", "-") == want:
+            return line.strip()
+    return None
+
+
+def load_mlflow(
+    model_dir: Path, names: Sequence[str], labels: Sequence[Any] | None, numeric: bool
+) -> SklearnPredictor | MlflowPredictor:
+    """A predictor for an MLflow model folder.
+
+    A model with the ``sklearn`` flavor loads as its estimator (``mlflow.sklearn.load_model``),
+    so it serves exactly like the same estimator saved with joblib, probabilities included.
+    Any other model loads through ``mlflow.pyfunc``.
+    """
+    try:
+        from mlflow.models import Model
+    except ImportError:
+        raise ModelError("MLflow models need mlflow: pip install 'shipway[mlflow]'") from None
+    try:
+        native = "sklearn" in Model.load(str(model_dir)).flavors
+        if native:
+            import mlflow.sklearn
+
+            model = mlflow.sklearn.load_model(str(model_dir))
+        else:
+            import mlflow.pyfunc
+
+            model = mlflow.pyfunc.load_model(str(model_dir))
+    except Exception as exc:
+        missing = _missing_package(exc, model_dir)
+        raise ModelError(missing or f"the MLflow model does not load: {exc}") from None
+    if native:
+        return SklearnPredictor(model, names, numeric)
+    return MlflowPredictor(model, names, labels)
+
+
 class MlflowPredictor:
+    """An MLflow pyfunc model, with class probabilities where the model offers them.
+
+    Probabilities come, in this order of preference, from
+
+    * a python model with a ``predict_proba(model_input)`` (or ``(context, model_input)``)
+      method: its answers are ``predict``'s, their confidence the probability of that answer;
+    * a ``predict`` whose signature declares one output column per label: the answer is the
+      most probable label.
+
+    Probabilities as a frame are matched to labels by column name; as an array they are taken
+    in the python model's ``classes_`` order, or else the contract's label order.
+    """
+
     flavor = "mlflow"
 
-    def __init__(self, model_dir: Path, names: Sequence[str], labels: Sequence[Any] | None) -> None:
-        try:
-            import mlflow.pyfunc
-        except ImportError:
-            raise ModelError("MLflow models need mlflow: pip install 'shipway[mlflow]'") from None
-        try:
-            self.model = mlflow.pyfunc.load_model(str(model_dir))
-        except Exception as exc:
-            raise ModelError(f"the MLflow model does not load: {exc}") from None
+    def __init__(self, model: Any, names: Sequence[str], labels: Sequence[Any] | None) -> None:
+        self.model = model
         self.names = list(names)
         self.classes = list(labels) if labels else None
+        self._proba_order: Sequence[Any] | None = None
+        self._proba_fn = self._python_proba() if self.classes else None
+        self._proba_columns = self._declared_columns() if self.classes else None
+        self.has_proba = self._proba_fn is not None or self._proba_columns is not None
 
-    def predict(self, rows: Sequence[Row]) -> Predictions:
+    def _python_proba(self) -> Any:
+        try:
+            python_model = self.model.unwrap_python_model()
+        except Exception:
+            return None  # not a python model (a flavor's own pyfunc wrapper)
+        fn = getattr(python_model, "predict_proba", None)
+        if not callable(fn):
+            return None
+        self._proba_order = getattr(python_model, "classes_", None)
+        params = inspect.signature(fn).parameters
+        if "context" in params:
+            context = getattr(self.model._model_impl, "context", None)
+            return lambda frame: fn(context, frame)
+        return fn
+
+    def _declared_columns(self) -> list[str] | None:
+        signature = self.model.metadata.signature
+        if signature is None or signature.outputs is None:
+            return None
+        outputs = signature.outputs
+        if not outputs.has_input_names():
+            return None
+        declared = [str(n) for n in outputs.input_names()]
+        if sorted(declared) != sorted(str(c) for c in self.classes or []):
+            return None
+        return declared
+
+    def _frame(self, rows: Sequence[Row]) -> Any:
         import pandas as pd
 
-        frame = pd.DataFrame.from_records(list(rows), columns=self.names)
+        return pd.DataFrame.from_records(list(rows), columns=self.names)
+
+    def _in_label_order(self, out: Any, order: Sequence[Any] | None) -> np.ndarray:
+        """Probabilities as an (n, labels) array in ``classes`` order."""
+        classes = [str(c) for c in self.classes or []]
+        columns = getattr(out, "columns", None)
+        if columns is not None:
+            by_name = {str(c): c for c in columns}
+            missing = [c for c in classes if c not in by_name]
+            if missing:
+                raise ModelError(f"the model's probabilities have no column for labels {missing}")
+            return np.asarray(out[[by_name[c] for c in classes]], dtype=np.float64)
+        arr = np.asarray(out, dtype=np.float64)
+        if arr.ndim != 2 or arr.shape[1] != len(classes):
+            raise ModelError(
+                f"the model gave probabilities of shape {arr.shape} for {len(classes)} labels"
+            )
+        if order is not None:
+            pos = {str(_py(c)): i for i, c in enumerate(order)}
+            if sorted(pos) != sorted(classes):
+                raise ModelError("the model's classes_ are not the contract's labels")
+            arr = arr[:, [pos[c] for c in classes]]
+        return arr
+
+    def _proba(self, frame: Any) -> np.ndarray:
+        if self._proba_fn is not None:
+            return self._in_label_order(self._proba_fn(frame), self._proba_order)
+        return self._in_label_order(self.model.predict(frame), self._proba_columns)
+
+    def predict_proba(self, rows: Sequence[Row]) -> np.ndarray | None:
+        """Class probabilities in ``classes`` order (None for a model without them)."""
+        if not self.has_proba:
+            return None
+        return self._proba(self._frame(rows))
+
+    def predict(self, rows: Sequence[Row]) -> Predictions:
+        frame = self._frame(rows)
+        classes = self.classes or []
+        if self._proba_fn is None and self._proba_columns is not None:
+            proba = self._proba(frame)
+            idx = proba.argmax(axis=1)
+            return Predictions([classes[i] for i in idx.tolist()], proba.max(axis=1).tolist())
         out = self.model.predict(frame)
         if hasattr(out, "to_numpy"):
             out = out.to_numpy()
         arr = np.asarray(out)
         if arr.ndim == 2 and arr.shape[1] == 1:
             arr = arr[:, 0]
-        if arr.ndim == 2 and self.classes and arr.shape[1] == len(self.classes):
+        if arr.ndim == 2 and classes and arr.shape[1] == len(classes):
+            # an undeclared array with one column per label: probabilities in label order
             idx = arr.argmax(axis=1)
             return Predictions(
-                [self.classes[i] for i in idx.tolist()], arr.max(axis=1).astype(float).tolist()
+                [classes[i] for i in idx.tolist()], arr.max(axis=1).astype(float).tolist()
             )
-        return Predictions([_py(v) for v in arr.tolist()], [None] * len(rows))
+        outputs = [_py(v) for v in arr.tolist()]
+        if self._proba_fn is None:
+            return Predictions(outputs, [None] * len(rows))
+        proba = self._proba(frame)
+        col = {c: i for i, c in enumerate(classes)}
+        conf: list[float | None] = [
+            float(proba[r, col[o]]) if o in col else None for r, o in enumerate(outputs)
+        ]
+        return Predictions(outputs, conf)
 
 
 def pack_directory(path: Path) -> bytes:
@@ -173,6 +345,7 @@ __all__ = [
     "MlflowPredictor",
     "OnnxPredictor",
     "fetch_mlflow_uri",
+    "load_mlflow",
     "pack_directory",
     "unpack_directory",
 ]

@@ -240,20 +240,20 @@ class Registry:
         if not mv.artifact_sha256:
             raise ModelError(f"model version {mv.version} has no artifact digest")
         data = self.store.artifacts.read_verified(mv.artifact_sha256)
+        numeric = all(f.type in ("int", "float", "bool") for f in contract.inputs)
         if mv.flavor == "sklearn":
-            numeric = all(f.type in ("int", "float", "bool") for f in contract.inputs)
             return SklearnPredictor(load_sklearn_bytes(data), names, numeric)
         if mv.flavor == "onnx":
             from shipway.models.formats import OnnxPredictor
 
             return OnnxPredictor(data, names, labels)
         if mv.flavor == "mlflow":
-            from shipway.models.formats import MlflowPredictor, unpack_directory
+            from shipway.models.formats import load_mlflow, unpack_directory
 
             folder = unpack_directory(
                 data, self.store.artifacts.root / "unpacked" / mv.artifact_sha256
             )
-            return MlflowPredictor(folder, names, labels)
+            return load_mlflow(folder, names, labels, numeric)
         raise ModelError(f"unknown model flavor {mv.flavor!r} for version {mv.version}")
 
 
