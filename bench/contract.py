@@ -146,8 +146,10 @@ def main(argv: list[str] | None = None) -> int:
     table, spec, n_bad = build(a.rows, a.bad)
     contract = Contract(spec)
     frame = table.to_pandas()
-    print(f"table: {a.rows:,} rows x {table.num_columns} columns, {n_bad:,} rows broken on "
-          f"purpose (built in {time.perf_counter() - t0:.1f} s); one Arrow thread")  # fmt: skip
+    print(
+        f"table: {a.rows:,} rows x {table.num_columns} columns, {n_bad:,} rows broken on "
+        f"purpose (built in {time.perf_counter() - t0:.1f} s); one Arrow thread"
+    )
 
     t_ship, res = best_of(a.repeat, contract.validate_table, table)
     t_arrow, (_, arrow_bad) = best_of(a.repeat, arrow_baseline, table, spec)
@@ -161,17 +163,25 @@ def main(argv: list[str] | None = None) -> int:
     rows = a.rows
     print()
     print(f"{'':38} {'seconds':>8} {'rows/s':>14} {'bad rows':>9}")
-    print(f"{'(a) Contract.validate_table':38} {t_ship:8.3f} {rows / t_ship:14,.0f} "
-          f"{res.bad_count:9,}")  # fmt: skip
-    print(f"{'(b) bare pyarrow.compute mask':38} {t_arrow:8.3f} {rows / t_arrow:14,.0f} "
-          f"{arrow_bad:9,}")  # fmt: skip
+    print(
+        f"{'(a) Contract.validate_table':38} {t_ship:8.3f} {rows / t_ship:14,.0f} "
+        f"{res.bad_count:9,}"
+    )
+    print(
+        f"{'(b) bare pyarrow.compute mask':38} {t_arrow:8.3f} {rows / t_arrow:14,.0f} "
+        f"{arrow_bad:9,}"
+    )
     print(f"{'(c) pandas masks':38} {t_pd:8.3f} {rows / t_pd:14,.0f} {pd_bad:9,}")
     print()
-    print(f"(a) explained {reasons:,} violations: "
-          + ", ".join(f"{k} {v:,}" for k, v in sorted(rules.items())))
+    print(
+        f"(a) explained {reasons:,} violations: "
+        + ", ".join(f"{k} {v:,}" for k, v in sorted(rules.items()))
+    )
     print(f"ratio time (a)/(b): {t_ship / t_arrow:.2f}   (a)/(c): {t_ship / t_pd:.2f}")
-    print(f"target: (a) under 0.3 s for 1,000,000 x 20 -> {t_ship:.3f} s "
-          f"({'met' if t_ship < 0.3 else 'NOT met'} at {rows:,} rows)")
+    print(
+        f"target: (a) under 0.3 s for 1,000,000 x 20 -> {t_ship:.3f} s "
+        f"({'met' if t_ship < 0.3 else 'NOT met'} at {rows:,} rows)"
+    )
     if res.bad_count != n_bad or arrow_bad != n_bad or pd_bad != n_bad:
         print("warning: the three methods disagree on the bad-row count", file=sys.stderr)
         return 1

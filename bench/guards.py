@@ -45,8 +45,18 @@ def batching(work: Path, manifest: Path, rows: list[dict[str, float]], requests:
     runs = (("batching on", manifest), ("batching off", off), ("batching on ", manifest))
     for label, path in runs:
         port = free_port()
-        cmd = [sys.executable, "-m", "shipway", "serve", str(path), "--port", str(port),
-               "--log-level", "warning", "--dev"]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "shipway",
+            "serve",
+            str(path),
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            "--dev",
+        ]
         with server(cmd, f"http://127.0.0.1:{port}/readyz", env={"SHIPWAY_DATABASE_URL": ""}):
             results[label] = load(port, one, 64, requests)
     on_rps = (results["batching on"]["rps"] + results["batching on "]["rps"]) / 2

@@ -70,16 +70,21 @@ def frames(rows: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dic
     return ref, cur, kinds
 
 
-def scipy_report(ref: dict[str, np.ndarray], cur: dict[str, np.ndarray], kinds: dict[str, str]
-                 ) -> dict[str, dict[str, float]]:  # fmt: skip
+def scipy_report(
+    ref: dict[str, np.ndarray], cur: dict[str, np.ndarray], kinds: dict[str, str]
+) -> dict[str, dict[str, float]]:
     out = {}
     for name, kind in kinds.items():
         a, b = ref[name], cur[name]
         if kind == "float":
             ks = stats.ks_2samp(a, b, method="asymp")
             w = stats.wasserstein_distance(a, b)
-            out[name] = {"ks": ks.statistic, "p_value": ks.pvalue, "wasserstein": w,
-                         "wasserstein_norm": w / np.std(a)}  # fmt: skip
+            out[name] = {
+                "ks": ks.statistic,
+                "p_value": ks.pvalue,
+                "wasserstein": w,
+                "wasserstein_norm": w / np.std(a),
+            }
         else:
             levels = sorted(set(LEVELS))
             table = np.array([[np.sum(a == v) for v in levels], [np.sum(b == v) for v in levels]])
@@ -121,8 +126,9 @@ def evidently_python() -> str | None:
     return sys.executable
 
 
-def run_evidently(python: str, ref: dict[str, np.ndarray], cur: dict[str, np.ndarray]
-                  ) -> dict[str, Any]:  # fmt: skip
+def run_evidently(
+    python: str, ref: dict[str, np.ndarray], cur: dict[str, np.ndarray]
+) -> dict[str, Any]:
     """Evidently in its own interpreter (its pandas pin clashes with Shipway's)."""
     with tempfile.TemporaryDirectory(prefix="shipway-bench-ev-") as tmp:
         paths = []
@@ -130,8 +136,13 @@ def run_evidently(python: str, ref: dict[str, np.ndarray], cur: dict[str, np.nda
             path = Path(tmp) / f"{name}.parquet"
             pq.write_table(pa.table({k: pa.array(v) for k, v in frame.items()}), path)
             paths.append(str(path))
-        out = subprocess.run([python, "-c", EVIDENTLY_CHILD, *paths], capture_output=True,
-                             text=True, timeout=1800, check=True)  # fmt: skip
+        out = subprocess.run(
+            [python, "-c", EVIDENTLY_CHILD, *paths],
+            capture_output=True,
+            text=True,
+            timeout=1800,
+            check=True,
+        )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -142,9 +153,11 @@ def main() -> int:
     a = ap.parse_args()
     t0 = time.perf_counter()
     ref, cur, kinds = frames(a.rows)
-    print(f"{a.rows:,} reference rows vs {a.rows:,} current rows, {N_NUM} numeric + {N_CAT} "
-          f"categorical features (generated in {time.perf_counter() - t0:.1f} s), "
-          f"{os.cpu_count()} cores")  # fmt: skip
+    print(
+        f"{a.rows:,} reference rows vs {a.rows:,} current rows, {N_NUM} numeric + {N_CAT} "
+        f"categorical features (generated in {time.perf_counter() - t0:.1f} s), "
+        f"{os.cpu_count()} cores"
+    )
     shifted = sorted([*SHIFTED_NUM, SHIFTED_CAT])
     print(f"shifted on purpose: {', '.join(shifted)}")
 
@@ -156,15 +169,19 @@ def main() -> int:
     t0 = time.perf_counter()
     report = drift_report(reference, cur_arrow)
     t_ship = time.perf_counter() - t0
-    print(f"\n(a) Shipway drift report            {t_ship:7.2f} s   (reference prepared once "
-          f"beforehand in {t_prep:.2f} s; target under 2 s)")  # fmt: skip
+    print(
+        f"\n(a) Shipway drift report            {t_ship:7.2f} s   (reference prepared once "
+        f"beforehand in {t_prep:.2f} s; target under 2 s)"
+    )
 
     if not a.no_scipy:
         t0 = time.perf_counter()
         base = scipy_report(ref, cur, kinds)
         t_scipy = time.perf_counter() - t0
-        print(f"(b) plain SciPy per column          {t_scipy:7.2f} s   ratio (b)/(a) "
-              f"{t_scipy / t_ship:.1f}x")  # fmt: skip
+        print(
+            f"(b) plain SciPy per column          {t_scipy:7.2f} s   ratio (b)/(a) "
+            f"{t_scipy / t_ship:.1f}x"
+        )
         worst = 0.0
         for name, vals in base.items():
             mine = report["features"][name]
@@ -175,30 +192,45 @@ def main() -> int:
         print(f"    plain p < 0.05 flags {len(plain)}: {', '.join(plain)}")
     python = evidently_python()
     if python is None:
-        print("(c) Evidently is not installed (a bench extra; it needs pandas < 3): skipped "
-              "(see bench/README.md)")  # fmt: skip
+        print(
+            "(c) Evidently is not installed (a bench extra; it needs pandas < 3): skipped "
+            "(see bench/README.md)"
+        )
     else:
         ev = run_evidently(python, ref, cur)
-        print(f"(c) Evidently DataDriftPreset       {ev['seconds']:7.2f} s   ratio (c)/(a) "
-              f"{ev['seconds'] / t_ship:.1f}x   (peak memory {ev['max_rss_mb']:.0f} MB)")
+        print(
+            f"(c) Evidently DataDriftPreset       {ev['seconds']:7.2f} s   ratio (c)/(a) "
+            f"{ev['seconds'] / t_ship:.1f}x   (peak memory {ev['max_rss_mb']:.0f} MB)"
+        )
         worst = 0.0
         for name, (method, value) in ev["values"].items():
             mine = report["features"][name]
-            ours = (mine["wasserstein_norm"] if "Wasserstein" in method
-                    else mine["jensen_shannon"] * math.sqrt(math.log(2)))  # natural-log JS
+            ours = (
+                mine["wasserstein_norm"]
+                if "Wasserstein" in method
+                else mine["jensen_shannon"] * math.sqrt(math.log(2))
+            )  # natural-log JS
             worst = max(worst, abs(ours - value))
-        print(f"    largest difference between (a) and (c) on shared values: {worst:.2e} "
-              "(normalised Wasserstein; Jensen-Shannon in natural-log units)")
-        print(f"    Evidently's default verdicts flag {len(ev['drifted'])}: "
-              f"{', '.join(sorted(ev['drifted']))}")  # fmt: skip
+        print(
+            f"    largest difference between (a) and (c) on shared values: {worst:.2e} "
+            "(normalised Wasserstein; Jensen-Shannon in natural-log units)"
+        )
+        print(
+            f"    Evidently's default verdicts flag {len(ev['drifted'])}: "
+            f"{', '.join(sorted(ev['drifted']))}"
+        )
 
     flagged = sorted(report["drifted"])
-    print(f"\nShipway flags {len(flagged)}: {', '.join(flagged)}  "
-          f"({'exactly the shifted ones' if flagged == shifted else 'NOT the shifted set'})")
+    print(
+        f"\nShipway flags {len(flagged)}: {', '.join(flagged)}  "
+        f"({'exactly the shifted ones' if flagged == shifted else 'NOT the shifted set'})"
+    )
     for name in shifted:
         f = report["features"][name]
-        print(f"    {name}: effect {f['effect']:.4f} (floor {f['floor']}), p (BH) "
-              f"{f['p_adjusted']:.2e}")  # fmt: skip
+        print(
+            f"    {name}: effect {f['effect']:.4f} (floor {f['floor']}), p (BH) "
+            f"{f['p_adjusted']:.2e}"
+        )
     return 0 if flagged == shifted else 1
 
 

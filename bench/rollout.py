@@ -25,8 +25,10 @@ from serving import build_pilot, fmt, free_port, init_shipway, load, server
 
 def move(port: int, name: str, body: dict) -> None:
     req = urllib.request.Request(
-        f"http://127.0.0.1:{port}/v1/rollout/{name}", data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"}, method="POST",
+        f"http://127.0.0.1:{port}/v1/rollout/{name}",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
     )
     with urllib.request.urlopen(req, timeout=30) as r:
         assert r.status == 200
@@ -50,9 +52,22 @@ def main() -> None:
     one.write_text(json.dumps({"inputs": rows[0]}))
     port = free_port()
     results = {}
-    with server([sys.executable, "-m", "shipway", "serve", str(manifest), "--port", str(port),
-                 "--log-level", "warning", "--dev"], f"http://127.0.0.1:{port}/readyz",
-                env={"SHIPWAY_DATABASE_URL": ""}):
+    with server(
+        [
+            sys.executable,
+            "-m",
+            "shipway",
+            "serve",
+            str(manifest),
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            "--dev",
+        ],
+        f"http://127.0.0.1:{port}/readyz",
+        env={"SHIPWAY_DATABASE_URL": ""},
+    ):
         results["champion only"] = load(port, one, 16, args.requests)
         move(port, "canary", {"version": 2, "percent": 20, "reason": "bench"})
         results["canary 20%"] = load(port, one, 16, args.requests)

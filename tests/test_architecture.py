@@ -85,8 +85,12 @@ def test_every_route_that_carries_rows_has_the_same_body_limit(
     _edit(manifest, serving={"max_body_bytes": 1_000_000})
     server = start_server(manifest)
     big = b'{"inputs": [' + b"1," * 25_000_000 + b"1]}"  # 50 MB
-    routes = ["/v1/predict", "/v2/models/cancer/infer", "/v2/models/cancer/versions/1/infer",
-              "/v1/feedback"]
+    routes = [
+        "/v1/predict",
+        "/v2/models/cancer/infer",
+        "/v2/models/cancer/versions/1/infer",
+        "/v1/feedback",
+    ]
     for path in routes:
         r = server.client.post(path, content=big, headers={"content-type": "application/json"})
         assert r.status_code == 413, (path, r.status_code, r.text[:200])
@@ -112,11 +116,15 @@ def test_v2_decisions_record_the_authenticated_caller(
     predictor = make_key(manifest, "predictor", admin)
     server = start_server(manifest, PROD)
     names = list(pilot.rows[0])
-    body = {"inputs": [{"name": n, "datatype": "FP64", "shape": [1], "data": [pilot.rows[0][n]]}
-                       for n in names]}
+    body = {
+        "inputs": [
+            {"name": n, "datatype": "FP64", "shape": [1], "data": [pilot.rows[0][n]]} for n in names
+        ]
+    }
     auth = {"Authorization": f"Bearer {predictor}"}
-    r = server.client.post("/v2/models/cancer/infer", json=body,
-                           headers={**auth, "x-shipway-caller": "someone-else"})
+    r = server.client.post(
+        "/v2/models/cancer/infer", json=body, headers={**auth, "x-shipway-caller": "someone-else"}
+    )
     assert r.status_code == 200, r.text
     did = next(o for o in r.json()["outputs"] if o["name"] == "decision_id")["data"][0]
     one = server.client.post("/v1/predict", json={"inputs": pilot.rows[0]}, headers=auth).json()
@@ -133,10 +141,17 @@ def test_rate_limits_are_keyed_as_the_manifest_says(
     admin = make_key(manifest, "admin", None)
     k1 = make_key(manifest, "predictor", admin)
     k2 = make_key(manifest, "predictor", admin)
-    _edit(manifest, serving={"limits": {"rate": [
-        {"per_second": 0.01, "burst": 5, "key": "header:x-tenant"},
-        {"per_second": 0.01, "burst": 40, "key": "principal"},
-    ]}})
+    _edit(
+        manifest,
+        serving={
+            "limits": {
+                "rate": [
+                    {"per_second": 0.01, "burst": 5, "key": "header:x-tenant"},
+                    {"per_second": 0.01, "burst": 40, "key": "principal"},
+                ]
+            }
+        },
+    )
     server = start_server(manifest, PROD)
     c = server.client
     row = {"inputs": pilot.rows[0]}
@@ -167,8 +182,11 @@ def test_rate_limits_are_keyed_as_the_manifest_says(
     assert "x-tenant" in missing.json()["error"]["message"]
     # V2 infer is limited the same way, with the protocol's error body
     names = list(pilot.rows[0])
-    v2 = {"inputs": [{"name": n, "datatype": "FP64", "shape": [1], "data": [pilot.rows[0][n]]}
-                     for n in names]}
+    v2 = {
+        "inputs": [
+            {"name": n, "datatype": "FP64", "shape": [1], "data": [pilot.rows[0][n]]} for n in names
+        ]
+    }
     assert send(k2, "acme", "/v2/models/cancer/infer", v2).status_code == 429
     assert send(k2, None, "/v2/models/cancer/infer", v2).status_code == 400
     assert send(k2, "new-tenant", "/v2/models/cancer/infer", v2).status_code == 200
@@ -181,10 +199,15 @@ def test_a_dead_webhook_stalls_neither_rollout_nor_review(
     workspace: Path, pilot: Pilot, silent: Silent, start_server: Any
 ) -> None:
     manifest = workspace / "shipway.yaml"
-    _edit(manifest,
-          review={"policies": [{"name": "all", "sample": 1.0, "mode": "hold"}],
-                  "queues": {"default": {"sla": "1s"}}, "webhook": silent.url},
-          monitor={"schedule": False, "webhooks": [{"url": silent.url, "timeout_s": 5}]})
+    _edit(
+        manifest,
+        review={
+            "policies": [{"name": "all", "sample": 1.0, "mode": "hold"}],
+            "queues": {"default": {"sla": "1s"}},
+            "webhook": silent.url,
+        },
+        monitor={"schedule": False, "webhooks": [{"url": silent.url, "timeout_s": 5}]},
+    )
     server = start_server(manifest)
     c = server.client
     held = [c.post("/v1/predict", json={"inputs": r}).json() for r in pilot.rows[:6]]
@@ -205,8 +228,9 @@ def test_a_dead_webhook_stalls_neither_rollout_nor_review(
     assert r.status_code == 200 and r.json()["status"] == "done"
     assert took < 2.0, f"a review outcome took {took:.1f} s"  # inline delivery took 20 s
     # and a rollout move made elsewhere reaches the server within a second
-    res = run_cli("stop", "--reason", "test", "-m", str(manifest),
-                  env={**NO_DB, "SHIPWAY_DEV_MODE": "1"})
+    res = run_cli(
+        "stop", "--reason", "test", "-m", str(manifest), env={**NO_DB, "SHIPWAY_DEV_MODE": "1"}
+    )
     assert res.returncode == 0, res.stderr
     t0 = time.monotonic()
     while time.monotonic() - t0 < 10:
@@ -222,15 +246,19 @@ def test_a_dead_webhook_stalls_neither_rollout_nor_review(
     assert {m["status"] for m in msgs} <= {"pending", "failed"}
 
 
-def test_a_notification_outlives_a_killed_server(
-    workspace: Path, tmp_path: Path
-) -> None:
+def test_a_notification_outlives_a_killed_server(workspace: Path, tmp_path: Path) -> None:
     manifest = workspace / "shipway.yaml"
     port = free_port()
     hook = f"http://127.0.0.1:{port}/hook"  # nothing listens there yet
-    _edit(manifest, monitor={"schedule": False, "min_rows": 1,
-                             "alerts": [{"name": "always", "when": "n >= 0", "do": ["notify"]}],
-                             "webhooks": [{"url": hook, "timeout_s": 1, "attempts": 10}]})
+    _edit(
+        manifest,
+        monitor={
+            "schedule": False,
+            "min_rows": 1,
+            "alerts": [{"name": "always", "when": "n >= 0", "do": ["notify"]}],
+            "webhooks": [{"url": hook, "timeout_s": 1, "attempts": 10}],
+        },
+    )
     first = Server(manifest, NO_DB)
     first.wait_ready()
     try:
@@ -274,13 +302,18 @@ def test_unknown_names_in_alert_rules_and_review_policies_are_manifest_errors(
     workspace: Path,
 ) -> None:
     manifest = workspace / "shipway.yaml"
-    _edit(manifest,
-          monitor={"alerts": [
-              {"name": "fine", "when": "accuracy < 0.8 and 'x' in drifted_features"},
-              {"name": "typo", "when": "acuracy < 0.8"},
-              {"name": "rows", "when": "rows > 0"},
-              {"name": "feature", "when": "drift.nonexistent.effect > 0.2"}]},
-          review={"policies": [{"name": "p", "when": "inputs.nope > 1 or confidence < 0.5"}]})
+    _edit(
+        manifest,
+        monitor={
+            "alerts": [
+                {"name": "fine", "when": "accuracy < 0.8 and 'x' in drifted_features"},
+                {"name": "typo", "when": "acuracy < 0.8"},
+                {"name": "rows", "when": "rows > 0"},
+                {"name": "feature", "when": "drift.nonexistent.effect > 0.2"},
+            ]
+        },
+        review={"policies": [{"name": "p", "when": "inputs.nope > 1 or confidence < 0.5"}]},
+    )
     text = manifest.read_text()
     lines = text.splitlines()
 
@@ -325,8 +358,16 @@ def test_shutdown_under_shadow_traffic_loses_no_started_shadow(
     m = load_manifest(manifest)
     store = open_service_store(Location.of(m, manifest.resolve(), Settings(database_url=None)))
     try:
-        v = Registry(store).add("cancer", uri="python:tests.pilots.rules:lagging",
-                                flavor="python", contract=m.contract).version
+        v = (
+            Registry(store)
+            .add(
+                "cancer",
+                uri="python:tests.pilots.rules:lagging",
+                flavor="python",
+                contract=m.contract,
+            )
+            .version
+        )
     finally:
         store.close()
     server = Server(manifest, NO_DB)
@@ -360,8 +401,12 @@ def test_shutdown_under_shadow_traffic_loses_no_started_shadow(
     assert "Traceback" not in log and "ERROR" not in log, log[-3000:]
     db = sqlite3.connect(workspace / ".shipway" / "shipway.db")
     decided = {r[0] for r in db.execute("SELECT id FROM decisions WHERE error IS NULL")}
-    shadowed = {r[0] for r in db.execute(
-        "SELECT decision_id FROM shadow_decisions WHERE model_version = ?", (v,))}
+    shadowed = {
+        r[0]
+        for r in db.execute(
+            "SELECT decision_id FROM shadow_decisions WHERE model_version = ?", (v,)
+        )
+    }
     db.close()
     assert len(answered) > 20
     assert set(answered) <= decided

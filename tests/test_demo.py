@@ -9,9 +9,17 @@ from tests.conftest import free_port, run_cli
 
 
 def test_demo_runs_and_every_answer_is_logged(tmp_path: Path) -> None:
-    res = run_cli("demo", "--duration", "14", "--port", str(free_port()),
-                  "--workdir", str(tmp_path / "demo"), timeout=180,
-                  env={"COLUMNS": "120"})
+    res = run_cli(
+        "demo",
+        "--duration",
+        "14",
+        "--port",
+        str(free_port()),
+        "--workdir",
+        str(tmp_path / "demo"),
+        timeout=180,
+        env={"COLUMNS": "120"},
+    )
     out = res.stdout
     assert res.returncode == 0, out + res.stderr
     answered = int(re.search(r"rows answered \(logged\)\s*│\s*(\d+)", out).group(1))

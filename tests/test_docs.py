@@ -21,8 +21,17 @@ def test_generated_docs_are_current() -> None:
 
 def test_public_api() -> None:
     assert sorted(shipway.__all__) == sorted(
-        ["Contract", "Manifest", "Service", "Settings", "ShipwayError", "create_app",
-         "init_service", "load_manifest", "__version__"]
+        [
+            "Contract",
+            "Manifest",
+            "Service",
+            "Settings",
+            "ShipwayError",
+            "create_app",
+            "init_service",
+            "load_manifest",
+            "__version__",
+        ]
     )
     from shipway.api.app import create_app
     from shipway.contract import Contract
@@ -32,9 +41,16 @@ def test_public_api() -> None:
     from shipway.service import Service
     from shipway.settings import Settings
 
-    homes = {"Contract": Contract, "Manifest": Manifest, "Service": Service,
-             "Settings": Settings, "ShipwayError": ShipwayError, "create_app": create_app,
-             "init_service": init_service, "load_manifest": load_manifest}
+    homes = {
+        "Contract": Contract,
+        "Manifest": Manifest,
+        "Service": Service,
+        "Settings": Settings,
+        "ShipwayError": ShipwayError,
+        "create_app": create_app,
+        "init_service": init_service,
+        "load_manifest": load_manifest,
+    }
     for name, obj in homes.items():
         assert getattr(shipway, name) is obj, name
     assert shipway.__version__ == importlib.metadata.version("shipway")

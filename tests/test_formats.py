@@ -116,8 +116,11 @@ def test_mlflow_sklearn_model_of_the_champion_passes_the_gate_with_equal_metrics
     try:
         mv = reg.get("cancer", 2)
         assert mv.metrics["gate"] == {
-            "passed": True, "reasons": [], "checks": mv.metrics["gate"]["checks"], "notes": [],
-        }  # fmt: skip
+            "passed": True,
+            "reasons": [],
+            "checks": mv.metrics["gate"]["checks"],
+            "notes": [],
+        }
         assert {"roc_auc", "log_loss"} <= set(mv.metrics["holdout"])
         assert mv.metrics["holdout"] == mv.metrics["champion"]["holdout"]
         rows, confidence = _holdout_proba(model, pilot, 100)
@@ -211,8 +214,9 @@ def test_pyfunc_probabilities_are_used(
         signature = infer_signature(frame, wrapped.predict(None, frame))
         _save_pyfunc(wrapped, tmp_path / "pyfunc", signature=signature)
     manifest = workspace / "shipway.yaml"
-    res = run_cli("models", "add", "--model", str(tmp_path / "pyfunc"), "-m", str(manifest),
-                  env=NO_DB)  # fmt: skip
+    res = run_cli(
+        "models", "add", "--model", str(tmp_path / "pyfunc"), "-m", str(manifest), env=NO_DB
+    )
     assert res.returncode == 0, res.stderr
     assert "gate: passed" in res.stdout and "note:" not in res.stdout, res.stdout
     reg, store = _versions(manifest)
@@ -258,14 +262,16 @@ def test_a_model_that_needs_a_missing_package_is_refused_naming_it(
 
     try:
         _save_pyfunc(
-            acme_features.Scorer(model), tmp_path / "acme",
+            acme_features.Scorer(model),
+            tmp_path / "acme",
             pip_requirements=["scikit-learn", "acme-features==1.2.0"],
-        )  # fmt: skip
+        )
     finally:
         del sys.modules["acme_features"]
     manifest = workspace / "shipway.yaml"
-    res = run_cli("models", "add", "--model", str(tmp_path / "acme"), "-m", str(manifest),
-                  env=NO_DB)  # fmt: skip
+    res = run_cli(
+        "models", "add", "--model", str(tmp_path / "acme"), "-m", str(manifest), env=NO_DB
+    )
     assert res.returncode != 0
     err = " ".join(res.stderr.split())
     assert (

@@ -35,8 +35,9 @@ def cli(*args: str, key: str | None = None, timeout: float = 120) -> subprocess.
 
 
 def make_key(manifest: Path, role: str, admin: str | None) -> str:
-    res = cli("keys", "create", "--name", f"{role}-key", "--role", role, "-m", str(manifest),
-              key=admin)  # fmt: skip
+    res = cli(
+        "keys", "create", "--name", f"{role}-key", "--role", role, "-m", str(manifest), key=admin
+    )
     assert res.returncode == 0, res.stderr
     return res.stdout.strip().splitlines()[-1]
 
@@ -54,9 +55,13 @@ def keyed(workspace: Path) -> dict[str, str]:
 
 
 def _fill(path: str, decision_id: str) -> str:
-    return (path.replace("{decision_id}", decision_id).replace("{move}", "step")
-            .replace("{key_id}", "000000000000").replace("{model}", "cancer")
-            .replace("{version}", "1"))  # fmt: skip
+    return (
+        path.replace("{decision_id}", decision_id)
+        .replace("{move}", "step")
+        .replace("{key_id}", "000000000000")
+        .replace("{model}", "cancer")
+        .replace("{version}", "1")
+    )
 
 
 def _body(method: str, path: str, row: dict[str, Any]) -> Any:
@@ -99,15 +104,21 @@ def test_every_route_by_every_role(
             r = c.request(method, url, json=body, headers=hdr[role])
             if role in allowed:
                 assert r.status_code not in (401, 403) and r.status_code < 500, (
-                    method, path, role, r.status_code, r.text)
+                    method,
+                    path,
+                    role,
+                    r.status_code,
+                    r.text,
+                )
             else:
                 assert r.status_code == 403, (method, path, role, r.status_code)
                 assert _code(path, r) == "forbidden"
     # the table the walk used covers every route the service documents (none is left to the
     # fail-closed default by accident)
     table = {(m, p) for m, p, _perms in ROUTE_PERMISSIONS}
-    documented = {(m.upper(), p) for p, ops in c.get("/openapi.json").json()["paths"].items()
-                  for m in ops}  # fmt: skip
+    documented = {
+        (m.upper(), p) for p, ops in c.get("/openapi.json").json()["paths"].items() for m in ops
+    }
     assert documented <= table, documented - table
     # finer rules inside handlers: promotion needs approver; viewers see no inputs
     assert c.post("/v1/rollout/promote", json={}, headers=hdr["operator"]).status_code == 403
@@ -154,8 +165,19 @@ def test_revoked_and_expired_keys_are_refused(
         status = c.post("/v1/predict", json={"inputs": pilot.rows[0]}, headers=use2).status_code
     assert status == 401
 
-    short = cli("keys", "create", "--name", "brief", "--role", "viewer", "--expires", "1s",
-                "-m", str(manifest), key=keyed["admin"]).stdout.strip()  # fmt: skip
+    short = cli(
+        "keys",
+        "create",
+        "--name",
+        "brief",
+        "--role",
+        "viewer",
+        "--expires",
+        "1s",
+        "-m",
+        str(manifest),
+        key=keyed["admin"],
+    ).stdout.strip()
     time.sleep(1.5)
     assert c.get("/v1/service", headers={"Authorization": f"Bearer {short}"}).status_code == 401
     # the CLI refuses state changes without a key once keys exist, and with the wrong role
@@ -180,26 +202,46 @@ def test_oidc_tokens_verified_and_mapped_to_roles(
     manifest = workspace / "shipway.yaml"
     private, jwks = _jwks(tmp_path)
     data = yaml.safe_load(manifest.read_text())
-    data["auth"] = {"oidc": {"issuer": "https://id.example.test", "audience": "shipway-cancer",
-                             "jwks": str(jwks), "roles_claim": "realm.groups",
-                             "role_map": {"ml-ops": "operator"}}}  # fmt: skip
+    data["auth"] = {
+        "oidc": {
+            "issuer": "https://id.example.test",
+            "audience": "shipway-cancer",
+            "jwks": str(jwks),
+            "roles_claim": "realm.groups",
+            "role_map": {"ml-ops": "operator"},
+        }
+    }
     manifest.write_text(yaml.safe_dump(data, sort_keys=False))
     server = start_server(manifest, PROD)
     c = server.client
 
     def token(groups: list[str], **over: Any) -> str:
-        claims = {"iss": "https://id.example.test", "aud": "shipway-cancer", "sub": "ana",
-                  "exp": int(time.time()) + 300, "realm": {"groups": groups}, **over}  # fmt: skip
+        claims = {
+            "iss": "https://id.example.test",
+            "aud": "shipway-cancer",
+            "sub": "ana",
+            "exp": int(time.time()) + 300,
+            "realm": {"groups": groups},
+            **over,
+        }
         return jwt.encode(claims, private, algorithm="RS256", headers={"kid": "test-1"})
 
     def call(tok: str) -> httpx.Response:
-        return c.post("/v1/predict", json={"inputs": pilot.rows[0]},
-                      headers={"Authorization": f"Bearer {tok}"})  # fmt: skip
+        return c.post(
+            "/v1/predict",
+            json={"inputs": pilot.rows[0]},
+            headers={"Authorization": f"Bearer {tok}"},
+        )
 
     ok = call(token(["predictor"]))
     assert ok.status_code == 200
-    assert c.get(f"/v1/decisions/{ok.json()['id']}",
-                 headers={"Authorization": f"Bearer {token(['ml-ops'])}"}).json()["caller"] == "ana"
+    assert (
+        c.get(
+            f"/v1/decisions/{ok.json()['id']}",
+            headers={"Authorization": f"Bearer {token(['ml-ops'])}"},
+        ).json()["caller"]
+        == "ana"
+    )
     expired = call(token(["predictor"], exp=int(time.time()) - 600))
     assert expired.status_code == 401 and "expired" in expired.json()["error"]["message"]
     wrong_aud = call(token(["predictor"], aud="another-service"))
@@ -210,9 +252,17 @@ def test_oidc_tokens_verified_and_mapped_to_roles(
     tampered = ".".join([head, jwt.utils.base64url_encode(orjson.dumps(forged)).decode(), sig])
     assert call(tampered).status_code == 401
     other_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    foreign = jwt.encode({"iss": "https://id.example.test", "aud": "shipway-cancer",
-                          "exp": int(time.time()) + 300, "realm": {"groups": ["admin"]}},
-                         other_key, algorithm="RS256", headers={"kid": "test-1"})  # fmt: skip
+    foreign = jwt.encode(
+        {
+            "iss": "https://id.example.test",
+            "aud": "shipway-cancer",
+            "exp": int(time.time()) + 300,
+            "realm": {"groups": ["admin"]},
+        },
+        other_key,
+        algorithm="RS256",
+        headers={"kid": "test-1"},
+    )
     assert call(foreign).status_code == 401
     # the mapped group is an operator: may read, may not predict
     op = {"Authorization": f"Bearer {token(['ml-ops'])}"}
@@ -224,8 +274,14 @@ def test_audit_chain_detects_an_edited_or_deleted_event(database_url: str, tmp_p
     store = open_store(database_url, tmp_path / "art")
     try:
         for i in range(6):
-            audit.record(store.engine, actor=f"user{i}", action="test.move", target="svc",
-                         after={"i": i}, reason="because")  # fmt: skip
+            audit.record(
+                store.engine,
+                actor=f"user{i}",
+                action="test.move",
+                target="svc",
+                after={"i": i},
+                reason="because",
+            )
         assert audit.verify(store.engine).ok
         assert audit.verify(store.engine).checked == 6
         from sqlalchemy import text
@@ -264,8 +320,9 @@ def test_audit_records_state_changes_and_cli_verify_names_the_broken_row(
     ok = cli("audit", "verify", "-m", str(manifest))
     assert ok.returncode == 0 and f"{len(actions)} events" in ok.stdout
     db = sqlite3.connect(workspace / ".shipway" / "shipway.db")
-    db.execute("UPDATE audit_events SET reason = 'nothing happened' WHERE seq = ?",
-               (len(actions) - 1,))  # fmt: skip
+    db.execute(
+        "UPDATE audit_events SET reason = 'nothing happened' WHERE seq = ?", (len(actions) - 1,)
+    )
     db.commit()
     db.close()
     bad = cli("audit", "verify", "-m", str(manifest))
@@ -280,20 +337,37 @@ def test_pii_never_reaches_the_log_or_an_export(tmp_path: Path, start_server: An
         w = csv.writer(f)
         w.writerow(["email", "phone", "name", "amount", "risk"])
         for i in range(40):
-            w.writerow([f"user{i}@example.com", f"+44 7700 9{i:05d}", f"Person {i}",
-                        100 + 25 * i, "high" if 100 + 25 * i > 500 else "low"])  # fmt: skip
-    res = run_cli("init", "--model", "python:tests.pilots.contacts:predict", "--data", str(data),
-                  "--target", "risk", "--dir", str(tmp_path / "svc"),
-                  env={"SHIPWAY_DATABASE_URL": ""})  # fmt: skip
+            w.writerow(
+                [
+                    f"user{i}@example.com",
+                    f"+44 7700 9{i:05d}",
+                    f"Person {i}",
+                    100 + 25 * i,
+                    "high" if 100 + 25 * i > 500 else "low",
+                ]
+            )
+    res = run_cli(
+        "init",
+        "--model",
+        "python:tests.pilots.contacts:predict",
+        "--data",
+        str(data),
+        "--target",
+        "risk",
+        "--dir",
+        str(tmp_path / "svc"),
+        env={"SHIPWAY_DATABASE_URL": ""},
+    )
     assert res.returncode == 0, res.stderr
     manifest = tmp_path / "svc" / "shipway.yaml"
     spec = yaml.safe_load(manifest.read_text())
     spec["pii"] = {"email": "hash", "phone": "mask", "name": "drop"}
     manifest.write_text(yaml.safe_dump(spec, sort_keys=False))
     server = start_server(manifest, {"SHIPWAY_DATABASE_URL": "", "SHIPWAY_SECRET_KEY": SECRET})
-    rows = [{"email": "ana@example.com", "phone": "+44 7700 912345", "name": "Ana Lima",
-             "amount": 900}, {"email": "ana@example.com", "phone": "+44 7700 900000",
-                              "name": "Ana Lima", "amount": 100}]  # fmt: skip
+    rows = [
+        {"email": "ana@example.com", "phone": "+44 7700 912345", "name": "Ana Lima", "amount": 900},
+        {"email": "ana@example.com", "phone": "+44 7700 900000", "name": "Ana Lima", "amount": 100},
+    ]
     out = server.client.post("/v1/predict", json={"inputs": rows}).json()["decisions"]
     assert [d["output"] for d in out] == ["high", "low"]  # the model saw the clear values
     db = sqlite3.connect(tmp_path / "svc" / ".shipway" / "shipway.db")
@@ -306,15 +380,14 @@ def test_pii_never_reaches_the_log_or_an_export(tmp_path: Path, start_server: An
     assert stored[0]["phone"].endswith("2345") and "*" in stored[0]["phone"]
     assert "name" not in stored[0] and stored[0]["amount"] == 900
     for fmt in ("jsonl", "csv"):
-        exported = run_cli("decisions", "export", str(manifest), "--format", fmt,
-                           env={"SHIPWAY_DATABASE_URL": ""}).stdout  # fmt: skip
+        exported = run_cli(
+            "decisions", "export", str(manifest), "--format", fmt, env={"SHIPWAY_DATABASE_URL": ""}
+        ).stdout
         assert "ana@example.com" not in exported and "Ana Lima" not in exported
         assert "hmac:" in exported
 
 
-def test_retention_purge_removes_exactly_what_is_past_it(
-    database_url: str, tmp_path: Path
-) -> None:
+def test_retention_purge_removes_exactly_what_is_past_it(database_url: str, tmp_path: Path) -> None:
     from sqlalchemy import func, select
 
     from shipway.decisions import DecisionLog
@@ -329,14 +402,37 @@ def test_retention_purge_removes_exactly_what_is_past_it(
     log = DecisionLog(store.engine)
     log.start()
     try:
-        log.write_sync([
-            {"id": f"d{i}", "ts": now - a * day, "service": "svc", "model_version": 1,
-             "route": "champion", "inputs": {"x": i}, "output": 1, "confidence": 0.5,
-             "latency_ms": 1.0, "caller": None}
-            for i, a in enumerate(ages)
-        ] + [{"id": "other", "ts": now - 400 * day, "service": "other", "model_version": 1,
-              "route": "champion", "inputs": {}, "output": 1, "confidence": 0.5,
-              "latency_ms": 1.0, "caller": None}])  # fmt: skip
+        log.write_sync(
+            [
+                {
+                    "id": f"d{i}",
+                    "ts": now - a * day,
+                    "service": "svc",
+                    "model_version": 1,
+                    "route": "champion",
+                    "inputs": {"x": i},
+                    "output": 1,
+                    "confidence": 0.5,
+                    "latency_ms": 1.0,
+                    "caller": None,
+                }
+                for i, a in enumerate(ages)
+            ]
+            + [
+                {
+                    "id": "other",
+                    "ts": now - 400 * day,
+                    "service": "other",
+                    "model_version": 1,
+                    "route": "champion",
+                    "inputs": {},
+                    "output": 1,
+                    "confidence": 0.5,
+                    "latency_ms": 1.0,
+                    "caller": None,
+                }
+            ]
+        )
     finally:
         log.stop()
     try:
@@ -394,9 +490,11 @@ def test_production_mode_refuses_a_missing_or_default_secret(workspace: Path) ->
     for secret, says in (("", "no server secret"), ("changeme", "is a default")):
         res = subprocess.run(
             [sys.executable, "-m", "shipway", "serve", str(manifest), "--port", str(free_port())],
-            env={**base, "SHIPWAY_SECRET_KEY": secret}, capture_output=True, text=True,
+            env={**base, "SHIPWAY_SECRET_KEY": secret},
+            capture_output=True,
+            text=True,
             timeout=60,
-        )  # fmt: skip
+        )
         assert res.returncode != 0 and says in " ".join(res.stderr.split())
     from shipway.settings import Settings
 
@@ -419,21 +517,36 @@ def test_schemathesis_finds_no_server_error_and_no_route_open_without_auth(
 ) -> None:
     server = start_server(workspace / "shipway.yaml", PROD)
     url = f"{server.base}/openapi.json"
-    common = ["--max-examples", "8", "--generation-deterministic", "--request-timeout", "10",
-              "--phases", "examples,coverage,fuzzing", "--no-color"]  # fmt: skip
+    common = [
+        "--max-examples",
+        "8",
+        "--generation-deterministic",
+        "--request-timeout",
+        "10",
+        "--phases",
+        "examples,coverage,fuzzing",
+        "--no-color",
+    ]
     runs = {
         # with credentials: no 5xx, and each protected operation refuses the same request
         # sent without them (ignored_auth)
-        "admin": ["--checks", "not_a_server_error,ignored_auth",
-                  "-H", f"Authorization: Bearer {keyed['admin']}"],
+        "admin": [
+            "--checks",
+            "not_a_server_error,ignored_auth",
+            "-H",
+            f"Authorization: Bearer {keyed['admin']}",
+        ],
         "anonymous": ["--checks", "not_a_server_error"],
     }
     n_ops = sum(len(ops) for ops in httpx.get(url).json()["paths"].values())
     for name, extra in runs.items():
         res = subprocess.run(
-            [str(SCHEMATHESIS), "run", url, *common, *extra], capture_output=True, text=True,
-            timeout=600, cwd=tmp_path,
-        )  # fmt: skip
+            [str(SCHEMATHESIS), "run", url, *common, *extra],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            cwd=tmp_path,
+        )
         assert res.returncode == 0, f"{name}:\n{res.stdout[-4000:]}\n{res.stderr[-2000:]}"
         assert f"Tested: {n_ops}" in res.stdout, res.stdout[-2000:]  # every operation exercised
     # without credentials no protected operation in the schema answers 2xx

@@ -32,8 +32,15 @@ class Upstream:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, mode: str = "ok") -> None:
-        cmd = [sys.executable, "-m", "tests.upstream_server", "--port", str(self.port),
-               "--mode", mode]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "tests.upstream_server",
+            "--port",
+            str(self.port),
+            "--mode",
+            mode,
+        ]
         if self.model is not None:
             cmd += ["--model", str(self.model)]
         self.proc = subprocess.Popen(cmd, cwd=ROOT)
@@ -74,9 +81,19 @@ def edit_manifest(path: Path, **sections: Any) -> None:
 
 def init_http_service(tmp_path: Path, pilot: Pilot, upstream: Upstream) -> Path:
     res = run_cli(
-        "init", "--model", f"{upstream.base}/predict", "--data", str(pilot.data),
-        "--target", "target", "--name", "remote", "--dir", str(tmp_path / "svc"), env=NO_DB,
-    )  # fmt: skip
+        "init",
+        "--model",
+        f"{upstream.base}/predict",
+        "--data",
+        str(pilot.data),
+        "--target",
+        "target",
+        "--name",
+        "remote",
+        "--dir",
+        str(tmp_path / "svc"),
+        env=NO_DB,
+    )
     assert res.returncode == 0, res.stderr
     return tmp_path / "svc" / "shipway.yaml"
 
@@ -89,11 +106,16 @@ def test_fallback_chain_answers_each_failure_with_the_route_and_reason(
     tmp_path: Path, pilot: Pilot, upstream: Upstream, start_server: Any
 ) -> None:
     manifest = init_http_service(tmp_path, pilot, upstream)
-    edit_manifest(manifest, guards={
-        "timeout_ms": 400, "retries": 1, "backoff_ms": 5,
-        "breaker": {"failures": 100, "window_s": 60, "cooldown_s": 60},
-        "fallback": [{"model": "python:tests.pilots.rules:predict", "name": "rules"}],
-    })  # fmt: skip
+    edit_manifest(
+        manifest,
+        guards={
+            "timeout_ms": 400,
+            "retries": 1,
+            "backoff_ms": 5,
+            "breaker": {"failures": 100, "window_s": 60, "cooldown_s": 60},
+            "fallback": [{"model": "python:tests.pilots.rules:predict", "name": "rules"}],
+        },
+    )
     server = start_server(manifest, NO_DB)
     row = pilot.rows[3]
 
@@ -136,11 +158,14 @@ def test_breaker_opens_then_closes_after_cooldown(
     tmp_path: Path, pilot: Pilot, upstream: Upstream, start_server: Any
 ) -> None:
     manifest = init_http_service(tmp_path, pilot, upstream)
-    edit_manifest(manifest, guards={
-        "timeout_ms": 1000,
-        "breaker": {"failures": 3, "window_s": 60, "cooldown_s": 1.0},
-        "fallback": [{"default": {"output": 1, "confidence": None}}],
-    })  # fmt: skip
+    edit_manifest(
+        manifest,
+        guards={
+            "timeout_ms": 1000,
+            "breaker": {"failures": 3, "window_s": 60, "cooldown_s": 1.0},
+            "fallback": [{"default": {"output": 1, "confidence": None}}],
+        },
+    )
     server = start_server(manifest, NO_DB)
     row = pilot.rows[0]
     upstream.mode("error")
@@ -154,9 +179,9 @@ def test_breaker_opens_then_closes_after_cooldown(
     assert ready["ready"] is True  # a declared default can still answer
     assert 'shipway_breaker_state{model_version="1"} 2.0' in server.client.get("/metrics").text
     last = predict(server, row).json()
-    assert "circuit breaker open" in server.client.get(f"/v1/decisions/{last['id']}").json()[
-        "reason"
-    ]
+    assert (
+        "circuit breaker open" in server.client.get(f"/v1/decisions/{last['id']}").json()["reason"]
+    )
 
     upstream.mode("ok")
     deadline = time.monotonic() + 20
@@ -173,11 +198,14 @@ def test_cache_then_default_then_a_clear_503(
     tmp_path: Path, pilot: Pilot, upstream: Upstream, start_server: Any
 ) -> None:
     manifest = init_http_service(tmp_path, pilot, upstream)
-    edit_manifest(manifest, guards={
-        "timeout_ms": 1000,
-        "breaker": {"failures": 0},
-        "fallback": [{"cache": True}, {"default": {"output": 0, "confidence": 0.5}}],
-    })  # fmt: skip
+    edit_manifest(
+        manifest,
+        guards={
+            "timeout_ms": 1000,
+            "breaker": {"failures": 0},
+            "fallback": [{"cache": True}, {"default": {"output": 0, "confidence": 0.5}}],
+        },
+    )
     server = start_server(manifest, NO_DB)
     seen, fresh = pilot.rows[10], pilot.rows[11]
     first = predict(server, seen).json()
@@ -211,18 +239,28 @@ def test_no_fallback_means_503_with_reasons_and_a_logged_failure(
 
 def test_bad_default_answer_is_refused_at_start(tmp_path: Path, pilot: Pilot) -> None:
     res = run_cli(
-        "init", "--model", str(pilot.model), "--data", str(pilot.data), "--target", "target",
-        "--dir", str(tmp_path / "svc"), env=NO_DB,
-    )  # fmt: skip
+        "init",
+        "--model",
+        str(pilot.model),
+        "--data",
+        str(pilot.data),
+        "--target",
+        "target",
+        "--dir",
+        str(tmp_path / "svc"),
+        env=NO_DB,
+    )
     assert res.returncode == 0, res.stderr
     manifest = tmp_path / "svc" / "shipway.yaml"
     edit_manifest(manifest, guards={"fallback": [{"default": {"output": "approve"}}]})
     port = free_port()
     res = subprocess.run(
         [sys.executable, "-m", "shipway", "serve", str(manifest), "--port", str(port)],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
         env={**__import__("os").environ, **NO_DB, "SHIPWAY_DEV_MODE": "1"},
-    )  # fmt: skip
+    )
     assert res.returncode != 0
     assert "guards.fallback[0].default is not a valid answer" in res.stderr
 
@@ -243,8 +281,9 @@ def test_rate_limit_429_and_load_shedding_503_with_retry_after(
 
     codes = []
     for _ in range(8):  # a burst from one caller, faster than 2/s
-        r = server.client.post("/v1/predict", json={"inputs": row},
-                               headers={"x-client-id": "alice"})  # fmt: skip
+        r = server.client.post(
+            "/v1/predict", json={"inputs": row}, headers={"x-client-id": "alice"}
+        )
         codes.append(r.status_code)
         if r.status_code == 429:
             assert int(r.headers["retry-after"]) >= 1
@@ -254,10 +293,12 @@ def test_rate_limit_429_and_load_shedding_503_with_retry_after(
     assert other.status_code == 200  # another caller has a bucket of its own
 
     upstream.mode("slow")  # every call now takes 3 s: in-flight work piles up
+
     def one(i: int) -> httpx.Response:
         with httpx.Client(base_url=server.base, timeout=30) as c:
-            return c.post("/v1/predict", json={"inputs": row},
-                          headers={"x-client-id": f"caller-{i}"})  # fmt: skip
+            return c.post(
+                "/v1/predict", json={"inputs": row}, headers={"x-client-id": f"caller-{i}"}
+            )
 
     with cf.ThreadPoolExecutor(8) as pool:
         results = list(pool.map(one, range(8)))
@@ -277,8 +318,11 @@ def test_body_size_limit_is_413(workspace: Path, start_server: Any) -> None:
     data["serving"]["max_body_bytes"] = 2048
     manifest.write_text(yaml.safe_dump(data, sort_keys=False))
     server = start_server(manifest, NO_DB)
-    r = server.client.post("/v1/predict", content=b"{" + b" " * 5000 + b"}",
-                           headers={"content-type": "application/json"})  # fmt: skip
+    r = server.client.post(
+        "/v1/predict",
+        content=b"{" + b" " * 5000 + b"}",
+        headers={"content-type": "application/json"},
+    )
     assert r.status_code == 413 and r.json()["error"]["code"] == "payload_too_large"
 
 

@@ -19,8 +19,16 @@ def _init(*args: str) -> tuple[int, str, str]:
 
 
 def test_init_writes_manifest_and_registers_version_1(pilot: Pilot, tmp_path: Path) -> None:
-    code, out, err = _init("--model", str(pilot.model), "--data", str(pilot.data),
-                           "--target", "target", "--dir", str(tmp_path))
+    code, out, err = _init(
+        "--model",
+        str(pilot.model),
+        "--data",
+        str(pilot.data),
+        "--target",
+        "target",
+        "--dir",
+        str(tmp_path),
+    )
     assert code == 0, err
     m = load_manifest(tmp_path / "shipway.yaml")
     assert m.service.name == "data"  # from the data file's name
@@ -49,24 +57,36 @@ def test_init_infers_categories_bools_and_nullable_ints(tmp_path: Path) -> None:
     from sklearn.preprocessing import OneHotEncoder
 
     n = 200
-    frame = pd.DataFrame({
-        "age": pd.array([20 + i % 50 if i % 17 else None for i in range(n)], dtype="Int64"),
-        "plan": ["basic", "pro", "team"] * (n // 3) + ["basic"] * (n % 3),
-        "active": [i % 2 == 0 for i in range(n)],
-        "label": ["yes" if i % 3 else "no" for i in range(n)],
-    })  # fmt: skip
+    frame = pd.DataFrame(
+        {
+            "age": pd.array([20 + i % 50 if i % 17 else None for i in range(n)], dtype="Int64"),
+            "plan": ["basic", "pro", "team"] * (n // 3) + ["basic"] * (n % 3),
+            "active": [i % 2 == 0 for i in range(n)],
+            "label": ["yes" if i % 3 else "no" for i in range(n)],
+        }
+    )
     model = make_pipeline(
-        ColumnTransformer([
-            ("num", SimpleImputer(), ["age"]),
-            ("cat", OneHotEncoder(handle_unknown="ignore"), ["plan"]),
-            ("b", "passthrough", ["active"]),
-        ]),
+        ColumnTransformer(
+            [
+                ("num", SimpleImputer(), ["age"]),
+                ("cat", OneHotEncoder(handle_unknown="ignore"), ["plan"]),
+                ("b", "passthrough", ["active"]),
+            ]
+        ),
         LogisticRegression(),
-    ).fit(frame.drop(columns=["label"]), frame["label"])  # fmt: skip
+    ).fit(frame.drop(columns=["label"]), frame["label"])
     joblib.dump(model, tmp_path / "m.joblib")
     frame.to_csv(tmp_path / "d.csv", index=False)
-    code, _out, err = _init("--model", str(tmp_path / "m.joblib"), "--data",
-                            str(tmp_path / "d.csv"), "--target", "label", "--dir", str(tmp_path))
+    code, _out, err = _init(
+        "--model",
+        str(tmp_path / "m.joblib"),
+        "--data",
+        str(tmp_path / "d.csv"),
+        "--target",
+        "label",
+        "--dir",
+        str(tmp_path),
+    )
     assert code == 0, err
     fields = {f.name: f for f in load_manifest(tmp_path / "shipway.yaml").contract.inputs}
     assert fields["age"].type == "int" and fields["age"].nullable
@@ -77,8 +97,16 @@ def test_init_infers_categories_bools_and_nullable_ints(tmp_path: Path) -> None:
 
 
 def test_init_accepts_a_python_function(pilot: Pilot, tmp_path: Path) -> None:
-    code, _out, err = _init("--model", "python:tests.pilots.rules:predict", "--data",
-                            str(pilot.data), "--target", "target", "--dir", str(tmp_path))
+    code, _out, err = _init(
+        "--model",
+        "python:tests.pilots.rules:predict",
+        "--data",
+        str(pilot.data),
+        "--target",
+        "target",
+        "--dir",
+        str(tmp_path),
+    )
     assert code == 0, err
     m = load_manifest(tmp_path / "shipway.yaml")
     assert m.model.uri == "python:tests.pilots.rules:predict"
@@ -89,23 +117,64 @@ def test_bad_inputs_exit_non_zero_with_one_sentence(pilot: Pilot, tmp_path: Path
     garbage = tmp_path / "garbage.joblib"
     garbage.write_bytes(b"this is not a pickle")
     other = tmp_path / "other.csv"
-    pd.DataFrame({"a": range(20), "b": range(20), "target": [0, 1] * 10}).to_csv(other,
-                                                                                 index=False)
+    pd.DataFrame({"a": range(20), "b": range(20), "target": [0, 1] * 10}).to_csv(other, index=False)
     cases = [
-        (["--model", str(tmp_path / "missing.joblib"), "--data", str(pilot.data),
-          "--target", "target"], "does not exist"),
-        (["--model", str(pilot.model), "--data", str(tmp_path / "nope.csv"),
-          "--target", "target"], "does not exist"),
-        (["--model", str(pilot.model), "--data", str(pilot.data), "--target", "diagnosis"],
-         "target column 'diagnosis' is not in data.csv"),
-        (["--model", str(garbage), "--data", str(pilot.data), "--target", "target"],
-         "does not load"),
-        (["--model", str(pilot.model), "--data", str(other), "--target", "target"],
-         "needs features the contract does not have"),
-        (["--model", "python:tests.pilots.rules:broken", "--data", str(pilot.data),
-          "--target", "target"], "cannot predict"),
-        (["--model", "python:tests.pilots.nothere:f", "--data", str(pilot.data),
-          "--target", "target"], "cannot import module"),
+        (
+            [
+                "--model",
+                str(tmp_path / "missing.joblib"),
+                "--data",
+                str(pilot.data),
+                "--target",
+                "target",
+            ],
+            "does not exist",
+        ),
+        (
+            [
+                "--model",
+                str(pilot.model),
+                "--data",
+                str(tmp_path / "nope.csv"),
+                "--target",
+                "target",
+            ],
+            "does not exist",
+        ),
+        (
+            ["--model", str(pilot.model), "--data", str(pilot.data), "--target", "diagnosis"],
+            "target column 'diagnosis' is not in data.csv",
+        ),
+        (
+            ["--model", str(garbage), "--data", str(pilot.data), "--target", "target"],
+            "does not load",
+        ),
+        (
+            ["--model", str(pilot.model), "--data", str(other), "--target", "target"],
+            "needs features the contract does not have",
+        ),
+        (
+            [
+                "--model",
+                "python:tests.pilots.rules:broken",
+                "--data",
+                str(pilot.data),
+                "--target",
+                "target",
+            ],
+            "cannot predict",
+        ),
+        (
+            [
+                "--model",
+                "python:tests.pilots.nothere:f",
+                "--data",
+                str(pilot.data),
+                "--target",
+                "target",
+            ],
+            "cannot import module",
+        ),
     ]
     for i, (args, needle) in enumerate(cases):
         code, out, err = _init(*args, "--dir", str(tmp_path / f"c{i}"))
@@ -116,8 +185,16 @@ def test_bad_inputs_exit_non_zero_with_one_sentence(pilot: Pilot, tmp_path: Path
 
 
 def test_init_refuses_to_overwrite_without_force(pilot: Pilot, tmp_path: Path) -> None:
-    args = ["--model", str(pilot.model), "--data", str(pilot.data), "--target", "target",
-            "--dir", str(tmp_path)]
+    args = [
+        "--model",
+        str(pilot.model),
+        "--data",
+        str(pilot.data),
+        "--target",
+        "target",
+        "--dir",
+        str(tmp_path),
+    ]
     assert _init(*args)[0] == 0
     code, _out, err = _init(*args)
     assert code != 0 and "already exists" in err
@@ -127,8 +204,19 @@ def test_init_refuses_to_overwrite_without_force(pilot: Pilot, tmp_path: Path) -
 
 
 def test_serve_refuses_a_tampered_artifact(pilot: Pilot, tmp_path: Path) -> None:
-    assert _init("--model", str(pilot.model), "--data", str(pilot.data), "--target", "target",
-                 "--dir", str(tmp_path))[0] == 0
+    assert (
+        _init(
+            "--model",
+            str(pilot.model),
+            "--data",
+            str(pilot.data),
+            "--target",
+            "target",
+            "--dir",
+            str(tmp_path),
+        )[0]
+        == 0
+    )
     digest = load_manifest(tmp_path / "shipway.yaml").model.uri.rsplit(":", 1)[1]
     stored = tmp_path / ".shipway" / "artifacts" / "sha256" / digest[:2] / digest
     stored.write_bytes(stored.read_bytes() + b"\x00")

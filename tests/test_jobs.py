@@ -155,8 +155,9 @@ def test_the_outbox_retries_with_backoff_and_records_every_attempt(store: Store)
     box = Outbox(store.engine, "svc", clock=lambda: now[0], rng=lambda: 1.0)
     try:
         with store.engine.begin() as conn:
-            mid = enqueue(conn, "svc", "alert", WebhookSpec(url=target.url), {"rule": "x"},
-                          now=now[0])
+            mid = enqueue(
+                conn, "svc", "alert", WebhookSpec(url=target.url), {"rule": "x"}, now=now[0]
+            )
         assert box.deliver_due() == 1  # 503: retry in 1 s
         assert box.deliver_due() == 0  # not due yet
         now[0] += 1.0

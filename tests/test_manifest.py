@@ -1,4 +1,3 @@
-# ruff: noqa: E501  (the cases read best one to a line)
 """Manifest errors name the file, the line and the field."""
 
 from __future__ import annotations
@@ -43,15 +42,43 @@ def test_a_good_manifest_round_trips() -> None:
 @pytest.mark.parametrize(
     ("old", "new", "expected"),
     [
-        ("    max: 100000", "    max: 100000\n    maxx: 3", "shipway.yaml:13: contract.inputs.0.maxx: unknown key"),
-        ("  name: loans", "  name: Loans!", "shipway.yaml:3: service.name: String should match pattern"),
-        ("    values: [car, home]", "    values: []", "shipway.yaml:13: contract.inputs.1: a category field needs"),
-        ("    min: 0", "    min: 200000", "shipway.yaml:9: contract.inputs.0: min (200000.0) is greater than max"),
-        ("  kind: classification", "  kind: ranking", "shipway.yaml:17: output.kind: Input should be"),
-        ("  version: 1\n  uri", "  version: zero\n  uri", "shipway.yaml:5: model.version: Input should be a valid integer"),
-        ("  labels: [approve, deny]", "  labels: [approve, deny]\nquality:\n  on_missing_metric: skip", "shipway.yaml:20: quality.on_missing_metric: Input should be 'note' or 'fail'"),
+        (
+            "    max: 100000",
+            "    max: 100000\n    maxx: 3",
+            "shipway.yaml:13: contract.inputs.0.maxx: unknown key",
+        ),
+        (
+            "  name: loans",
+            "  name: Loans!",
+            "shipway.yaml:3: service.name: String should match pattern",
+        ),
+        (
+            "    values: [car, home]",
+            "    values: []",
+            "shipway.yaml:13: contract.inputs.1: a category field needs",
+        ),
+        (
+            "    min: 0",
+            "    min: 200000",
+            "shipway.yaml:9: contract.inputs.0: min (200000.0) is greater than max",
+        ),
+        (
+            "  kind: classification",
+            "  kind: ranking",
+            "shipway.yaml:17: output.kind: Input should be",
+        ),
+        (
+            "  version: 1\n  uri",
+            "  version: zero\n  uri",
+            "shipway.yaml:5: model.version: Input should be a valid integer",
+        ),
+        (
+            "  labels: [approve, deny]",
+            "  labels: [approve, deny]\nquality:\n  on_missing_metric: skip",
+            "shipway.yaml:20: quality.on_missing_metric: Input should be 'note' or 'fail'",
+        ),
     ],
-)  # fmt: skip
+)
 def test_errors_name_file_line_and_field(old: str, new: str, expected: str) -> None:
     text = GOOD.replace(old, new, 1)
     assert text != GOOD
@@ -62,7 +89,9 @@ def test_errors_name_file_line_and_field(old: str, new: str, expected: str) -> N
 
 def test_missing_section_and_bad_yaml(tmp_path: Path) -> None:
     with pytest.raises(ManifestError) as info:
-        parse_manifest(GOOD.replace("output:\n  kind: classification\n  labels: [approve, deny]\n", ""))
+        parse_manifest(
+            GOOD.replace("output:\n  kind: classification\n  labels: [approve, deny]\n", "")
+        )
     assert any("output: Field required" in p for p in info.value.problems)
     with pytest.raises(ManifestError, match=r"shipway.yaml:4: not valid YAML"):
         parse_manifest("service:\n  name: x\n  bad: [a, b\n  other: 1\n", "shipway.yaml")

@@ -37,8 +37,10 @@ NO_DB = {"SHIPWAY_DATABASE_URL": ""}
 # -- statistics ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("n", "m", "ties"), [(1000, 1000, False), (1200, 700, False),
-                                              (900, 900, True), (5000, 333, True)])
+@pytest.mark.parametrize(
+    ("n", "m", "ties"),
+    [(1000, 1000, False), (1200, 700, False), (900, 900, True), (5000, 333, True)],
+)
 def test_numeric_statistics_equal_scipy(n: int, m: int, ties: bool) -> None:
     rng = np.random.default_rng(n + m)
     a, b = rng.normal(0, 1, n), rng.normal(0.2, 1.3, m)
@@ -115,16 +117,29 @@ def test_significant_but_small_changes_do_not_count_as_drift() -> None:
 
 
 def test_expressions_evaluate_safely() -> None:
-    ctx = {"drift_share": 0.4, "n": 600, "inputs": {"amount": 60000}, "output": "deny",
-           "accuracy": None}  # fmt: skip
+    ctx = {
+        "drift_share": 0.4,
+        "n": 600,
+        "inputs": {"amount": 60000},
+        "output": "deny",
+        "accuracy": None,
+    }
     assert Expression("drift_share > 0.3 and n >= 500").test(ctx)
     assert Expression("inputs.amount > 50000 and output == 'deny'").test(ctx)
     assert Expression("output in ['deny', 'refer']").test(ctx)
     assert not Expression("accuracy < 0.8").test(ctx)  # a missing figure never fires
     assert not Expression("missing.thing > 1").test(ctx)
     assert Expression("not (n < 100) and -n < 0").test(ctx)
-    for bad in ("__import__('os')", "open('x')", "n.__class__", "[x for x in n]", "n[0]",
-                "lambda: 1", "n is None", "n > "):  # fmt: skip
+    for bad in (
+        "__import__('os')",
+        "open('x')",
+        "n.__class__",
+        "[x for x in n]",
+        "n[0]",
+        "lambda: 1",
+        "n is None",
+        "n > ",
+    ):
         with pytest.raises(ShipwayError):
             Expression(bad)
 
@@ -179,17 +194,33 @@ def loans(tmp_path: Path) -> Path:
         w.writeheader()
         for r, p in zip(rows, predict(rows), strict=True):
             w.writerow({**r, "decision": p["output"]})
-    res = run_cli("init", "--model", "python:tests.pilots.loans:predict", "--data", str(data),
-                  "--target", "decision", "--name", "loans", "--dir", str(tmp_path / "svc"),
-                  env=NO_DB)  # fmt: skip
+    res = run_cli(
+        "init",
+        "--model",
+        "python:tests.pilots.loans:predict",
+        "--data",
+        str(data),
+        "--target",
+        "decision",
+        "--name",
+        "loans",
+        "--dir",
+        str(tmp_path / "svc"),
+        env=NO_DB,
+    )
     assert res.returncode == 0, res.stderr
     return tmp_path / "svc" / "shipway.yaml"
 
 
 def _configure(manifest: Path, receiver: Receiver, alerts: list[dict[str, Any]]) -> None:
     spec = yaml.safe_load(manifest.read_text())
-    spec["monitor"] = {"window_rows": 400, "min_rows": 200, "schedule": False,
-                       "alerts": alerts, "webhooks": [{"url": receiver.url}]}  # fmt: skip
+    spec["monitor"] = {
+        "window_rows": 400,
+        "min_rows": 200,
+        "schedule": False,
+        "alerts": alerts,
+        "webhooks": [{"url": receiver.url}],
+    }
     manifest.write_text(yaml.safe_dump(spec, sort_keys=False))
 
 
@@ -207,8 +238,18 @@ def test_drift_alert_fires_within_its_windows_names_features_and_resolves_once(
 ) -> None:
     receiver = Receiver()
     try:
-        _configure(loans, receiver, [{"name": "input-drift", "when": "drift_share >= 0.25",
-                                      "for": 2, "do": ["notify", "retrain"]}])  # fmt: skip
+        _configure(
+            loans,
+            receiver,
+            [
+                {
+                    "name": "input-drift",
+                    "when": "drift_share >= 0.25",
+                    "for": 2,
+                    "do": ["notify", "retrain"],
+                }
+            ],
+        )
         server = start_server(loans, NO_DB)
         run = lambda: server.client.post("/v1/monitor/run").json()  # noqa: E731
 
@@ -257,19 +298,38 @@ def test_feedback_is_validated_revised_and_drives_the_performance_rule(
 ) -> None:
     receiver = Receiver()
     try:
-        _configure(loans, receiver, [{"name": "accuracy", "for": 1, "do": ["notify"],
-                                      "when": "labeled >= 50 and accuracy < 0.8"}])  # fmt: skip
+        _configure(
+            loans,
+            receiver,
+            [
+                {
+                    "name": "accuracy",
+                    "for": 1,
+                    "do": ["notify"],
+                    "when": "labeled >= 50 and accuracy < 0.8",
+                }
+            ],
+        )
         server = start_server(loans, NO_DB)
         c = server.client
         decisions = _send(server, generate(300, seed=41))
         # bad feedback is refused whole, naming each problem
-        bad = c.post("/v1/feedback", json={"feedback": [
-            {"id": decisions[0]["id"], "label": "maybe"}, {"id": "no-such-id", "label": "deny"}]})
+        bad = c.post(
+            "/v1/feedback",
+            json={
+                "feedback": [
+                    {"id": decisions[0]["id"], "label": "maybe"},
+                    {"id": "no-such-id", "label": "deny"},
+                ]
+            },
+        )
         assert bad.status_code == 422
         err = bad.json()["error"]
         assert err["code"] == "feedback_invalid"
         assert [(f["row"], f["field"], f["rule"]) for f in err["fields"]] == [
-            (0, "label", "output_spec"), (1, "id", "unknown_decision")]
+            (0, "label", "output_spec"),
+            (1, "id", "unknown_decision"),
+        ]
         # correct labels: accuracy 1.0, no alert
         good = [{"id": d["id"], "label": d["output"]} for d in decisions[:100]]
         assert c.post("/v1/feedback", json={"feedback": good}).status_code == 201
@@ -306,15 +366,37 @@ def test_alert_actions_pause_a_canary_through_the_rollout(
 ) -> None:
     manifest = workspace / "shipway.yaml"
     env = {"SHIPWAY_DATABASE_URL": ""}
-    added = run_cli("models", "add", "--model", "python:tests.pilots.rules:predict", "-m",
-                    str(manifest), env=env)  # fmt: skip
+    added = run_cli(
+        "models",
+        "add",
+        "--model",
+        "python:tests.pilots.rules:predict",
+        "-m",
+        str(manifest),
+        env=env,
+    )
     assert added.returncode == 0, added.stderr
-    canary = run_cli("rollout", "canary", "2", "--percent", "50", "--force", "--reason", "trial",
-                     "-m", str(manifest), env=env)  # fmt: skip
+    canary = run_cli(
+        "rollout",
+        "canary",
+        "2",
+        "--percent",
+        "50",
+        "--force",
+        "--reason",
+        "trial",
+        "-m",
+        str(manifest),
+        env=env,
+    )
     assert canary.returncode == 0, canary.stderr
     spec = yaml.safe_load(manifest.read_text())
-    spec["monitor"] = {"window_rows": 50, "min_rows": 10_000, "schedule": False, "alerts": [
-        {"name": "canary-guard", "when": "n >= 20", "do": ["pause_canary", "review"]}]}
+    spec["monitor"] = {
+        "window_rows": 50,
+        "min_rows": 10_000,
+        "schedule": False,
+        "alerts": [{"name": "canary-guard", "when": "n >= 20", "do": ["pause_canary", "review"]}],
+    }
     manifest.write_text(yaml.safe_dump(spec, sort_keys=False))
     server = start_server(manifest, env)
     for row in pilot.rows[:30]:

@@ -17,11 +17,21 @@ from tests.pilots.loans import generate, predict
 from tests.test_monitor import NO_DB, Receiver, loans  # noqa: F401 - the loans fixture
 
 POLICIES = [
-    {"name": "unsure", "when": "confidence < 0.6", "mode": "respond_then_review",
-     "priority": 1, "queue": "default"},
-    {"name": "large", "when": "inputs.amount > 3500 and output == 'deny'", "mode": "hold",
-     "priority": 5, "queue": "senior"},
-]  # fmt: skip
+    {
+        "name": "unsure",
+        "when": "confidence < 0.6",
+        "mode": "respond_then_review",
+        "priority": 1,
+        "queue": "default",
+    },
+    {
+        "name": "large",
+        "when": "inputs.amount > 3500 and output == 'deny'",
+        "mode": "hold",
+        "priority": 5,
+        "queue": "senior",
+    },
+]
 
 
 def _configure(manifest: Path, **review: Any) -> None:
@@ -41,7 +51,8 @@ def _expected(row: dict[str, Any]) -> str | None:
 
 
 def test_policies_route_exactly_the_decisions_they_should(
-    loans: Path, start_server: Any  # noqa: F811
+    loans: Path,  # noqa: F811 - the fixture imported above
+    start_server: Any,
 ) -> None:
     _configure(loans)
     server = start_server(loans, NO_DB)
@@ -73,7 +84,9 @@ def test_sampling_takes_about_its_share() -> None:
 
 
 def test_hold_mode_answers_with_the_reviewer_and_concurrent_reviewers_never_share(
-    loans: Path, start_server: Any, tmp_path: Path  # noqa: F811
+    loans: Path,  # noqa: F811 - the fixture imported above
+    start_server: Any,
+    tmp_path: Path,
 ) -> None:
     receiver = Receiver()
     try:
@@ -91,8 +104,9 @@ def test_hold_mode_answers_with_the_reviewer_and_concurrent_reviewers_never_shar
 
         def reviewer(name: str) -> list[str]:
             mine = []
-            with httpx.Client(base_url=server.base, timeout=30,
-                              headers={"x-shipway-actor": name}) as rc:  # fmt: skip
+            with httpx.Client(
+                base_url=server.base, timeout=30, headers={"x-shipway-actor": name}
+            ) as rc:
                 while True:
                     r = rc.get("/v1/review/next", params={"queue": "senior"})
                     if r.status_code == 204:
@@ -132,7 +146,8 @@ def test_hold_mode_answers_with_the_reviewer_and_concurrent_reviewers_never_shar
 
 
 def test_expired_claims_return_and_sla_breaches_escalate_once(
-    loans: Path, start_server: Any  # noqa: F811
+    loans: Path,  # noqa: F811 - the fixture imported above
+    start_server: Any,
 ) -> None:
     receiver = Receiver()
     try:
@@ -149,22 +164,30 @@ def test_expired_claims_return_and_sla_breaches_escalate_once(
         time.sleep(1.3)  # ana's claim expires
         second = c.get("/v1/review/next", headers={"x-shipway-actor": "bo"}).json()
         assert second["id"] == first["id"]
-        late = c.post(f"/v1/review/{first['id']}", json={"action": "approve"},
-                      headers={"x-shipway-actor": "ana"})  # fmt: skip
+        late = c.post(
+            f"/v1/review/{first['id']}",
+            json={"action": "approve"},
+            headers={"x-shipway-actor": "ana"},
+        )
         assert late.status_code == 409
-        bad = c.post(f"/v1/review/{first['id']}", json={"action": "override", "output": "maybe"},
-                     headers={"x-shipway-actor": "bo"})  # fmt: skip
+        bad = c.post(
+            f"/v1/review/{first['id']}",
+            json={"action": "override", "output": "maybe"},
+            headers={"x-shipway-actor": "bo"},
+        )
         assert bad.status_code == 400 and "output spec" in bad.json()["error"]["message"]
         deadline = time.monotonic() + 15
         events: list[dict[str, Any]] = []
         while not events and time.monotonic() < deadline:
             time.sleep(0.5)
-            events = [e for e in c.get("/v1/alerts").json()["events"]
-                      if e["rule"] == "review-sla-senior"]  # fmt: skip
+            events = [
+                e for e in c.get("/v1/alerts").json()["events"] if e["rule"] == "review-sla-senior"
+            ]
         assert len(events) == 1
         time.sleep(4.5)  # two more sweeps: still one escalation
-        events = [e for e in c.get("/v1/alerts").json()["events"]
-                  if e["rule"] == "review-sla-senior"]  # fmt: skip
+        events = [
+            e for e in c.get("/v1/alerts").json()["events"] if e["rule"] == "review-sla-senior"
+        ]
         assert len(events) == 1
         assert [e["rule"] for e in receiver.events] == ["review-sla-senior"]
         item = c.get(f"/v1/review/{first['id']}").json()
@@ -188,9 +211,12 @@ def test_review_from_the_terminal(loans: Path, start_server: Any) -> None:  # no
 
     res = subprocess.run(
         [sys.executable, "-m", "shipway", "review", "-m", str(loans), "--queue", "default"],
-        input='a\nlooks right\no\n"approve"\nknown customer\n', capture_output=True, text=True,
-        timeout=120, env={**__import__("os").environ, **NO_DB},
-    )  # fmt: skip
+        input='a\nlooks right\no\n"approve"\nknown customer\n',
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**__import__("os").environ, **NO_DB},
+    )
     assert res.returncode == 0, res.stderr
     assert "2 reviewed" in res.stdout and "recorded: override" in res.stdout
     stats = server.client.get("/v1/review/stats").json()
@@ -198,7 +224,8 @@ def test_review_from_the_terminal(loans: Path, start_server: Any) -> None:  # no
 
 
 def test_stop_switch_can_hold_every_request_for_a_person(
-    loans: Path, start_server: Any  # noqa: F811
+    loans: Path,  # noqa: F811 - the fixture imported above
+    start_server: Any,
 ) -> None:
     spec = yaml.safe_load(loans.read_text())
     spec["stop"] = {"behavior": "review"}

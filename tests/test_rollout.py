@@ -139,8 +139,9 @@ def test_gate_compares_on_the_metrics_both_versions_produce() -> None:
     res = gate(m, {"accuracy": 0.94, "f1_macro": 0.93}, champion)
     assert res.passed and res.reasons == []
     assert res.checks == [
-        "accuracy 0.9400 >= champion 0.9500 - 0.02", "f1_macro 0.9300 >= champion 0.9400 - 0.02",
-    ]  # fmt: skip
+        "accuracy 0.9400 >= champion 0.9500 - 0.02",
+        "f1_macro 0.9300 >= champion 0.9400 - 0.02",
+    ]
     assert res.notes == [
         f"{no_roc}; not checked",
         "compared with the champion on the metrics both versions produce: accuracy, f1_macro",
@@ -355,9 +356,7 @@ def test_shadows_never_reach_callers_nor_slow_them(
     assert code == 0 and f"shadow v{bad}:" in out and "agreement" in out
 
 
-def test_automatic_steps_when_checks_pass(
-    svc: dict[str, Any], pilot: Pilot, start_server
-) -> None:
+def test_automatic_steps_when_checks_pass(svc: dict[str, Any], pilot: Pilot, start_server) -> None:
     manifest = svc["manifest"]
     data = yaml.safe_load(manifest.read_text())
     data["rollout"].update({"auto": True, "check_interval_s": 0.3, "min_requests": 10})

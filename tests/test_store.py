@@ -20,9 +20,18 @@ CONTRACT = ContractSpec(inputs=[InputField(name="x", type="float", min=0, max=1)
 
 
 def _row(i: int, service: str = "svc") -> dict:
-    return {"id": f"d-{i:06d}", "ts": 1000.0 + i, "service": service, "model_version": 1,
-            "route": "champion", "inputs": {"x": i / 10, "note": "ü"}, "output": i % 2,
-            "confidence": 0.5 + i / 1000, "latency_ms": 1.5, "caller": "test"}
+    return {
+        "id": f"d-{i:06d}",
+        "ts": 1000.0 + i,
+        "service": service,
+        "model_version": 1,
+        "route": "champion",
+        "inputs": {"x": i / 10, "note": "ü"},
+        "output": i % 2,
+        "confidence": 0.5 + i / 1000,
+        "latency_ms": 1.5,
+        "caller": "test",
+    }
 
 
 def test_migrations_create_tables_and_are_idempotent(database_url: str, tmp_path: Path) -> None:
@@ -43,9 +52,16 @@ def test_registry_numbers_versions_and_keeps_lineage(database_url: str, tmp_path
         src = tmp_path / "m.bin"
         src.write_bytes(b"model-bytes")
         digest = reg.store_artifact(src, "model")
-        v1 = reg.add("svc", uri=f"sklearn:sha256:{digest}", flavor="sklearn", contract=CONTRACT,
-                     artifact_sha256=digest, metrics={"holdout": {"accuracy": 0.9}},
-                     params={"C": 1.0}, actor="ana")
+        v1 = reg.add(
+            "svc",
+            uri=f"sklearn:sha256:{digest}",
+            flavor="sklearn",
+            contract=CONTRACT,
+            artifact_sha256=digest,
+            metrics={"holdout": {"accuracy": 0.9}},
+            params={"C": 1.0},
+            actor="ana",
+        )
         v2 = reg.add("svc", uri="python:m:f", flavor="python", contract=CONTRACT, actor="bo")
         other = reg.add("other", uri="python:m:f", flavor="python", contract=CONTRACT)
         assert (v1.version, v2.version, other.version) == (1, 2, 1)
@@ -117,7 +133,9 @@ def test_store_error_is_clear_when_unreachable(tmp_path: Path) -> None:
 
     t0 = time.monotonic()
     with pytest.raises(StoreError, match="cannot open the store at postgresql") as info:
-        open_store("postgresql+psycopg://nobody:s3cr3t-pw@127.0.0.1:1/none?connect_timeout=2",
-                   tmp_path / "art")
+        open_store(
+            "postgresql+psycopg://nobody:s3cr3t-pw@127.0.0.1:1/none?connect_timeout=2",
+            tmp_path / "art",
+        )
     assert "s3cr3t-pw" not in info.value.message  # the password is never printed
     assert time.monotonic() - t0 < 30

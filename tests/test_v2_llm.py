@@ -56,8 +56,10 @@ def test_tritonclient_round_trips_an_inference(
             np.array([[r[n] for n in names] for r in rows[:2]], dtype=np.float64),
             binary_data=False,
         )
-        wanted = [httpclient.InferRequestedOutput("output", binary_data=False),
-                  httpclient.InferRequestedOutput("confidence", binary_data=True)]  # fmt: skip
+        wanted = [
+            httpclient.InferRequestedOutput("output", binary_data=False),
+            httpclient.InferRequestedOutput("confidence", binary_data=True),
+        ]
         res2 = client.infer("cancer", [matrix], outputs=wanted)
         assert res2.as_numpy("output").tolist() == outputs[:2]
         assert res2.as_numpy("confidence").tolist() == pytest.approx(conf[:2])
@@ -93,18 +95,35 @@ def test_chat_endpoint_answers_are_computed_checked_and_costed(
         data = tmp_path / "reviews.csv"
         _texts(data, 60)
         endpoint = tmp_path / "endpoint.yaml"
-        endpoint.write_text(yaml.safe_dump({
-            "kind": "chat", "model": "sentiment-small",
-            "system": "You label customer reviews. Answer JSON: {\"label\", \"confidence\"}.",
-            "prompt": "Label this review as positive or negative. Text: {text}",
-            "output_field": "label",
-            "prompt_price_per_1k": 0.5, "completion_price_per_1k": 1.5,
-        }))  # fmt: skip
+        endpoint.write_text(
+            yaml.safe_dump(
+                {
+                    "kind": "chat",
+                    "model": "sentiment-small",
+                    "system": 'You label customer reviews. Answer JSON: {"label", "confidence"}.',
+                    "prompt": "Label this review as positive or negative. Text: {text}",
+                    "output_field": "label",
+                    "prompt_price_per_1k": 0.5,
+                    "completion_price_per_1k": 1.5,
+                }
+            )
+        )
         res = run_cli(
-            "init", "--model", f"{upstream.base}/v1/chat/completions", "--endpoint",
-            str(endpoint), "--data", str(data), "--target", "label", "--name", "reviews",
-            "--dir", str(tmp_path / "svc"), env=NO_DB,
-        )  # fmt: skip
+            "init",
+            "--model",
+            f"{upstream.base}/v1/chat/completions",
+            "--endpoint",
+            str(endpoint),
+            "--data",
+            str(data),
+            "--target",
+            "label",
+            "--name",
+            "reviews",
+            "--dir",
+            str(tmp_path / "svc"),
+            env=NO_DB,
+        )
         assert res.returncode == 0, res.stderr
         assert "accuracy=1.0000" in res.stdout or "accuracy=0.9" in res.stdout, res.stdout
         manifest = tmp_path / "svc" / "shipway.yaml"
@@ -112,11 +131,16 @@ def test_chat_endpoint_answers_are_computed_checked_and_costed(
         assert spec["endpoint"]["kind"] == "chat" and spec["contract"]["inputs"][0]["type"] == (
             "string"
         )
-        edit_manifest(manifest, endpoint=spec["endpoint"], guards={
-            "timeout_ms": 2000, "breaker": {"failures": 0},
-            "output": {"json_schema": {"type": "string", "enum": ["negative", "positive"]}},
-            "fallback": [{"default": {"output": "negative", "confidence": None}}],
-        })  # fmt: skip
+        edit_manifest(
+            manifest,
+            endpoint=spec["endpoint"],
+            guards={
+                "timeout_ms": 2000,
+                "breaker": {"failures": 0},
+                "output": {"json_schema": {"type": "string", "enum": ["negative", "positive"]}},
+                "fallback": [{"default": {"output": "negative", "confidence": None}}],
+            },
+        )
         server = start_server(manifest, NO_DB)
 
         good = server.client.post(

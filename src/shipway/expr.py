@@ -27,8 +27,15 @@ from shipway.errors import ExpressionError
 Context = Mapping[str, Any]
 _Fn = Callable[[Context], Any]
 
-_NAMES = {"true": True, "false": False, "null": None, "none": None,
-          "True": True, "False": False, "None": None}  # fmt: skip
+_NAMES = {
+    "true": True,
+    "false": False,
+    "null": None,
+    "none": None,
+    "True": True,
+    "False": False,
+    "None": None,
+}
 
 _CMP: dict[type, Callable[[Any, Any], bool]] = {
     ast.Lt: operator.lt,

@@ -56,7 +56,8 @@ class Duration(str):
     @classmethod
     def __get_pydantic_core_schema__(cls, _source: Any, _handler: Any) -> Any:
         return core_schema.no_info_after_validator_function(
-            _duration, core_schema.str_schema(),
+            _duration,
+            core_schema.str_schema(),
             serialization=core_schema.to_string_ser_schema(),
         )
 
@@ -591,9 +592,7 @@ class StopSpec(_Model):
 class RetentionSpec(_Model):
     """How long records are kept; a purge inside ``shipway serve`` removes older ones."""
 
-    decisions: Duration | None = Field(
-        None, description="Decisions, e.g. '400d' (unset: forever)."
-    )
+    decisions: Duration | None = Field(None, description="Decisions, e.g. '400d' (unset: forever).")
     shadow_decisions: Duration | None = Field(None, description="Shadow answers, e.g. '90d'.")
     interval: Duration = Field(
         Duration("1h"), description="How often the purge runs inside shipway serve."
@@ -607,12 +606,32 @@ Action = Literal["notify", "rollback", "pause_canary", "review", "retrain"]
 
 #: The figures of a monitor window that alert rules are written against. Per input there is
 #: also ``drift.FIELD.effect``, ``drift.FIELD.p_adjusted`` and ``drift.FIELD.drifted``.
-ALERT_FIGURES = frozenset({
-    "n", "model_version", "request_rate", "error_rate", "p50_ms", "p95_ms", "p99_ms",
-    "fallback_share", "cost", "drift_share", "drifted", "drifted_features", "prediction_drift",
-    "confidence_drift", "labeled", "reviewed", "override_rate", "accuracy", "f1_macro",
-    "roc_auc", "mae", "rmse",
-})
+ALERT_FIGURES = frozenset(
+    {
+        "n",
+        "model_version",
+        "request_rate",
+        "error_rate",
+        "p50_ms",
+        "p95_ms",
+        "p99_ms",
+        "fallback_share",
+        "cost",
+        "drift_share",
+        "drifted",
+        "drifted_features",
+        "prediction_drift",
+        "confidence_drift",
+        "labeled",
+        "reviewed",
+        "override_rate",
+        "accuracy",
+        "f1_macro",
+        "roc_auc",
+        "mae",
+        "rmse",
+    }
+)
 DRIFT_FIGURES = ("effect", "p_adjusted", "drifted")
 #: What review policies see of a decision; its inputs are ``inputs.FIELD``.
 REVIEW_FIELDS = frozenset({"output", "confidence", "route", "model_version"})
@@ -638,7 +657,6 @@ class AlertRule(_Model):
     )
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
-
 
 
 class WebhookSpec(_Model):
@@ -788,6 +806,7 @@ class Manifest(_Model):
         if unknown:
             raise ValueError(f"pii names fields the contract does not have: {unknown}")
         return self
+
     storage: StorageSpec = Field(default_factory=StorageSpec, description="Where state lives.")
 
 
@@ -849,17 +868,25 @@ def _name_problems(m: Manifest) -> list[tuple[tuple[Any, ...], str]]:
     for i, rule in enumerate(m.monitor.alerts):
         for name in sorted(Expression(rule.when).names):
             if name not in ALERT_FIGURES and name not in figures:
-                out.append((("monitor", "alerts", i, "when"),
-                            _unknown(name, figures) + " (alert rules use the monitor's figures: "
-                            "see the manifest reference)"))
+                out.append(
+                    (
+                        ("monitor", "alerts", i, "when"),
+                        _unknown(name, figures) + " (alert rules use the monitor's figures: "
+                        "see the manifest reference)",
+                    )
+                )
     for i, policy in enumerate(m.review.policies):
         if policy.when is None:
             continue
         for name in sorted(Expression(policy.when).names):
             if name not in review:
-                out.append((("review", "policies", i, "when"),
-                            _unknown(name, review) + " (review policies use output, confidence, "
-                            "route, model_version and inputs.FIELD)"))
+                out.append(
+                    (
+                        ("review", "policies", i, "when"),
+                        _unknown(name, review) + " (review policies use output, confidence, "
+                        "route, model_version and inputs.FIELD)",
+                    )
+                )
     return out
 
 

@@ -49,8 +49,10 @@ class ServiceParts:
             store,
             manifest,
             champion=self.champion_version,
-            actions={**alert_actions(self.rollout, after=self.refresh),
-                     "review": self.review.alert_action},
+            actions={
+                **alert_actions(self.rollout, after=self.refresh),
+                "review": self.review.alert_action,
+            },
             metrics=self.metrics,
             review_figures=self.review.window_figures,
         )
@@ -91,8 +93,9 @@ class ServiceParts:
         self, items: list[Any], *, actor: str, source: str = "api"
     ) -> list[dict[str, Any]]:
         """Labels for logged decisions (every item checked; nothing stored if one is bad)."""
-        return labels.record_feedback(self.store.engine, self.name, self.manifest.output, items,
-                                      actor=actor, source=source)
+        return labels.record_feedback(
+            self.store.engine, self.name, self.manifest.output, items, actor=actor, source=source
+        )
 
     def purge(self, actor: str) -> dict[str, Any]:
         """Remove what is past the manifest's retention, with its audit event."""
@@ -104,9 +107,17 @@ class ServiceParts:
         alerts = self.monitor.alerts
 
         def late(conn: Any, item: dict[str, Any]) -> None:
-            alerts.raise_in(conn, f"review-sla-{item['queue']}", {
-                "item": item["id"], "decision_id": item["decision_id"], "queue": item["queue"],
-                "due_at": item["due_at"], "summary": "a review item is past its SLA"})
+            alerts.raise_in(
+                conn,
+                f"review-sla-{item['queue']}",
+                {
+                    "item": item["id"],
+                    "decision_id": item["decision_id"],
+                    "queue": item["queue"],
+                    "due_at": item["due_at"],
+                    "summary": "a review item is past its SLA",
+                },
+            )
 
         return self.review.sweep(on_late=late)
 

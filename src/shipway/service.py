@@ -194,11 +194,16 @@ class Service(ServiceParts):
             contract=self.contract,
             router=self._build_router(self.state),
             chain=chain,
-            shadows=Shadows(self.name, self.shadow_log, self.metrics,
-                            timeout_s=manifest.rollout.shadow_timeout_ms / 1000.0,
-                            max_pending=manifest.rollout.shadow_max_pending),
-            review=ReviewRouting(self.name, self.contract.names, Policies(manifest.review),
-                                 self.review_log),
+            shadows=Shadows(
+                self.name,
+                self.shadow_log,
+                self.metrics,
+                timeout_s=manifest.rollout.shadow_timeout_ms / 1000.0,
+                max_pending=manifest.rollout.shadow_max_pending,
+            ),
+            review=ReviewRouting(
+                self.name, self.contract.names, Policies(manifest.review), self.review_log
+            ),
             metrics=self.metrics,
         )
         self._publish(self.state)
@@ -332,8 +337,15 @@ class Service(ServiceParts):
         if m.review.policies:
             add(Task("review-sla", REVIEW_SWEEP_S, self.sweep_reviews))
         if m.retention.decisions is not None or m.retention.shadow_decisions is not None:
-            add(Task("retention", m.retention.interval.seconds,
-                     lambda: self.purge("shipway-retention"), once=True, first_s=ROLLOUT_POLL_S))
+            add(
+                Task(
+                    "retention",
+                    m.retention.interval.seconds,
+                    lambda: self.purge("shipway-retention"),
+                    once=True,
+                    first_s=ROLLOUT_POLL_S,
+                )
+            )
         if m.rollout.auto:
             add(Task("canary-step", m.rollout.check_interval_s, self._auto_step))
         if m.monitor.schedule:
@@ -399,8 +411,9 @@ class Service(ServiceParts):
         allow_partial: bool = True,
     ) -> dict[str, Any]:
         """Validate, answer and log parsed rows (the ingress has parsed and limited them)."""
-        return await self.predict_path.run(records, single, caller, headers,
-                                           allow_partial=allow_partial)
+        return await self.predict_path.run(
+            records, single, caller, headers, allow_partial=allow_partial
+        )
 
     def admit(self, keys: Any) -> None:
         """Let one request in (pair with :meth:`release`), or refuse it: 429 when a rate
@@ -450,9 +463,7 @@ class Service(ServiceParts):
             "breakers": breakers,
             "in_flight": self.gate.in_flight,
             "stopped": self.state.stop_reason if self.state.stopped else None,
-            "auth": "OFF (development mode): every caller is an admin"
-            if self.dev_mode
-            else "on",
+            "auth": "OFF (development mode): every caller is an admin" if self.dev_mode else "on",
         }
 
     def decision(self, decision_id: str) -> dict[str, Any]:
@@ -464,9 +475,13 @@ class Service(ServiceParts):
         item = self.review.for_decision(decision_id)
         if item is not None:
             done = item["status"] == "done"
-            d["review"] = {"status": "reviewed" if done else "pending", "policy": item["policy"],
-                           "mode": item["mode"], "item": item["id"],
-                           "final_output": item["final_output"]}
+            d["review"] = {
+                "status": "reviewed" if done else "pending",
+                "policy": item["policy"],
+                "mode": item["mode"],
+                "item": item["id"],
+                "final_output": item["final_output"],
+            }
             if item["mode"] == "hold":
                 d["model_output"] = d["output"]
                 d["output"] = item["final_output"] if done else None
@@ -477,8 +492,10 @@ class Service(ServiceParts):
         """The inputs that pushed a reviewed decision's answer most (computed now)."""
         item = self.review.get(item_id)
         if self.manifest.pii:
-            raise Conflict("explanations are off for services with PII treatments: the log "
-                           "holds treated values the model never saw")
+            raise Conflict(
+                "explanations are off for services with PII treatments: the log "
+                "holds treated values the model never saw"
+            )
         version = item["model_version"]
         if version is None:
             raise Conflict("this decision was not answered by a registered model version")
@@ -488,8 +505,13 @@ class Service(ServiceParts):
         row = tuple(item["inputs"].get(n) for n in names)
         reference = reference_rows(self.store, mv, names, n=20)
         top = explain(lane.predictor, names, row, item["output"], reference)
-        return {"item": item_id, "decision_id": item["decision_id"], "answer": item["output"],
-                "method": "permutation against 20 reference rows", "features": top}
+        return {
+            "item": item_id,
+            "decision_id": item["decision_id"],
+            "answer": item["output"],
+            "method": "permutation against 20 reference rows",
+            "features": top,
+        }
 
     def describe(self) -> dict[str, Any]:
         champion = self.registry.get(self.name, self.champion_version())

@@ -14,8 +14,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from shipway.errors import ConfigError
 
 #: Values that must never serve as a production secret.
-WEAK_SECRETS = frozenset({"", "changeme", "change-me", "secret", "shipway", "development",
-                          "dev", "test", "password"})  # fmt: skip
+WEAK_SECRETS = frozenset(
+    {"", "changeme", "change-me", "secret", "shipway", "development", "dev", "test", "password"}
+)
 _DEV_SECRET = b"shipway-development-secret-not-for-production"
 
 
@@ -54,8 +55,7 @@ class Settings(BaseSettings):
                 value = self.secret_key_file.read_text(encoding="utf-8").strip()
             except OSError as exc:
                 raise ConfigError(
-                    f"cannot read SHIPWAY_SECRET_KEY_FILE {self.secret_key_file}: "
-                    f"{exc.strerror}"
+                    f"cannot read SHIPWAY_SECRET_KEY_FILE {self.secret_key_file}: {exc.strerror}"
                 ) from None
         if value is None:
             if self.dev_mode:

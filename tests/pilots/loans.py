@@ -12,8 +12,12 @@ def predict(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for r in rows:
         score = r["amount"] / 1000.0 - 0.02 * r["age"] + (0.5 if r["region"] == "north" else 0.0)
         deny = score > 2.0
-        out.append({"output": "deny" if deny else "approve",
-                    "confidence": float(min(0.99, 0.55 + abs(score - 2.0) / 4))})  # fmt: skip
+        out.append(
+            {
+                "output": "deny" if deny else "approve",
+                "confidence": float(min(0.99, 0.55 + abs(score - 2.0) / 4)),
+            }
+        )
     return out
 
 
@@ -29,5 +33,7 @@ def generate(n: int, seed: int, shifted: bool = False) -> list[dict[str, Any]]:
     p_region = [0.55, 0.15, 0.15, 0.15] if shifted else [0.25, 0.25, 0.25, 0.25]
     region = rng.choice(REGIONS, n, p=p_region)
     channel = rng.choice(CHANNELS, n, p=[0.5, 0.3, 0.2])
-    return [{"amount": round(float(a), 2), "age": int(g), "region": str(r), "channel": str(c)}
-            for a, g, r, c in zip(amount, age, region, channel, strict=True)]  # fmt: skip
+    return [
+        {"amount": round(float(a), 2), "age": int(g), "region": str(r), "channel": str(c)}
+        for a, g, r, c in zip(amount, age, region, channel, strict=True)
+    ]

@@ -138,9 +138,7 @@ class AccessMiddleware:
             return
         perms = permissions_for(scope["method"], scope["path"]) or (ADMIN,)  # fail closed
         state = scope.setdefault("state", {})
-        if OPEN in perms or (
-            OPERATIONS in perms and not self.protect_operations
-        ):
+        if OPEN in perms or (OPERATIONS in perms and not self.protect_operations):
             state["principal"] = DEV if self.service.dev_mode else None
             await self.app(scope, receive, send)
             return

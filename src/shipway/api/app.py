@@ -92,15 +92,20 @@ async def _validation_error(_req: Request, exc: Exception) -> Response:
         {"field": ".".join(str(p) for p in e["loc"]), "rule": e["type"], "message": e["msg"]}
         for e in exc.errors()
     ]
-    body = {"code": "bad_request", "message": "the request does not fit this route",
-            "fields": fields}
+    body = {
+        "code": "bad_request",
+        "message": "the request does not fit this route",
+        "fields": fields,
+    }
     return error_response(body, 400)
 
 
 async def _unexpected(_req: Request, exc: Exception) -> Response:
     log.error("unexpected error", exc_info=exc)
-    body = {"code": "internal_error",
-            "message": f"unexpected {type(exc).__name__}; see the server log"}
+    body = {
+        "code": "internal_error",
+        "message": f"unexpected {type(exc).__name__}; see the server log",
+    }
     return error_response(body, 500)
 
 

@@ -71,8 +71,12 @@ def error_body(exc: ShipwayError, v2: bool = False) -> bytes:
 
 def shipway_error_response(exc: ShipwayError, v2: bool = False) -> Response:
     """The error body and status for ``exc``, with its headers."""
-    return Response(error_body(exc, v2), status_code=status_for(exc),
-                    media_type="application/json", headers=error_headers(exc) or None)
+    return Response(
+        error_body(exc, v2),
+        status_code=status_for(exc),
+        media_type="application/json",
+        headers=error_headers(exc) or None,
+    )
 
 
 def error_response(

@@ -54,9 +54,7 @@ async def keys_create(body: KeyCreate, request: Request) -> Response:
 async def keys_revoke(key_id: str, request: Request, reason: str = "") -> Response:
     service = service_of(request)
     actor = actor_of(request)
-    info = await run_in_threadpool(
-        lambda: service.keys.revoke(key_id, actor=actor, reason=reason)
-    )
+    info = await run_in_threadpool(lambda: service.keys.revoke(key_id, actor=actor, reason=reason))
     service.keyring.forget(key_id)
     return json_response(info.to_dict())
 

@@ -92,15 +92,16 @@ class Ingress:
             "/v1/feedback": IngressRoute("/v1/feedback", feedback),
         }
         self._v2 = IngressRoute("/v2/models/{model}/infer", infer_v2, v2_errors=True)
-        self._v2v = IngressRoute("/v2/models/{model}/versions/{version}/infer", infer_v2,
-                                 v2_errors=True)
+        self._v2v = IngressRoute(
+            "/v2/models/{model}/versions/{version}/infer", infer_v2, v2_errors=True
+        )
 
     def _match(self, path: str) -> tuple[IngressRoute, dict[str, str]] | None:
         route = self._exact.get(path)
         if route is not None:
             return route, {}
         if path.startswith("/v2/models/") and path.endswith("/infer"):
-            parts = path[len("/v2/models/"):-len("/infer")].split("/")
+            parts = path[len("/v2/models/") : -len("/infer")].split("/")
             if len(parts) == 1 and parts[0]:
                 return self._v2, {"model": parts[0]}
             if len(parts) == 3 and parts[0] and parts[1] == "versions" and parts[2]:
@@ -139,13 +140,16 @@ class Ingress:
         headers = Headers(scope=scope)
         principal = self._authenticate(scope, headers)
         if scope["method"] != "POST":
-            exc = MethodNotAllowed(f"{scope['method']} is not allowed on {route.template}; "
-                                   "use POST")
+            exc = MethodNotAllowed(
+                f"{scope['method']} is not allowed on {route.template}; use POST"
+            )
             return 405, error_body(exc, route.v2_errors), [*_JSON, (b"allow", b"POST")]
         declared = headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body:
-            raise PayloadTooLarge(f"the body has {declared} bytes; the limit is {self.max_body} "
-                                  "(serving.max_body_bytes)")
+            raise PayloadTooLarge(
+                f"the body has {declared} bytes; the limit is {self.max_body} "
+                "(serving.max_body_bytes)"
+            )
         client = scope.get("client")
         address = client[0] if client else None
         service = self.service
@@ -177,8 +181,7 @@ class Ingress:
         scope.setdefault("state", {})["principal"] = principal
         return principal
 
-    def _limit_keys(self, principal: Principal, address: str | None, headers: Headers
-                    ) -> list[str]:
+    def _limit_keys(self, principal: Principal, address: str | None, headers: Headers) -> list[str]:
         keys = []
         for key in self.limit_keys:
             if key == "principal":
@@ -192,9 +195,12 @@ class Ingress:
                 name = key.split(":", 1)[1].strip()
                 value = headers.get(name)
                 if not value:
-                    raise BadRequest(f"the request has no {name} header, which this service's "
-                                     f"rate limit is keyed by (serving.limits.rate.key: {key})",
-                                     field=name, rule="required_header")
+                    raise BadRequest(
+                        f"the request has no {name} header, which this service's "
+                        f"rate limit is keyed by (serving.limits.rate.key: {key})",
+                        field=name,
+                        rule="required_header",
+                    )
                 keys.append("h:" + value)
         return keys
 
@@ -212,7 +218,8 @@ class Ingress:
                 if size > limit:
                     raise PayloadTooLarge(
                         f"the body has more than {limit} bytes; the limit is {limit} "
-                        "(serving.max_body_bytes)")
+                        "(serving.max_body_bytes)"
+                    )
                 chunks.append(chunk)
             if not message.get("more_body", False):
                 break
@@ -222,7 +229,8 @@ class Ingress:
         if n > limit:
             raise BadRequest(
                 f"the request has {n} rows; this service takes at most {limit} per request "
-                f"({setting})")
+                f"({setting})"
+            )
 
 
 def parse_json(body: bytes) -> Any:
@@ -287,8 +295,7 @@ async def infer_v2(ing: Ingress, call: Call) -> tuple[int, bytes, list[tuple[byt
         raise BadRequest("the body must be a JSON object")
     records = v2.records(request, service.contract.names, binary)
     ing.check_rows(len(records), ing.max_rows, "serving.max_batch_rows")
-    result = await service.predict(records, False, call.caller, call.headers,
-                                   allow_partial=False)
+    result = await service.predict(records, False, call.caller, call.headers, allow_partial=False)
     content, ctype, extra = v2.response(service, request, result["decisions"])
     return 200, content, [(b"content-type", ctype), *extra]
 

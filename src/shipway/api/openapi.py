@@ -124,9 +124,12 @@ def ingress_openapi(schema: dict[str, Any], manifest: Manifest) -> None:
         }
     }
     label = _output_schema(manifest)
-    item = {"type": "object", "required": ["id", "label"], "additionalProperties": False,
-            "properties": {"id": {"type": "string", "description": "A decision id."},
-                           "label": label}}
+    item = {
+        "type": "object",
+        "required": ["id", "label"],
+        "additionalProperties": False,
+        "properties": {"id": {"type": "string", "description": "A decision id."}, "label": label},
+    }
     comps["FeedbackItem"] = item
     schema["paths"]["/v1/feedback"] = {
         "post": {
@@ -140,21 +143,37 @@ def ingress_openapi(schema: dict[str, Any], manifest: Manifest) -> None:
             "operationId": "feedback",
             "requestBody": {
                 "required": True,
-                "content": {"application/json": {"schema": {"oneOf": [
-                    {"$ref": "#/components/schemas/FeedbackItem"},
-                    {"type": "object", "required": ["feedback"], "additionalProperties": False,
-                     "properties": {"feedback": {
-                         "type": "array", "minItems": 1,
-                         "maxItems": manifest.serving.max_feedback_rows,
-                         "items": {"$ref": "#/components/schemas/FeedbackItem"}}}},
-                ]}}},
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "oneOf": [
+                                {"$ref": "#/components/schemas/FeedbackItem"},
+                                {
+                                    "type": "object",
+                                    "required": ["feedback"],
+                                    "additionalProperties": False,
+                                    "properties": {
+                                        "feedback": {
+                                            "type": "array",
+                                            "minItems": 1,
+                                            "maxItems": manifest.serving.max_feedback_rows,
+                                            "items": {"$ref": "#/components/schemas/FeedbackItem"},
+                                        }
+                                    },
+                                },
+                            ]
+                        }
+                    }
+                },
             },
             "responses": {
                 "201": {"description": "Stored: each label's decision id and revision."},
                 "400": {"description": "Body is not the expected shape.", "content": err},
                 "413": {"description": "Body too large.", "content": err},
-                "422": {"description": "A label does not fit (every problem named).",
-                        "content": err},
+                "422": {
+                    "description": "A label does not fit (every problem named).",
+                    "content": err,
+                },
             },
         }
     }

@@ -35,9 +35,7 @@ async def rollout_history(request: Request, limit: int = 100) -> Response:
 async def rollout_move(move: str, body: RolloutMove, request: Request) -> Response:
     if move == "promote" or body.force:
         require(principal_of(request), APPROVE, "promotion or --force")
-    result = await run_in_threadpool(
-        apply_move, service_of(request), move, body, actor_of(request)
-    )
+    result = await run_in_threadpool(apply_move, service_of(request), move, body, actor_of(request))
     return json_response(result)
 
 

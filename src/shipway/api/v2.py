@@ -62,8 +62,9 @@ _FIELD_TYPE = {
 
 
 def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(orjson.dumps(body), status_code=status, media_type="application/json",
-                    headers=headers)  # fmt: skip
+    return Response(
+        orjson.dumps(body), status_code=status, media_type="application/json", headers=headers
+    )
 
 
 def v2_error(exc: ShipwayError) -> Response:
@@ -112,8 +113,9 @@ def _tensor_values(
         raise BadRequest(f"input {t.get('name')!r} has neither data nor binary_data_size")
     arr = np.asarray(data, dtype=object).reshape(-1).tolist()
     if dtype in ("FP16", "FP32", "FP64"):
-        arr = [float(v) if isinstance(v, int | float) and not isinstance(v, bool) else v
-               for v in arr]  # fmt: skip
+        arr = [
+            float(v) if isinstance(v, int | float) and not isinstance(v, bool) else v for v in arr
+        ]
     return arr, offset
 
 
@@ -149,8 +151,9 @@ def records(body: dict[str, Any], names: list[str], binary: memoryview | None) -
     if matrix is not None:
         values, n = matrix
         width = len(names)
-        return [dict(zip(names, values[i * width : (i + 1) * width], strict=True))
-                for i in range(n)]  # fmt: skip
+        return [
+            dict(zip(names, values[i * width : (i + 1) * width], strict=True)) for i in range(n)
+        ]
     lengths = {len(v) for v in columns.values()}
     if len(lengths) != 1:
         raise BadRequest(f"input tensors differ in length: {sorted(lengths)}")
@@ -171,20 +174,37 @@ def _output_tensors(
     elif all(isinstance(o, bool) for o in outs):
         out_t = {"name": "output", "datatype": "BOOL", "shape": [n], "data": outs}
     else:
-        out_t = {"name": "output", "datatype": "BYTES", "shape": [n],
-                 "data": [str(o) for o in outs]}  # fmt: skip
+        out_t = {
+            "name": "output",
+            "datatype": "BYTES",
+            "shape": [n],
+            "data": [str(o) for o in outs],
+        }
     conf = [d["confidence"] if d["confidence"] is not None else float("nan") for d in decisions]
     return [
         out_t,
         {"name": "confidence", "datatype": "FP64", "shape": [n], "data": conf},
-        {"name": "decision_id", "datatype": "BYTES", "shape": [n],
-         "data": [d["id"] for d in decisions]},
-        {"name": "route", "datatype": "BYTES", "shape": [n],
-         "data": [d["route"] for d in decisions]},
-        {"name": "model_version", "datatype": "INT64", "shape": [n],
-         "data": [d["model_version"] if d["model_version"] is not None else -1
-                  for d in decisions]},
-    ]  # fmt: skip
+        {
+            "name": "decision_id",
+            "datatype": "BYTES",
+            "shape": [n],
+            "data": [d["id"] for d in decisions],
+        },
+        {
+            "name": "route",
+            "datatype": "BYTES",
+            "shape": [n],
+            "data": [d["route"] for d in decisions],
+        },
+        {
+            "name": "model_version",
+            "datatype": "INT64",
+            "shape": [n],
+            "data": [
+                d["model_version"] if d["model_version"] is not None else -1 for d in decisions
+            ],
+        },
+    ]
 
 
 def _encode(
@@ -246,8 +266,9 @@ def response(
     out: dict[str, Any] = {
         "model_name": service.name,
         "model_version": str(service.router.champion.version),
-        "outputs": _output_tensors(decisions, manifest.output.kind,
-                                   list(manifest.output.labels or [])),
+        "outputs": _output_tensors(
+            decisions, manifest.output.kind, list(manifest.output.labels or [])
+        ),
     }
     if request.get("id") is not None:
         out["id"] = request["id"]
@@ -298,8 +319,10 @@ def _model_meta(service: Service) -> dict[str, Any]:
         "name": service.name,
         "versions": [str(m.version) for m in service.registry.list(service.name)],
         "platform": "shipway",
-        "inputs": [{"name": f.name, "datatype": _FIELD_TYPE[f.type], "shape": [-1]}
-                   for f in manifest.contract.inputs],
+        "inputs": [
+            {"name": f.name, "datatype": _FIELD_TYPE[f.type], "shape": [-1]}
+            for f in manifest.contract.inputs
+        ],
         "outputs": [
             {"name": "output", "datatype": out_type, "shape": [-1]},
             {"name": "confidence", "datatype": "FP64", "shape": [-1]},

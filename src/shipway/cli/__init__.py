@@ -171,8 +171,12 @@ ManifestPositional = Annotated[
 ]
 ManifestOption = Annotated[
     Path | None,
-    typer.Option("--manifest", "-m", help="The service's manifest (or its folder).",
-                 show_default="shipway.yaml"),
+    typer.Option(
+        "--manifest",
+        "-m",
+        help="The service's manifest (or its folder).",
+        show_default="shipway.yaml",
+    ),
 ]
 
 

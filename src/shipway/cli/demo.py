@@ -29,10 +29,17 @@ from rich.table import Table
 from shipway.errors import ShipwayError
 
 FEATURES = [
-    "mean radius", "mean texture", "mean perimeter", "mean area", "mean smoothness",
-    "mean compactness", "mean concavity", "mean concave points", "mean symmetry",
+    "mean radius",
+    "mean texture",
+    "mean perimeter",
+    "mean area",
+    "mean smoothness",
+    "mean compactness",
+    "mean concavity",
+    "mean concave points",
+    "mean symmetry",
     "mean fractal dimension",
-]  # fmt: skip
+]
 CLINICS = ["north", "south", "east", "west"]
 
 
@@ -53,13 +60,20 @@ def build_pilot(workdir: Path, seed: int = 7) -> tuple[Path, Path, list[dict[str
     order = rng.permutation(len(frame))
     cut = int(len(frame) * 0.75)
     pilot, later = frame.iloc[order[:cut]], frame.iloc[order[cut:]]
-    model = Pipeline([
-        ("prep", ColumnTransformer([
-            ("num", StandardScaler(), FEATURES),
-            ("cat", OneHotEncoder(handle_unknown="ignore"), ["clinic"]),
-        ])),
-        ("clf", LogisticRegression(max_iter=2000)),
-    ])  # fmt: skip
+    model = Pipeline(
+        [
+            (
+                "prep",
+                ColumnTransformer(
+                    [
+                        ("num", StandardScaler(), FEATURES),
+                        ("cat", OneHotEncoder(handle_unknown="ignore"), ["clinic"]),
+                    ]
+                ),
+            ),
+            ("clf", LogisticRegression(max_iter=2000)),
+        ]
+    )
     model.fit(pilot.drop(columns=["malignant"]), pilot["malignant"])
     model_path = workdir / "pilot.joblib"
     data_path = workdir / "pilot_data.csv"
@@ -223,11 +237,21 @@ def run_demo(*, duration: float | None, port: int, workdir: Path | None, console
     console.print(
         "   API keys: demo-traffic (predictor), demo-viewer (viewer), demo-operator (operator)"
     )
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("SHIPWAY_DATABASE_URL", "SHIPWAY_DEV_MODE")}  # fmt: skip
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("SHIPWAY_DATABASE_URL", "SHIPWAY_DEV_MODE")
+    }
     env["SHIPWAY_SECRET_KEY"] = secrets.token_hex(32)
-    cmd = [sys.executable, "-m", "shipway", "serve", str(res.manifest_path),
-           "--port", str(port), "--log-level", "warning"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "shipway",
+        "serve",
+        str(res.manifest_path),
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+    ]
     proc = subprocess.Popen(cmd, env=env)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -241,8 +265,10 @@ def run_demo(*, duration: float | None, port: int, workdir: Path | None, console
         logged = sum(1 for _ in _decisions(res.manifest_path))
         console.print(f"decision log: {logged} decisions committed (every answered row)")
         _monitor_summary(base, operator_key, console)
-        console.print(f"Read-only key for the routes below (send as 'Authorization: Bearer KEY'):"
-                      f"\n  {viewer_key}")  # fmt: skip
+        console.print(
+            f"Read-only key for the routes below (send as 'Authorization: Bearer KEY'):"
+            f"\n  {viewer_key}"
+        )
         console.print("Open:")
         for path, what in [
             ("/docs", "the API, with the contract as its schema"),
@@ -273,8 +299,9 @@ def run_demo(*, duration: float | None, port: int, workdir: Path | None, console
 def _monitor_summary(base: str, key: str, console: Console) -> None:
     """Run the monitor on the traffic just sent and say which inputs drifted."""
     try:
-        r = httpx.post(f"{base}/v1/monitor/run", timeout=60,
-                       headers={"Authorization": f"Bearer {key}"})  # fmt: skip
+        r = httpx.post(
+            f"{base}/v1/monitor/run", timeout=60, headers={"Authorization": f"Bearer {key}"}
+        )
         r.raise_for_status()
     except httpx.HTTPError as exc:
         console.print(f"monitor: could not run ({exc})")

@@ -17,12 +17,15 @@ from shipway.cli.lifecycle import ManifestArg, _opened, err, out, when
 from shipway.govern.roles import ADMIN, APPROVE, OPERATE, READ, ROLE_HELP
 from shipway.settings import Settings
 
-keys_app = typer.Typer(help="API keys: create (shown once), list, rotate, revoke.",
-                       no_args_is_help=True)  # fmt: skip
-audit_app = typer.Typer(help="The hash-chained audit log: list, verify, checkpoint.",
-                        no_args_is_help=True)  # fmt: skip
-retention_app = typer.Typer(help="Remove records past the manifest's retention.",
-                            no_args_is_help=True)  # fmt: skip
+keys_app = typer.Typer(
+    help="API keys: create (shown once), list, rotate, revoke.", no_args_is_help=True
+)
+audit_app = typer.Typer(
+    help="The hash-chained audit log: list, verify, checkpoint.", no_args_is_help=True
+)
+retention_app = typer.Typer(
+    help="Remove records past the manifest's retention.", no_args_is_help=True
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -57,9 +60,12 @@ def keys_create(
         info, secret = parts.keys.create(
             name=name, role=role, actor=actor, expires_in=life, reason=reason
         )
-    err.print(f"Created key [bold]{info.id}[/] for {name!r} with role {role}"
-              + (f", expires {when(info.expires_at)} UTC" if info.expires_at else "")
-              + ". It is shown once; store it now:", highlight=False)  # fmt: skip
+    err.print(
+        f"Created key [bold]{info.id}[/] for {name!r} with role {role}"
+        + (f", expires {when(info.expires_at)} UTC" if info.expires_at else "")
+        + ". It is shown once; store it now:",
+        highlight=False,
+    )
     print(secret)
 
 
@@ -79,8 +85,7 @@ def keys_list(
         t.add_column(col)
     for k in keys:
         state = "revoked" if k.revoked_at else ("active" if k.active else "expired")
-        t.add_row(k.id, k.name, k.role, when(k.created_at), k.created_by, when(k.expires_at),
-                  state)  # fmt: skip
+        t.add_row(k.id, k.name, k.role, when(k.created_at), k.created_by, when(k.expires_at), state)
     out.print(t)
 
 
@@ -133,8 +138,7 @@ def audit_list(
     for col in ("seq", "time (UTC)", "actor", "action", "target", "reason"):
         t.add_column(col)
     for e in events:
-        t.add_row(str(e["seq"]), when(e["ts"]), e["actor"], e["action"], e["target"],
-                  e["reason"])  # fmt: skip
+        t.add_row(str(e["seq"]), when(e["ts"]), e["actor"], e["action"], e["target"], e["reason"])
     out.print(t)
 
 
@@ -148,8 +152,9 @@ def audit_verify(manifest: ManifestArg = Path("shipway.yaml")) -> None:
     if res.ok:
         out.print(f"[green]audit chain intact[/]: {res.checked} events")
         return
-    err.print(f"[bold red]audit chain broken at event {res.broken_seq}[/]: {res.problem}",
-              highlight=False)  # fmt: skip
+    err.print(
+        f"[bold red]audit chain broken at event {res.broken_seq}[/]: {res.problem}", highlight=False
+    )
     raise typer.Exit(1)
 
 
@@ -191,8 +196,10 @@ def stop(
     with _opened(manifest) as parts:
         actor = cli_principal(parts.store, Settings(), APPROVE, "stop").name
         parts.rollout.stop(actor=actor, reason=reason)
-    out.print(f"[bold red]Stopped[/] {parts.name}: running servers stop calling models "
-              "within a second. Undo with 'shipway resume'.")  # fmt: skip
+    out.print(
+        f"[bold red]Stopped[/] {parts.name}: running servers stop calling models "
+        "within a second. Undo with 'shipway resume'."
+    )
 
 
 def resume(

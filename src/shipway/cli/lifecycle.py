@@ -107,8 +107,9 @@ def register(models_app: typer.Typer, rollout_app: typer.Typer) -> None:
         with _opened(manifest) as parts:
             actor = cli_principal(parts.store, settings, OPERATE, "models add").name
             with err.status("Scoring the new version and the champion on the holdout..."):
-                res = add_version(parts.store, parts.manifest, model=model, data=data, note=note,
-                                  actor=actor)
+                res = add_version(
+                    parts.store, parts.manifest, model=model, data=data, note=note, actor=actor
+                )
             out.print(
                 f"[green]Registered[/] version {res.version.version} "
                 f"({res.version.flavor}, {res.version.uri})"

@@ -15,12 +15,14 @@ from shipway.cli.lifecycle import ManifestArg, _opened, out, when
 from shipway.govern.roles import OPERATE, PREDICT
 from shipway.settings import Settings
 
-monitor_app = typer.Typer(help="Drift, performance and operations over windows of decisions.",
-                          no_args_is_help=True)  # fmt: skip
+monitor_app = typer.Typer(
+    help="Drift, performance and operations over windows of decisions.", no_args_is_help=True
+)
 alerts_app = typer.Typer(help="Alert firings and resolutions.", no_args_is_help=True)
 feedback_app = typer.Typer(help="Ground-truth labels for logged decisions.", no_args_is_help=True)
-outbox_app = typer.Typer(help="Notifications waiting, sent and failed (webhooks).",
-                         no_args_is_help=True)
+outbox_app = typer.Typer(
+    help="Notifications waiting, sent and failed (webhooks).", no_args_is_help=True
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -39,40 +41,65 @@ def _f(v: Any, digits: int = 4) -> str:
 
 
 def print_report(r: dict[str, Any]) -> None:
-    out.print(f"[bold]{r['service']}[/] model v{r.get('model_version')}: window "
-              f"{when(r.get('window_start'))} .. {when(r.get('window_end'))} UTC, "
-              f"{r['n']} decisions")  # fmt: skip
+    out.print(
+        f"[bold]{r['service']}[/] model v{r.get('model_version')}: window "
+        f"{when(r.get('window_start'))} .. {when(r.get('window_end'))} UTC, "
+        f"{r['n']} decisions"
+    )
     ops = r.get("operations") or {}
-    out.print("operations: " + ", ".join(
-        f"{k} {_f(ops.get(k))}" for k in ("error_rate", "p50_ms", "p95_ms", "p99_ms",
-                                           "fallback_share", "cost")))  # fmt: skip
+    out.print(
+        "operations: "
+        + ", ".join(
+            f"{k} {_f(ops.get(k))}"
+            for k in ("error_rate", "p50_ms", "p95_ms", "p99_ms", "fallback_share", "cost")
+        )
+    )
     drift = r.get("drift")
     if drift:
-        t = Table(title=f"input drift: {len(drift['drifted'])} of {len(drift['features'])} "
-                        f"features drifted (share {drift['drift_share']:.2f})")  # fmt: skip
+        t = Table(
+            title=f"input drift: {len(drift['drifted'])} of {len(drift['features'])} "
+            f"features drifted (share {drift['drift_share']:.2f})"
+        )
         for col in ("feature", "test", "p (BH)", "effect", "floor", "PSI", "verdict"):
             t.add_column(col)
         for name, f in drift["features"].items():
             numeric = f["kind"] == "numeric"
             test = f"KS {_f(f.get('ks'))}" if numeric else f"chi2 {_f(f.get('chi2'), 2)}"
-            verdict = "[red]DRIFT[/]" if f["drifted"] else (
-                "significant, small" if f["significant"] else "ok")  # fmt: skip
-            t.add_row(name, test, _f(f.get("p_adjusted")), _f(f.get("effect")), _f(f["floor"], 2),
-                      _f(f.get("psi")), verdict)  # fmt: skip
+            verdict = (
+                "[red]DRIFT[/]"
+                if f["drifted"]
+                else ("significant, small" if f["significant"] else "ok")
+            )
+            t.add_row(
+                name,
+                test,
+                _f(f.get("p_adjusted")),
+                _f(f.get("effect")),
+                _f(f["floor"], 2),
+                _f(f.get("psi")),
+                verdict,
+            )
         out.print(t)
         od = r.get("output_drift") or {}
         for name, f in (od.get("features") or {}).items():
             verdict = "DRIFT" if f["drifted"] else "ok"
-            out.print(f"{name} drift: effect {_f(f.get('effect'))}, "
-                      f"p (BH) {_f(f.get('p_adjusted'))}: {verdict}")  # fmt: skip
+            out.print(
+                f"{name} drift: effect {_f(f.get('effect'))}, "
+                f"p (BH) {_f(f.get('p_adjusted'))}: {verdict}"
+            )
     else:
         out.print(f"drift: {r.get('drift_skipped', 'not computed')}")
     perf = r.get("performance") or {}
     if perf.get("labeled"):
-        figures = ", ".join(f"{k} {_f(perf[k])}" for k in ("accuracy", "f1_macro", "roc_auc",
-                                                             "mae", "rmse") if k in perf)
-        out.print(f"performance on {perf['labeled']} labeled decisions: {figures}"
-                  + (" (a small sample: read with care)" if perf["labeled"] < 100 else ""))
+        figures = ", ".join(
+            f"{k} {_f(perf[k])}"
+            for k in ("accuracy", "f1_macro", "roc_auc", "mae", "rmse")
+            if k in perf
+        )
+        out.print(
+            f"performance on {perf['labeled']} labeled decisions: {figures}"
+            + (" (a small sample: read with care)" if perf["labeled"] < 100 else "")
+        )
     else:
         out.print("performance: no feedback labels in this window")
     for a in r.get("alerts") or []:
@@ -132,11 +159,14 @@ def alerts_list(
         t.add_column(col)
     for e in reversed(events):
         acts = "; ".join(
-            a["action"] + (": " + str(a["result"]) if "result" in a else
-                           ": " + ", ".join(f"{d['to']} {d['status']}"
-                                            for d in a.get("deliveries", [])))
+            a["action"]
+            + (
+                ": " + str(a["result"])
+                if "result" in a
+                else ": " + ", ".join(f"{d['to']} {d['status']}" for d in a.get("deliveries", []))
+            )
             for a in e["detail"].get("actions", [])
-        )  # fmt: skip
+        )
         t.add_row(when(e["ts"]), e["rule"], e["status"], acts)
     out.print(t)
 
@@ -176,8 +206,15 @@ def outbox_list(
     for col in ("id", "queued (UTC)", "topic", "to", "status", "attempts", "last error"):
         t.add_column(col)
     for msg in reversed(msgs):
-        t.add_row(str(msg["id"]), when(msg["created_at"], ""), msg["topic"], msg["url"],
-                  msg["status"], str(msg["attempts"]), msg["last_error"] or "")
+        t.add_row(
+            str(msg["id"]),
+            when(msg["created_at"], ""),
+            msg["topic"],
+            msg["url"],
+            msg["status"],
+            str(msg["attempts"]),
+            msg["last_error"] or "",
+        )
     out.print(t)
 
 

@@ -41,12 +41,16 @@ def review(
             if item is None:
                 out.print("The queue is empty.")
                 break
-            out.print(f"\n[bold]item {item['id']}[/] (policy {item['policy']}, queue "
-                      f"{item['queue']}, priority {item['priority']})")  # fmt: skip
+            out.print(
+                f"\n[bold]item {item['id']}[/] (policy {item['policy']}, queue "
+                f"{item['queue']}, priority {item['priority']})"
+            )
             for k, v in item["inputs"].items():
                 out.print(f"  {k}: {v}")
-            out.print(f"  model v{item['model_version']} answered [bold]{item['output']}[/] "
-                      f"with confidence {item['confidence']}")  # fmt: skip
+            out.print(
+                f"  model v{item['model_version']} answered [bold]{item['output']}[/] "
+                f"with confidence {item['confidence']}"
+            )
             choice = typer.prompt(HELP, default="a").strip().lower()[:1]
             if choice == "q":
                 break

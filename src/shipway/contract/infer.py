@@ -60,9 +60,7 @@ def infer_field(name: str, s: pd.Series, range_margin: float = 0.1) -> InputFiel
 
 def infer_contract(frame: pd.DataFrame, range_margin: float = 0.1) -> ContractSpec:
     """A contract that the whole of ``frame`` satisfies."""
-    return ContractSpec(
-        inputs=[infer_field(str(c), frame[c], range_margin) for c in frame.columns]
-    )
+    return ContractSpec(inputs=[infer_field(str(c), frame[c], range_margin) for c in frame.columns])
 
 
 def column_stats(s: pd.Series, kind: str) -> dict[str, Any]:
@@ -75,7 +73,10 @@ def column_stats(s: pd.Series, kind: str) -> dict[str, Any]:
         v = nonnull.to_numpy(dtype=np.float64)
         qs = np.quantile(v, np.linspace(0, 1, 11))
         out.update(
-            min=float(v.min()), max=float(v.max()), mean=float(v.mean()), std=float(v.std()),
+            min=float(v.min()),
+            max=float(v.max()),
+            mean=float(v.mean()),
+            std=float(v.std()),
             quantiles=[float(q) for q in qs],
         )
     elif len(nonnull):

@@ -92,24 +92,54 @@ class _FieldRule:
         if v is None:
             if self.nullable:
                 return None
-            return {"row": row, "field": self.name, "rule": "nullable", "value": None,
-                    "expected": "a value (null is not allowed)"}
+            return {
+                "row": row,
+                "field": self.name,
+                "rule": "nullable",
+                "value": None,
+                "expected": "a value (null is not allowed)",
+            }
         if not self.type_ok(v):
-            return {"row": row, "field": self.name, "rule": "type", "value": v,
-                    "expected": _EXPECTED_TYPE[self.type]}
+            return {
+                "row": row,
+                "field": self.name,
+                "rule": "type",
+                "value": v,
+                "expected": _EXPECTED_TYPE[self.type],
+            }
         if self.numeric:
             if isinstance(v, float) and not math.isfinite(v):
-                return {"row": row, "field": self.name, "rule": "type", "value": str(v),
-                        "expected": "a finite number"}
+                return {
+                    "row": row,
+                    "field": self.name,
+                    "rule": "type",
+                    "value": str(v),
+                    "expected": "a finite number",
+                }
             if self.lo is not None and v < self.lo:
-                return {"row": row, "field": self.name, "rule": "min", "value": v,
-                        "expected": f">= {_fmt(self.lo)}"}
+                return {
+                    "row": row,
+                    "field": self.name,
+                    "rule": "min",
+                    "value": v,
+                    "expected": f">= {_fmt(self.lo)}",
+                }
             if self.hi is not None and v > self.hi:
-                return {"row": row, "field": self.name, "rule": "max", "value": v,
-                        "expected": f"<= {_fmt(self.hi)}"}
+                return {
+                    "row": row,
+                    "field": self.name,
+                    "rule": "max",
+                    "value": v,
+                    "expected": f"<= {_fmt(self.hi)}",
+                }
         elif self.allowed is not None and v not in self.allowed:
-            return {"row": row, "field": self.name, "rule": "category", "value": v,
-                    "expected": f"one of {sorted(self.allowed, key=str)}"}
+            return {
+                "row": row,
+                "field": self.name,
+                "rule": "category",
+                "value": v,
+                "expected": f"one of {sorted(self.allowed, key=str)}",
+            }
         return None
 
     # -- a column of Python values (request batches) -----------------------------------------
@@ -235,8 +265,15 @@ class Contract:
     def _extract(self, i: int, rec: Any, out: list[Violation]) -> tuple[Any, ...] | None:
         """The record's values in field order (None if it is not an object at all)."""
         if type(rec) is not dict:
-            out.append({"row": i, "field": None, "rule": "not_object", "value": None,
-                        "expected": "a JSON object of field: value"})
+            out.append(
+                {
+                    "row": i,
+                    "field": None,
+                    "rule": "not_object",
+                    "value": None,
+                    "expected": "a JSON object of field: value",
+                }
+            )
             return None
         keys = rec.keys()
         if keys == self.keyset:
@@ -244,16 +281,32 @@ class Contract:
             return (vals,) if self._single else vals
         if self.reject_unknown:
             for k in sorted(keys - self.keyset):
-                out.append({"row": i, "field": k, "rule": "unknown_field", "value": rec[k],
-                            "expected": "a field named in the contract"})
+                out.append(
+                    {
+                        "row": i,
+                        "field": k,
+                        "rule": "unknown_field",
+                        "value": rec[k],
+                        "expected": "a field named in the contract",
+                    }
+                )
         for r in self.rules:
             if r.name not in rec and not r.nullable:
-                out.append({"row": i, "field": r.name, "rule": "required", "value": None,
-                            "expected": f"a {_EXPECTED_TYPE[r.type]} value"})
+                out.append(
+                    {
+                        "row": i,
+                        "field": r.name,
+                        "rule": "required",
+                        "value": None,
+                        "expected": f"a {_EXPECTED_TYPE[r.type]} value",
+                    }
+                )
         # Values of a row with structural problems are still checked, so that every problem
         # of the row is named at once; absent fields are MISSING (not null) for the checks.
-        return tuple(rec.get(n, None if r.nullable else MISSING)
-                     for n, r in zip(self.names, self.rules, strict=True))
+        return tuple(
+            rec.get(n, None if r.nullable else MISSING)
+            for n, r in zip(self.names, self.rules, strict=True)
+        )
 
     def validate_records(self, records: list[Any]) -> RecordsResult:
         violations: list[Violation] = []
@@ -315,13 +368,27 @@ class Contract:
         for rule in missing:
             if not rule.nullable:
                 for k, r in enumerate(bad_idx):
-                    reasons[k].append({"row": int(r), "field": rule.name, "rule": "required",
-                                       "value": None, "expected": "a column of that name"})
+                    reasons[k].append(
+                        {
+                            "row": int(r),
+                            "field": rule.name,
+                            "rule": "required",
+                            "value": None,
+                            "expected": "a column of that name",
+                        }
+                    )
         if self.reject_unknown:
             for name in unknown:
                 for k, r in enumerate(bad_idx):
-                    reasons[k].append({"row": int(r), "field": name, "rule": "unknown_field",
-                                       "value": None, "expected": "a field named in the contract"})
+                    reasons[k].append(
+                        {
+                            "row": int(r),
+                            "field": name,
+                            "rule": "unknown_field",
+                            "value": None,
+                            "expected": "a field named in the contract",
+                        }
+                    )
         for rule, mask in per_field:
             rows_bad = np.flatnonzero(mask)
             raw = table.column(rule.name).take(pa.array(rows_bad)).to_pylist()
@@ -342,13 +409,23 @@ def _explain(rule: _FieldRule, row: int, v: Any) -> Violation:
         try:
             num = float(v) if rule.type == "float" else int(v.strip())
         except ValueError:
-            return {"row": row, "field": rule.name, "rule": "type", "value": v,
-                    "expected": _EXPECTED_TYPE[rule.type]}
+            return {
+                "row": row,
+                "field": rule.name,
+                "rule": "type",
+                "value": v,
+                "expected": _EXPECTED_TYPE[rule.type],
+            }
         v = num
     viol = rule.check(row, v)
     if viol is None:  # pragma: no cover - a mask and a scalar check disagreeing is a bug
-        viol = {"row": row, "field": rule.name, "rule": "type", "value": v,
-                "expected": _EXPECTED_TYPE[rule.type]}
+        viol = {
+            "row": row,
+            "field": rule.name,
+            "rule": "type",
+            "value": v,
+            "expected": _EXPECTED_TYPE[rule.type],
+        }
     return viol
 
 

@@ -26,7 +26,7 @@ def new_ids(n: int) -> list[str]:
     raw = os.urandom(10 * n)
     out = []
     for k in range(0, 10 * n, 10):
-        v = ms | int.from_bytes(raw[k:k + 10], "big")
+        v = ms | int.from_bytes(raw[k : k + 10], "big")
         out.append(_fmt((v & _VERSION_MASK & _VARIANT_MASK) | _VERSION | _VARIANT))
     return out
 

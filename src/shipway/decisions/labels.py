@@ -53,13 +53,27 @@ def _problems(items: Sequence[Any], output: OutputSpec) -> list[dict[str, Any]]:
     problems: list[dict[str, Any]] = []
     for i, it in enumerate(items):
         if not isinstance(it, dict) or "id" not in it or "label" not in it:
-            problems.append({"row": i, "field": None, "rule": "shape", "value": None,
-                             "expected": 'an object {"id": ..., "label": ...}'})
+            problems.append(
+                {
+                    "row": i,
+                    "field": None,
+                    "rule": "shape",
+                    "value": None,
+                    "expected": 'an object {"id": ..., "label": ...}',
+                }
+            )
             continue
         why = label_problem(it["label"], output)
         if why is not None:
-            problems.append({"row": i, "field": "label", "rule": "output_spec",
-                             "value": it["label"], "expected": why})
+            problems.append(
+                {
+                    "row": i,
+                    "field": "label",
+                    "rule": "output_spec",
+                    "value": it["label"],
+                    "expected": why,
+                }
+            )
     return problems
 
 
@@ -83,8 +97,15 @@ def record(
     known = queries.known_ids(conn, service, ids)
     for i, it in enumerate(items):
         if isinstance(it, dict) and "id" in it and str(it["id"]) not in known:
-            problems.append({"row": i, "field": "id", "rule": "unknown_decision",
-                             "value": it["id"], "expected": f"a decision id of {service}"})
+            problems.append(
+                {
+                    "row": i,
+                    "field": "id",
+                    "rule": "unknown_decision",
+                    "value": it["id"],
+                    "expected": f"a decision id of {service}",
+                }
+            )
     if problems:
         problems.sort(key=lambda p: p["row"])
         first = problems[0]
@@ -95,18 +116,31 @@ def record(
             problems,
         )
     now = time.time()
-    current = dict(conn.execute(
-        select(feedback.c.decision_id, func.max(feedback.c.revision))
-        .where(feedback.c.decision_id.in_(ids)).group_by(feedback.c.decision_id)
-    ).tuples().all())
+    current = dict(
+        conn.execute(
+            select(feedback.c.decision_id, func.max(feedback.c.revision))
+            .where(feedback.c.decision_id.in_(ids))
+            .group_by(feedback.c.decision_id)
+        )
+        .tuples()
+        .all()
+    )
     rows, out = [], []
     for it in items:
         did = str(it["id"])
         rev = int(current.get(did) or 0) + 1
         current[did] = rev
-        rows.append({"decision_id": did, "service": service, "revision": rev, "ts": now,
-                     "label": orjson.dumps(normalise_label(it["label"], output)).decode(),
-                     "actor": actor, "source": source})
+        rows.append(
+            {
+                "decision_id": did,
+                "service": service,
+                "revision": rev,
+                "ts": now,
+                "label": orjson.dumps(normalise_label(it["label"], output)).decode(),
+                "actor": actor,
+                "source": source,
+            }
+        )
         out.append({"id": did, "revision": rev})
     conn.execute(insert(feedback), rows)
     return out
@@ -134,8 +168,9 @@ def latest(engine: Engine, ids: Iterable[str]) -> dict[str, Any]:
         for k in range(0, len(ids), 1000):
             chunk = ids[k : k + 1000]
             for did, rev, label in conn.execute(
-                select(feedback.c.decision_id, feedback.c.revision, feedback.c.label)
-                .where(feedback.c.decision_id.in_(chunk))
+                select(feedback.c.decision_id, feedback.c.revision, feedback.c.label).where(
+                    feedback.c.decision_id.in_(chunk)
+                )
             ):
                 if did not in out or rev > out[did][0]:
                     out[did] = (rev, orjson.loads(label))

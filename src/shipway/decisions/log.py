@@ -22,26 +22,62 @@ guard chain failed, for fallback answers), cost."""
 
 _dumps = orjson.dumps
 
-_DECISION_COLUMNS = ("id", "ts", "service", "model_version", "route", "inputs", "output",
-                     "confidence", "latency_ms", "caller", "error", "reason", "cost")
-_SHADOW_COLUMNS = ("decision_id", "ts", "service", "model_version", "output", "confidence",
-                   "latency_ms", "error")
+_DECISION_COLUMNS = (
+    "id",
+    "ts",
+    "service",
+    "model_version",
+    "route",
+    "inputs",
+    "output",
+    "confidence",
+    "latency_ms",
+    "caller",
+    "error",
+    "reason",
+    "cost",
+)
+_SHADOW_COLUMNS = (
+    "decision_id",
+    "ts",
+    "service",
+    "model_version",
+    "output",
+    "confidence",
+    "latency_ms",
+    "error",
+)
 
 
 def _decision_params(r: DecisionRow) -> tuple[Any, ...]:
     return (
-        r["id"], r["ts"], r["service"], r["model_version"], r["route"],
-        _dumps(r["inputs"]).decode(), _dumps(r["output"]).decode(), r["confidence"],
-        r["latency_ms"], r.get("caller"), r.get("error"), r.get("reason"), r.get("cost"),
+        r["id"],
+        r["ts"],
+        r["service"],
+        r["model_version"],
+        r["route"],
+        _dumps(r["inputs"]).decode(),
+        _dumps(r["output"]).decode(),
+        r["confidence"],
+        r["latency_ms"],
+        r.get("caller"),
+        r.get("error"),
+        r.get("reason"),
+        r.get("cost"),
     )
 
 
 def _shadow_params(r: dict[str, Any]) -> tuple[Any, ...]:
     out = r.get("output")
     return (
-        r["decision_id"], r["ts"], r["service"], r["model_version"],
+        r["decision_id"],
+        r["ts"],
+        r["service"],
+        r["model_version"],
         None if out is None and r.get("error") else _dumps(out).decode(),
-        r.get("confidence"), r.get("latency_ms"), r.get("error"),
+        r.get("confidence"),
+        r.get("latency_ms"),
+        r.get("error"),
     )
 
 
@@ -49,16 +85,30 @@ class DecisionLog(GroupCommitWriter):
     """Every decision (answered, or failed with ``error`` set), committed before replying."""
 
     def __init__(self, engine: Engine, *, max_batch: int = 512) -> None:
-        super().__init__(engine, decisions, _DECISION_COLUMNS, _decision_params,
-                         max_batch=max_batch, what="decision", noun="decisions")
+        super().__init__(
+            engine,
+            decisions,
+            _DECISION_COLUMNS,
+            _decision_params,
+            max_batch=max_batch,
+            what="decision",
+            noun="decisions",
+        )
 
 
 class ShadowLog(GroupCommitWriter):
     """Answers of shadow versions, keyed by the decision they shadowed."""
 
     def __init__(self, engine: Engine, *, max_batch: int = 512) -> None:
-        super().__init__(engine, shadow_decisions, _SHADOW_COLUMNS, _shadow_params,
-                         max_batch=max_batch, what="shadow decision", noun="rows")
+        super().__init__(
+            engine,
+            shadow_decisions,
+            _SHADOW_COLUMNS,
+            _shadow_params,
+            max_batch=max_batch,
+            what="shadow decision",
+            noun="rows",
+        )
 
 
 __all__ = ["DecisionLog", "DecisionRow", "ShadowLog"]

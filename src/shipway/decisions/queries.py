@@ -34,19 +34,28 @@ def _decode(row: Any) -> dict[str, Any]:
 def get(engine: Engine, decision_id: str) -> dict[str, Any] | None:
     """One decision by id, or None."""
     with engine.connect() as conn:
-        row = conn.execute(
-            select(decisions).where(decisions.c.id == decision_id)
-        ).mappings().first()
+        row = (
+            conn.execute(select(decisions).where(decisions.c.id == decision_id)).mappings().first()
+        )
     return _decode(row) if row is not None else None
 
 
 def view(conn: Connection, decision_id: str) -> dict[str, Any] | None:
     """What a reviewer sees of a decision: inputs, output, confidence, version, route, time."""
-    row = conn.execute(
-        select(decisions.c.inputs, decisions.c.output, decisions.c.confidence,
-               decisions.c.model_version, decisions.c.route, decisions.c.ts)
-        .where(decisions.c.id == decision_id)
-    ).mappings().first()
+    row = (
+        conn.execute(
+            select(
+                decisions.c.inputs,
+                decisions.c.output,
+                decisions.c.confidence,
+                decisions.c.model_version,
+                decisions.c.route,
+                decisions.c.ts,
+            ).where(decisions.c.id == decision_id)
+        )
+        .mappings()
+        .first()
+    )
     return _decode(row) if row is not None else None
 
 
@@ -84,10 +93,13 @@ def known_ids(conn: Connection, service: str, ids: Iterable[str]) -> set[str]:
     known: set[str] = set()
     for k in range(0, len(ids), 500):
         chunk = ids[k : k + 500]
-        known.update(conn.execute(
-            select(decisions.c.id).where(decisions.c.service == service,
-                                         decisions.c.id.in_(chunk))
-        ).scalars())
+        known.update(
+            conn.execute(
+                select(decisions.c.id).where(
+                    decisions.c.service == service, decisions.c.id.in_(chunk)
+                )
+            ).scalars()
+        )
     return known
 
 
@@ -97,15 +109,28 @@ def callers(conn: Connection, ids: Iterable[str]) -> dict[str, str | None]:
     out: dict[str, str | None] = {}
     for k in range(0, len(ids), 500):
         chunk = ids[k : k + 500]
-        out.update(conn.execute(
-            select(decisions.c.id, decisions.c.caller).where(decisions.c.id.in_(chunk))
-        ).tuples().all())
+        out.update(
+            conn.execute(
+                select(decisions.c.id, decisions.c.caller).where(decisions.c.id.in_(chunk))
+            )
+            .tuples()
+            .all()
+        )
     return out
 
 
-_WINDOW_COLUMNS = (decisions.c.id, decisions.c.ts, decisions.c.model_version, decisions.c.route,
-                   decisions.c.inputs, decisions.c.output, decisions.c.confidence,
-                   decisions.c.latency_ms, decisions.c.error, decisions.c.cost)
+_WINDOW_COLUMNS = (
+    decisions.c.id,
+    decisions.c.ts,
+    decisions.c.model_version,
+    decisions.c.route,
+    decisions.c.inputs,
+    decisions.c.output,
+    decisions.c.confidence,
+    decisions.c.latency_ms,
+    decisions.c.error,
+    decisions.c.cost,
+)
 
 
 def window(
@@ -143,17 +168,28 @@ class CanaryFigures:
 def canary_figures(
     engine: Engine, service: str, version: int, since: float, *, latencies: int = 100_000
 ) -> CanaryFigures:
-    base = (decisions.c.service == service, decisions.c.model_version == version,
-            decisions.c.route == "canary", decisions.c.ts >= since)
+    base = (
+        decisions.c.service == service,
+        decisions.c.model_version == version,
+        decisions.c.route == "canary",
+        decisions.c.ts >= since,
+    )
     with engine.connect() as conn:
         n = int(conn.execute(select(func.count()).where(*base)).scalar() or 0)
-        errors = int(conn.execute(
-            select(func.count()).where(*base, decisions.c.error.is_not(None))
-        ).scalar() or 0)
-        lat = conn.execute(
-            select(decisions.c.latency_ms).where(*base).order_by(decisions.c.ts.desc())
-            .limit(latencies)
-        ).scalars().all()
+        errors = int(
+            conn.execute(select(func.count()).where(*base, decisions.c.error.is_not(None))).scalar()
+            or 0
+        )
+        lat = (
+            conn.execute(
+                select(decisions.c.latency_ms)
+                .where(*base)
+                .order_by(decisions.c.ts.desc())
+                .limit(latencies)
+            )
+            .scalars()
+            .all()
+        )
     return CanaryFigures(n, errors, [float(x) for x in lat])
 
 
@@ -172,24 +208,23 @@ def shadow_pairs(engine: Engine, service: str, version: int, limit: int) -> list
     q = (
         select(decisions.c.output, shadow_decisions.c.output, shadow_decisions.c.error)
         .select_from(j)
-        .where(shadow_decisions.c.service == service,
-               shadow_decisions.c.model_version == version)
+        .where(shadow_decisions.c.service == service, shadow_decisions.c.model_version == version)
         .order_by(shadow_decisions.c.seq.desc())
         .limit(limit)
     )
     with engine.connect() as conn:
         rows = conn.execute(q).all()
-    return [ShadowPair(_loads(a) if a is not None else None,
-                       _loads(b) if b is not None else None, err)
-            for a, b, err in rows]
+    return [
+        ShadowPair(_loads(a) if a is not None else None, _loads(b) if b is not None else None, err)
+        for a, b, err in rows
+    ]
 
 
 def newest_answered(
     conn: Connection, service: str, limit: int, *, exclude: Select[Any] | None = None
 ) -> list[str]:
     """Ids of the newest answered (not failed) decisions, minus those ``exclude`` selects."""
-    q = select(decisions.c.id).where(decisions.c.service == service,
-                                     decisions.c.error.is_(None))
+    q = select(decisions.c.id).where(decisions.c.service == service, decisions.c.error.is_(None))
     if exclude is not None:
         q = q.where(decisions.c.id.not_in(exclude))
     return list(conn.execute(q.order_by(decisions.c.seq.desc()).limit(limit)).scalars())
@@ -205,8 +240,10 @@ def purge(
     """Delete decisions and shadow answers logged before the given times (in ``conn``'s
     transaction, so the caller can record the purge beside it)."""
     removed: dict[str, int] = {}
-    for name, table, cutoff in (("decisions", decisions, decisions_before),
-                                ("shadow_decisions", shadow_decisions, shadows_before)):
+    for name, table, cutoff in (
+        ("decisions", decisions, decisions_before),
+        ("shadow_decisions", shadow_decisions, shadows_before),
+    ):
         if cutoff is None:
             continue
         res = conn.execute(delete(table).where(table.c.service == service, table.c.ts < cutoff))

@@ -31,10 +31,21 @@ def decision_row(
     cost: float | None = None,
 ) -> dict[str, Any]:
     """One decision: answered (``output`` set) or failed (``error`` set, no output)."""
-    return {"id": decision_id, "ts": ts, "service": service, "model_version": version,
-            "route": route, "inputs": inputs, "output": output, "confidence": confidence,
-            "latency_ms": latency_ms, "caller": caller, "reason": reason, "error": error,
-            "cost": cost}
+    return {
+        "id": decision_id,
+        "ts": ts,
+        "service": service,
+        "model_version": version,
+        "route": route,
+        "inputs": inputs,
+        "output": output,
+        "confidence": confidence,
+        "latency_ms": latency_ms,
+        "caller": caller,
+        "reason": reason,
+        "error": error,
+        "cost": cost,
+    }
 
 
 def shadow_rows(
@@ -49,12 +60,32 @@ def shadow_rows(
 ) -> list[dict[str, Any]]:
     """A shadow version's answers (or its one error) for the decisions it shadowed."""
     if outputs is None or confidence is None:
-        return [{"decision_id": did, "ts": ts, "service": service, "model_version": version,
-                 "output": None, "confidence": None, "latency_ms": latency_ms, "error": error}
-                for did in ids]
-    return [{"decision_id": did, "ts": ts, "service": service, "model_version": version,
-             "output": o, "confidence": c, "latency_ms": latency_ms, "error": None}
-            for did, o, c in zip(ids, outputs, confidence, strict=True)]
+        return [
+            {
+                "decision_id": did,
+                "ts": ts,
+                "service": service,
+                "model_version": version,
+                "output": None,
+                "confidence": None,
+                "latency_ms": latency_ms,
+                "error": error,
+            }
+            for did in ids
+        ]
+    return [
+        {
+            "decision_id": did,
+            "ts": ts,
+            "service": service,
+            "model_version": version,
+            "output": o,
+            "confidence": c,
+            "latency_ms": latency_ms,
+            "error": None,
+        }
+        for did, o, c in zip(ids, outputs, confidence, strict=True)
+    ]
 
 
 __all__ = ["Redact", "decision_row", "shadow_rows"]

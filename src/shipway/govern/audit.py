@@ -141,8 +141,12 @@ class Verification:
     problem: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"ok": self.ok, "checked": self.checked, "broken_seq": self.broken_seq,
-                "problem": self.problem}  # fmt: skip
+        return {
+            "ok": self.ok,
+            "checked": self.checked,
+            "broken_seq": self.broken_seq,
+            "problem": self.problem,
+        }
 
 
 def verify(engine: Engine) -> Verification:
@@ -166,10 +170,12 @@ def verify(engine: Engine) -> Verification:
     head_seq, head_hash = head(engine)
     if head_seq != expected - 1 or head_hash != prev:
         return Verification(
-            False, n, expected,
+            False,
+            n,
+            expected,
             f"the chain ends at event {expected - 1} but its head says {head_seq}: "
             "events were removed from the end",
-        )  # fmt: skip
+        )
     return Verification(True, n)
 
 

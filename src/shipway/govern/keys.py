@@ -52,15 +52,28 @@ class KeyInfo:
         return self.revoked_at is None and unexpired
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "name": self.name, "role": self.role,
-                "created_at": self.created_at, "created_by": self.created_by,
-                "expires_at": self.expires_at, "revoked_at": self.revoked_at,
-                "active": self.active}  # fmt: skip
+        return {
+            "id": self.id,
+            "name": self.name,
+            "role": self.role,
+            "created_at": self.created_at,
+            "created_by": self.created_by,
+            "expires_at": self.expires_at,
+            "revoked_at": self.revoked_at,
+            "active": self.active,
+        }
 
 
 def _info(row: Any) -> KeyInfo:
-    return KeyInfo(row["id"], row["name"], row["role"], row["created_at"], row["created_by"],
-                   row["expires_at"], row["revoked_at"])  # fmt: skip
+    return KeyInfo(
+        row["id"],
+        row["name"],
+        row["role"],
+        row["created_at"],
+        row["created_by"],
+        row["expires_at"],
+        row["revoked_at"],
+    )
 
 
 class Keys:
@@ -70,9 +83,14 @@ class Keys:
         self.engine = engine
 
     def create(
-        self, *, name: str, role: str, actor: str, expires_in: float | None = None,
+        self,
+        *,
+        name: str,
+        role: str,
+        actor: str,
+        expires_in: float | None = None,
         reason: str = "",
-    ) -> tuple[KeyInfo, str]:  # fmt: skip
+    ) -> tuple[KeyInfo, str]:
         if role not in ROLES:
             raise InputError(f"unknown role {role!r}; one of {', '.join(ROLES)}")
         if not name.strip():
@@ -80,15 +98,27 @@ class Keys:
         key_id = secrets.token_hex(6)
         secret = secrets.token_urlsafe(32)
         now = time.time()
-        row = {"id": key_id, "name": name, "role": role, "secret_sha256": _digest(secret),
-               "created_at": now, "created_by": actor,
-               "expires_at": now + expires_in if expires_in else None,
-               "revoked_at": None, "revoked_by": None}  # fmt: skip
+        row = {
+            "id": key_id,
+            "name": name,
+            "role": role,
+            "secret_sha256": _digest(secret),
+            "created_at": now,
+            "created_by": actor,
+            "expires_at": now + expires_in if expires_in else None,
+            "revoked_at": None,
+            "revoked_by": None,
+        }
         with self.engine.begin() as conn:
             conn.execute(insert(api_keys).values(**row))
-            audit.append(conn, actor=actor, action="key.create", target=f"key:{key_id}",
-                         after={"name": name, "role": role, "expires_at": row["expires_at"]},
-                         reason=reason)  # fmt: skip
+            audit.append(
+                conn,
+                actor=actor,
+                action="key.create",
+                target=f"key:{key_id}",
+                after={"name": name, "role": role, "expires_at": row["expires_at"]},
+                reason=reason,
+            )
         return _info(row), f"sw_{key_id}_{secret}"
 
     def list(self) -> list[KeyInfo]:
@@ -109,11 +139,20 @@ class Keys:
             return info
         now = time.time()
         with self.engine.begin() as conn:
-            conn.execute(update(api_keys).where(api_keys.c.id == key_id)
-                         .values(revoked_at=now, revoked_by=actor))  # fmt: skip
-            audit.append(conn, actor=actor, action="key.revoke", target=f"key:{key_id}",
-                         before={"name": info.name, "role": info.role, "active": True},
-                         after={"active": False}, reason=reason)  # fmt: skip
+            conn.execute(
+                update(api_keys)
+                .where(api_keys.c.id == key_id)
+                .values(revoked_at=now, revoked_by=actor)
+            )
+            audit.append(
+                conn,
+                actor=actor,
+                action="key.revoke",
+                target=f"key:{key_id}",
+                before={"name": info.name, "role": info.role, "active": True},
+                after={"active": False},
+                reason=reason,
+            )
         return self.get(key_id)
 
     def rotate(self, key_id: str, *, actor: str, reason: str = "") -> tuple[KeyInfo, str]:
@@ -122,8 +161,13 @@ class Keys:
         if old.revoked_at is not None:
             raise InputError(f"key {key_id} is revoked; create a new one instead")
         life = (old.expires_at - old.created_at) if old.expires_at else None
-        new, secret = self.create(name=old.name, role=old.role, actor=actor, expires_in=life,
-                                  reason=reason or f"rotation of {key_id}")  # fmt: skip
+        new, secret = self.create(
+            name=old.name,
+            role=old.role,
+            actor=actor,
+            expires_in=life,
+            reason=reason or f"rotation of {key_id}",
+        )
         self.revoke(key_id, actor=actor, reason=reason or f"rotated to {new.id}")
         return new, secret
 
@@ -145,10 +189,15 @@ class KeyRing:
         with self.engine.connect() as conn:
             rows = conn.execute(select(api_keys)).mappings().all()
         table = {
-            r["id"]: (r["secret_sha256"], r["role"], r["name"], r["expires_at"],
-                      r["revoked_at"] is not None)
+            r["id"]: (
+                r["secret_sha256"],
+                r["role"],
+                r["name"],
+                r["expires_at"],
+                r["revoked_at"] is not None,
+            )
             for r in rows
-        }  # fmt: skip
+        }
         with self._lock:
             self._by_id = table
 

@@ -24,15 +24,21 @@ def purge(
         cutoffs["shadow_decisions"] = now - spec.shadow_decisions.seconds
     with engine.begin() as conn:
         removed = queries.purge(
-            conn, service, decisions_before=cutoffs.get("decisions"),
+            conn,
+            service,
+            decisions_before=cutoffs.get("decisions"),
             shadows_before=cutoffs.get("shadow_decisions"),
         )
         if cutoffs:
             audit.append(
-                conn, actor=actor, action="retention.purge", target=f"service:{service}",
-                service=service, after={"removed": removed, "older_than": cutoffs},
+                conn,
+                actor=actor,
+                action="retention.purge",
+                target=f"service:{service}",
+                service=service,
+                after={"removed": removed, "older_than": cutoffs},
                 reason="retention policy",
-            )  # fmt: skip
+            )
     return {"removed": removed, "older_than": cutoffs}
 
 

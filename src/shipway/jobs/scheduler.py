@@ -97,8 +97,9 @@ class Scheduler:
     def start(self) -> None:
         self._stop.clear()
         for name, task in self._tasks.items():
-            t = threading.Thread(target=self._loop, args=(task,), name=f"shipway-job-{name}",
-                                 daemon=True)
+            t = threading.Thread(
+                target=self._loop, args=(task,), name=f"shipway-job-{name}", daemon=True
+            )
             self._state[name].thread = t
             t.start()
 
@@ -140,8 +141,9 @@ class Scheduler:
             ok = False
             st.failures += 1
             st.last_error = f"{type(exc).__name__}: {exc}"[:500]
-            log.exception("scheduled task %s failed; it runs again in %.3g s", task.name,
-                          task.every_s)
+            log.exception(
+                "scheduled task %s failed; it runs again in %.3g s", task.name, task.every_s
+            )
         finally:
             st.running = False
             st.runs += 1
@@ -169,21 +171,38 @@ class Scheduler:
         slot = int(now // task.every_s) if task.every_s > 0 else int(now * 1000)
         try:
             with self.engine.begin() as conn:
-                res = conn.execute(insert(job_runs).values(
-                    service=self.service, task=task.name, slot=slot, started_at=now,
-                    status="running", runner=self.runner))
+                res = conn.execute(
+                    insert(job_runs).values(
+                        service=self.service,
+                        task=task.name,
+                        slot=slot,
+                        started_at=now,
+                        status="running",
+                        runner=self.runner,
+                    )
+                )
                 run_id = res.inserted_primary_key[0] if res.inserted_primary_key else None
         except IntegrityError:
             return self._skipped(task.name)
         ok = self._execute(task)
         st = self._state[task.name]
         with self.engine.begin() as conn:
-            conn.execute(update(job_runs).where(job_runs.c.id == run_id).values(
-                status="ok" if ok else "failed", finished_at=self._clock(),
-                error=None if ok else st.last_error))
-            conn.execute(delete(job_runs).where(
-                job_runs.c.service == self.service, job_runs.c.task == task.name,
-                job_runs.c.started_at < now - KEEP_RUNS_S))
+            conn.execute(
+                update(job_runs)
+                .where(job_runs.c.id == run_id)
+                .values(
+                    status="ok" if ok else "failed",
+                    finished_at=self._clock(),
+                    error=None if ok else st.last_error,
+                )
+            )
+            conn.execute(
+                delete(job_runs).where(
+                    job_runs.c.service == self.service,
+                    job_runs.c.task == task.name,
+                    job_runs.c.started_at < now - KEEP_RUNS_S,
+                )
+            )
         return True
 
     def _skipped(self, name: str) -> bool:
@@ -203,13 +222,21 @@ class Scheduler:
 
     def status(self) -> list[dict[str, Any]]:
         """Every task: interval, runs, failures, skips, last success and last error."""
-        return [{"task": name, "every_s": t.every_s, "once": t.once,
-                 "runs": self._state[name].runs, "failures": self._state[name].failures,
-                 "skipped": self._state[name].skipped, "running": self._state[name].running,
-                 "last_ok": self._state[name].last_ok,
-                 "last_error": self._state[name].last_error,
-                 "last_seconds": self._state[name].last_seconds}
-                for name, t in self._tasks.items()]
+        return [
+            {
+                "task": name,
+                "every_s": t.every_s,
+                "once": t.once,
+                "runs": self._state[name].runs,
+                "failures": self._state[name].failures,
+                "skipped": self._state[name].skipped,
+                "running": self._state[name].running,
+                "last_ok": self._state[name].last_ok,
+                "last_error": self._state[name].last_error,
+                "last_seconds": self._state[name].last_seconds,
+            }
+            for name, t in self._tasks.items()
+        ]
 
 
 __all__ = ["KEEP_RUNS_S", "Scheduler", "Task"]

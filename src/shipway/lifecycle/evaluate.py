@@ -56,7 +56,7 @@ def probabilities(predictor: Predictor, rows: list[Row]) -> np.ndarray | None:
     if fn is None:
         return None
     try:
-        return fn(rows)  # type: ignore[no-any-return]
+        return fn(rows)
     except Exception:
         return None
 

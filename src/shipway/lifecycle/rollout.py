@@ -53,8 +53,13 @@ class RolloutState:
 
 
 def _summary(st: RolloutState) -> dict[str, Any]:
-    return {"champion": st.champion, "canary": st.canary, "percent": st.canary_percent,
-            "shadows": list(st.shadows), "stopped": st.stopped}  # fmt: skip
+    return {
+        "champion": st.champion,
+        "canary": st.canary,
+        "percent": st.canary_percent,
+        "shadows": list(st.shadows),
+        "stopped": st.stopped,
+    }
 
 
 @dataclass
@@ -175,29 +180,42 @@ class Rollout:
         if lat:
             rep.p99_ms = float(np.percentile(np.asarray(lat, dtype=float), 99))
         spec = self.spec
-        rep.checks.append(Check(
-            "min_requests", rep.requests >= spec.min_requests,
-            f"{rep.requests} canary decisions at this step, need {spec.min_requests}",
-        ))  # fmt: skip
+        rep.checks.append(
+            Check(
+                "min_requests",
+                rep.requests >= spec.min_requests,
+                f"{rep.requests} canary decisions at this step, need {spec.min_requests}",
+            )
+        )
         er = rep.error_rate or 0.0
-        rep.checks.append(Check(
-            "max_error_rate", er <= spec.max_error_rate,
-            f"error rate {er:.4f}, allowed {spec.max_error_rate}",
-        ))  # fmt: skip
+        rep.checks.append(
+            Check(
+                "max_error_rate",
+                er <= spec.max_error_rate,
+                f"error rate {er:.4f}, allowed {spec.max_error_rate}",
+            )
+        )
         if spec.max_p99_ms is not None:
             p99 = rep.p99_ms
-            rep.checks.append(Check(
-                "max_p99_ms", p99 is not None and p99 <= spec.max_p99_ms,
-                f"p99 {p99 if p99 is None else round(p99, 2)} ms, allowed {spec.max_p99_ms}",
-            ))  # fmt: skip
+            rep.checks.append(
+                Check(
+                    "max_p99_ms",
+                    p99 is not None and p99 <= spec.max_p99_ms,
+                    f"p99 {p99 if p99 is None else round(p99, 2)} ms, allowed {spec.max_p99_ms}",
+                )
+            )
         if spec.min_agreement is not None:
             ag = self.agreement(state.canary)["agreement"]
             rep.agreement = ag
-            rep.checks.append(Check(
-                "min_agreement", ag is not None and ag >= spec.min_agreement,
-                "no shadow comparisons for this version: shadow it first" if ag is None
-                else f"agreement {ag:.4f} with the champion, need {spec.min_agreement}",
-            ))  # fmt: skip
+            rep.checks.append(
+                Check(
+                    "min_agreement",
+                    ag is not None and ag >= spec.min_agreement,
+                    "no shadow comparisons for this version: shadow it first"
+                    if ag is None
+                    else f"agreement {ag:.4f} with the champion, need {spec.min_agreement}",
+                )
+            )
         return rep
 
     # -- moves -------------------------------------------------------------------------------
@@ -235,35 +253,54 @@ class Rollout:
             if before.generation == 0:
                 exists = conn.execute(
                     select(rollout_state.c.generation).where(
-                        rollout_state.c.service == self.service)
-                ).first()  # fmt: skip
+                        rollout_state.c.service == self.service
+                    )
+                ).first()
                 if exists is not None:
                     raise Conflict("the rollout plan changed meanwhile; look again and retry")
                 conn.execute(insert(rollout_state).values(service=self.service, **values))
             else:
                 res = conn.execute(
                     update(rollout_state)
-                    .where(rollout_state.c.service == self.service,
-                           rollout_state.c.generation == before.generation)
+                    .where(
+                        rollout_state.c.service == self.service,
+                        rollout_state.c.generation == before.generation,
+                    )
                     .values(**values)
-                )  # fmt: skip
+                )
                 if res.rowcount != 1:
                     raise Conflict("the rollout plan changed meanwhile; look again and retry")
-            conn.execute(insert(rollout_events).values(
-                service=self.service, ts=now, actor=actor, action=action, reason=reason,
-                before=before.to_dict(), after=after.to_dict(),
-            ))  # fmt: skip
+            conn.execute(
+                insert(rollout_events).values(
+                    service=self.service,
+                    ts=now,
+                    actor=actor,
+                    action=action,
+                    reason=reason,
+                    before=before.to_dict(),
+                    after=after.to_dict(),
+                )
+            )
             audit.append(
-                conn, actor=actor, action=f"rollout.{action}", target=f"service:{self.service}",
-                service=self.service, before=_summary(before), after=_summary(after),
+                conn,
+                actor=actor,
+                action=f"rollout.{action}",
+                target=f"service:{self.service}",
+                service=self.service,
+                before=_summary(before),
+                after=_summary(after),
                 reason=reason,
-            )  # fmt: skip
+            )
             if action.startswith("force-"):
                 audit.append(
-                    conn, actor=actor, action="gate.force", target=f"service:{self.service}",
-                    service=self.service, after={"move": action.removeprefix("force-")},
+                    conn,
+                    actor=actor,
+                    action="gate.force",
+                    target=f"service:{self.service}",
+                    service=self.service,
+                    after={"move": action.removeprefix("force-")},
                     reason=reason,
-                )  # fmt: skip
+                )
         return after
 
     def stop(self, *, actor: str, reason: str) -> RolloutState:
@@ -273,15 +310,17 @@ class Rollout:
         st = self.state()
         if st.stopped:
             raise Conflict(f"service {self.service!r} is already stopped: {st.stop_reason}")
-        return self._commit(st, replace(st, stopped=True, stop_reason=reason), "stop", actor,
-                            reason)  # fmt: skip
+        return self._commit(
+            st, replace(st, stopped=True, stop_reason=reason), "stop", actor, reason
+        )
 
     def resume(self, *, actor: str, reason: str = "") -> RolloutState:
         st = self.state()
         if not st.stopped:
             raise Conflict(f"service {self.service!r} is not stopped")
-        return self._commit(st, replace(st, stopped=False, stop_reason=None), "resume", actor,
-                            reason)  # fmt: skip
+        return self._commit(
+            st, replace(st, stopped=False, stop_reason=None), "resume", actor, reason
+        )
 
     def shadow(self, version: int, *, actor: str, reason: str = "") -> RolloutState:
         st = self.state()

@@ -51,16 +51,30 @@ def add_version(
     with tempfile.TemporaryDirectory(prefix="shipway-add-") as scratch:
         flavor, uri, digest, obj = registry.stage(model, Path(scratch))
     candidate = ModelVersion(
-        service=service, version=0, uri=uri, flavor=flavor, artifact_sha256=digest,
-        source=model, contract_sha256=manifest.contract.digest(), data_sha256=None,
-        reference_sha256=champion.reference_sha256, params={}, metrics={}, reference={},
-        note=note, created_by=actor, created_at=time.time(),
-    )  # fmt: skip
+        service=service,
+        version=0,
+        uri=uri,
+        flavor=flavor,
+        artifact_sha256=digest,
+        source=model,
+        contract_sha256=manifest.contract.digest(),
+        data_sha256=None,
+        reference_sha256=champion.reference_sha256,
+        params={},
+        metrics={},
+        reference={},
+        note=note,
+        created_by=actor,
+        created_at=time.time(),
+    )
     try:
         predictor = registry.load(
-            candidate, manifest.contract, labels, endpoint=manifest.endpoint,
+            candidate,
+            manifest.contract,
+            labels,
+            endpoint=manifest.endpoint,
             timeout_s=manifest.guards.timeout_ms / 1000.0,
-        )  # fmt: skip
+        )
     except ModelError as exc:
         raise ModelError(f"refused: {exc.message}") from None
     if isinstance(predictor, SklearnPredictor):
@@ -70,9 +84,12 @@ def add_version(
     except ShipwayError as exc:
         raise ModelError(f"refused: {exc.message}") from None
     champ_pred = registry.load(
-        champion, manifest.contract, labels, endpoint=manifest.endpoint,
+        champion,
+        manifest.contract,
+        labels,
+        endpoint=manifest.endpoint,
         timeout_s=manifest.guards.timeout_ms / 1000.0,
-    )  # fmt: skip
+    )
     if isinstance(champ_pred, SklearnPredictor):
         champ_pred.probe(rows[:64])
     champion_metrics = evaluate(champ_pred, manifest.output, rows, y)
@@ -85,16 +102,24 @@ def add_version(
         data_digest = sha256_file(data)
     params: dict[str, Any] = model_params(obj) if obj is not None else {}
     mv = registry.add(
-        service, uri=uri, flavor=flavor, contract=manifest.contract, artifact_sha256=digest,
+        service,
+        uri=uri,
+        flavor=flavor,
+        contract=manifest.contract,
+        artifact_sha256=digest,
         source=str(Path(model).resolve()) if Path(model).exists() else model,
-        data_sha256=data_digest, reference_sha256=champion.reference_sha256, params=params,
+        data_sha256=data_digest,
+        reference_sha256=champion.reference_sha256,
+        params=params,
         metrics={
             "holdout": metrics,
             "champion": {"version": champion.version, "holdout": champion_metrics},
             "gate": result.to_dict(),
         },
-        reference=champion.reference, note=note, actor=actor,
-    )  # fmt: skip
+        reference=champion.reference,
+        note=note,
+        actor=actor,
+    )
     return AddResult(mv, result, metrics, champion.version, champion_metrics)
 
 

@@ -65,8 +65,7 @@ def _loads(resp: httpx.Response, url: str) -> Any:
         return orjson.loads(resp.content)
     except orjson.JSONDecodeError:
         raise OutputInvalid(
-            f"the model endpoint {url} answered with a body that is not JSON: "
-            f"{resp.text[:120]!r}"
+            f"the model endpoint {url} answered with a body that is not JSON: {resp.text[:120]!r}"
         ) from None
 
 
@@ -212,9 +211,7 @@ class ChatPredictor(_HttpBase):
         try:
             parsed = orjson.loads(content) if isinstance(content, str) else content
         except orjson.JSONDecodeError:
-            raise OutputInvalid(
-                f"the chat answer is not JSON: {str(content)[:120]!r}"
-            ) from None
+            raise OutputInvalid(f"the chat answer is not JSON: {str(content)[:120]!r}") from None
         output, conf = self._answer(parsed)
         usage = body.get("usage") or {}
         p = usage.get("prompt_tokens") or 0

@@ -94,6 +94,7 @@ class OnnxPredictor:
         if len(result) < 2:
             return Predictions(labels, [None] * len(rows))
         probs = result[1]
+        conf: list[float | None]
         if isinstance(probs, list):  # ZipMap: one {label: p} per row
             conf = [
                 float(p[lab]) if lab in p else float(max(p.values()))

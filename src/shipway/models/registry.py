@@ -8,6 +8,7 @@ its parameters, and the reference statistics later used for drift monitoring.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -145,13 +146,20 @@ class Registry:
                 except IntegrityError:
                     continue  # another writer took that number; take the next
                 audit.append(
-                    conn, actor=actor, action="model.add",
-                    target=f"service:{service}/v{row['version']}", service=service,
-                    after={"version": row["version"], "flavor": flavor, "uri": uri,
-                           "artifact_sha256": artifact_sha256},
+                    conn,
+                    actor=actor,
+                    action="model.add",
+                    target=f"service:{service}/v{row['version']}",
+                    service=service,
+                    after={
+                        "version": row["version"],
+                        "flavor": flavor,
+                        "uri": uri,
+                        "artifact_sha256": artifact_sha256,
+                    },
                     reason=note,
-                )  # fmt: skip
-            return ModelVersion(**row)
+                )
+            return ModelVersion(**row)  # type: ignore[arg-type]
         raise ModelError(f"could not allocate a version number for service {service!r}")
 
     def get(self, service: str, version: int) -> ModelVersion:
@@ -220,7 +228,7 @@ class Registry:
         self,
         mv: ModelVersion,
         contract: ContractSpec,
-        labels: list[Any] | None = None,
+        labels: Sequence[Any] | None = None,
         *,
         endpoint: EndpointSpec | None = None,
         timeout_s: float = 2.0,
@@ -236,7 +244,7 @@ class Registry:
         if mv.flavor == "http":
             from shipway.models.endpoints import endpoint_predictor
 
-            return endpoint_predictor(mv.uri, endpoint, names, timeout_s)  # type: ignore[return-value]
+            return endpoint_predictor(mv.uri, endpoint, names, timeout_s)
         if not mv.artifact_sha256:
             raise ModelError(f"model version {mv.version} has no artifact digest")
         data = self.store.artifacts.read_verified(mv.artifact_sha256)

@@ -45,37 +45,60 @@ class AlertBook:
     def _state(self, rule: str) -> tuple[int, bool, float | None] | None:
         with self.engine.connect() as conn:
             row = conn.execute(
-                select(alert_state.c.consecutive, alert_state.c.firing, alert_state.c.since)
-                .where(alert_state.c.service == self.service, alert_state.c.rule == rule)
+                select(alert_state.c.consecutive, alert_state.c.firing, alert_state.c.since).where(
+                    alert_state.c.service == self.service, alert_state.c.rule == rule
+                )
             ).first()
         return None if row is None else (int(row[0]), bool(row[1]), row[2])
 
-    def _save(self, conn: Connection, rule: str, consecutive: int, firing: bool,
-              since: float | None, new: bool) -> None:
+    def _save(
+        self,
+        conn: Connection,
+        rule: str,
+        consecutive: int,
+        firing: bool,
+        since: float | None,
+        new: bool,
+    ) -> None:
         values = {"consecutive": consecutive, "firing": firing, "since": since}
         if new:
             conn.execute(insert(alert_state).values(service=self.service, rule=rule, **values))
         else:
-            conn.execute(update(alert_state).where(
-                alert_state.c.service == self.service, alert_state.c.rule == rule
-            ).values(**values))
+            conn.execute(
+                update(alert_state)
+                .where(alert_state.c.service == self.service, alert_state.c.rule == rule)
+                .values(**values)
+            )
 
     def _record(self, conn: Connection, rule: str, status: str, detail: dict[str, Any]) -> None:
-        conn.execute(insert(alert_events).values(
-            service=self.service, rule=rule, status=status, ts=time.time(),
-            detail=orjson.dumps(detail, option=orjson.OPT_NON_STR_KEYS).decode(),
-        ))
+        conn.execute(
+            insert(alert_events).values(
+                service=self.service,
+                rule=rule,
+                status=status,
+                ts=time.time(),
+                detail=orjson.dumps(detail, option=orjson.OPT_NON_STR_KEYS).decode(),
+            )
+        )
 
     def _notify(self, conn: Connection, payload: dict[str, Any]) -> dict[str, Any]:
         ids = enqueue_all(conn, self.service, "alert", self.spec.webhooks, payload)
         return {"action": "notify", "queued": ids}
 
-    def _payload(self, rule: Any, status: str, ctx: dict[str, Any], result: dict[str, Any]
-                 ) -> dict[str, Any]:
+    def _payload(
+        self, rule: Any, status: str, ctx: dict[str, Any], result: dict[str, Any]
+    ) -> dict[str, Any]:
         figures = {k: v for k, v in ctx.items() if k != "drift"}
-        return {"service": self.service, "rule": rule.name, "status": status, "when": rule.when,
-                "window_start": result.get("window_start"), "window_end": result.get("window_end"),
-                "figures": figures, "ts": time.time()}
+        return {
+            "service": self.service,
+            "rule": rule.name,
+            "status": status,
+            "when": rule.when,
+            "window_start": result.get("window_start"),
+            "window_end": result.get("window_end"),
+            "figures": figures,
+            "ts": time.time(),
+        }
 
     def evaluate(self, ctx: dict[str, Any], result: dict[str, Any]) -> list[dict[str, Any]]:
         """Advance every rule by one window; returns the transitions (fired or resolved)."""
@@ -116,8 +139,13 @@ class AlertBook:
 
     def raise_in(self, conn: Connection, rule: str, detail: dict[str, Any]) -> None:
         """:meth:`raise_event` in the caller's transaction."""
-        payload = {"service": self.service, "rule": rule, "status": "firing", "ts": time.time(),
-                   **detail}
+        payload = {
+            "service": self.service,
+            "rule": rule,
+            "status": "firing",
+            "ts": time.time(),
+            **detail,
+        }
         self._record(conn, rule, "firing", {**payload, "actions": [self._notify(conn, payload)]})
 
     def _act(self, rule: Any) -> list[dict[str, Any]]:
@@ -140,17 +168,35 @@ class AlertBook:
         """Firings and resolutions, newest first; notify actions show each delivery (the
         target's host, status and attempts)."""
         with self.engine.connect() as conn:
-            rows = conn.execute(
-                select(alert_events).where(alert_events.c.service == self.service)
-                .order_by(desc(alert_events.c.id)).limit(limit)
-            ).mappings().all()
-        events = [{**{str(k): v for k, v in r.items() if k != "detail"},
-                   "detail": orjson.loads(r["detail"])} for r in rows]
-        ids = [i for e in events for a in e["detail"].get("actions", [])
-               if a.get("action") == "notify" for i in a.get("queued", [])]
+            rows = (
+                conn.execute(
+                    select(alert_events)
+                    .where(alert_events.c.service == self.service)
+                    .order_by(desc(alert_events.c.id))
+                    .limit(limit)
+                )
+                .mappings()
+                .all()
+            )
+        events = [
+            {
+                **{str(k): v for k, v in r.items() if k != "detail"},
+                "detail": orjson.loads(r["detail"]),
+            }
+            for r in rows
+        ]
+        ids = [
+            i
+            for e in events
+            for a in e["detail"].get("actions", [])
+            if a.get("action") == "notify"
+            for i in a.get("queued", [])
+        ]
         if ids:
-            msgs = {m["id"]: m for m in Outbox(self.engine, self.service).messages(
-                limit=len(ids), ids=ids)}
+            msgs = {
+                m["id"]: m
+                for m in Outbox(self.engine, self.service).messages(limit=len(ids), ids=ids)
+            }
             for e in events:
                 for a in e["detail"].get("actions", []):
                     if a.get("action") == "notify" and "queued" in a:
@@ -159,9 +205,14 @@ class AlertBook:
 
 
 def _delivery(msg: dict[str, Any]) -> dict[str, Any]:
-    return {"message": msg["id"], "to": host_of(msg["url"]), "status": msg["status"],
-            "delivered": msg["status"] == "delivered", "attempts": msg["attempts"],
-            "last_error": msg["last_error"]}
+    return {
+        "message": msg["id"],
+        "to": host_of(msg["url"]),
+        "status": msg["status"],
+        "delivered": msg["status"] == "delivered",
+        "attempts": msg["attempts"],
+        "last_error": msg["last_error"],
+    }
 
 
 __all__ = ["AlertBook"]

@@ -170,8 +170,15 @@ def category_drift(ref: CategoryRef, current: Any) -> dict[str, Any]:
         p = float(stats.chi2.sf(chi2, table.shape[1] - 1))
     pr, pc = r / r.sum(), c / c.sum()
     mix = 0.5 * (pr + pc)
-    js = float(np.sqrt(max(0.0, 0.5 * np.sum(special.rel_entr(pr, mix))
-                           + 0.5 * np.sum(special.rel_entr(pc, mix))) / math.log(2)))  # fmt: skip
+    js = float(
+        np.sqrt(
+            max(
+                0.0,
+                0.5 * np.sum(special.rel_entr(pr, mix)) + 0.5 * np.sum(special.rel_entr(pc, mix)),
+            )
+            / math.log(2)
+        )
+    )
     known = set(ref.levels)
     new = [v for v in cur_list if v not in known]
     return {
@@ -254,9 +261,7 @@ def calibrate_floors(
     return out
 
 
-def drift_report(
-    ref: Reference, current: Mapping[str, Any], alpha: float = 0.05
-) -> dict[str, Any]:
+def drift_report(ref: Reference, current: Mapping[str, Any], alpha: float = 0.05) -> dict[str, Any]:
     """Every feature's test and effect, BH-corrected p-values, verdicts and the drift share."""
     jobs: list[tuple[str, Any, Any]] = []
     for name, r in ref.numeric.items():

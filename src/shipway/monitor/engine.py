@@ -61,14 +61,16 @@ def performance(
     ps = [str(v) for v in outputs]
     names = [str(c) for c in classes]
     out["accuracy"] = float(np.mean([a == b for a, b in zip(ys, ps, strict=True)]))
-    prec, rec, f1, support = precision_recall_fscore_support(
-        ys, ps, labels=names, zero_division=0
-    )
+    prec, rec, f1, support = precision_recall_fscore_support(ys, ps, labels=names, zero_division=0)
     out["per_label"] = {
-        c: {"precision": float(prec[i]), "recall": float(rec[i]), "f1": float(f1[i]),
-            "support": int(support[i])}
+        c: {
+            "precision": float(prec[i]),
+            "recall": float(rec[i]),
+            "f1": float(f1[i]),
+            "support": int(support[i]),
+        }
         for i, c in enumerate(names)
-    }  # fmt: skip
+    }
     out["f1_macro"] = float(np.mean(f1)) if len(f1) else None
     if len(names) == 2 and all(c is not None for c in confidence) and len(set(ys)) == 2:
         pos = names[1]
@@ -124,8 +126,9 @@ class Monitor:
         inputs = Reference.build(cols, kinds)
         floors = {}
         if self.spec.calibrate_floors:
-            floors = calibrate_floors({n: c.to_numpy(zero_copy_only=False)
-                                       for n, c in cols.items()}, kinds)  # fmt: skip
+            floors = calibrate_floors(
+                {n: c.to_numpy(zero_copy_only=False) for n, c in cols.items()}, kinds
+            )
         inputs.floors = {**floors, **self.spec.floors}
         out_kind = "category" if self.manifest.output.kind == "classification" else "float"
         out_cols: dict[str, Any] = {}
@@ -158,8 +161,12 @@ class Monitor:
     def compute(self, win: Window) -> dict[str, Any]:
         rows = win.rows
         n = len(rows)
-        result: dict[str, Any] = {"service": self.service, "window_start": win.start,
-                                  "window_end": win.end, "n": n}  # fmt: skip
+        result: dict[str, Any] = {
+            "service": self.service,
+            "window_start": win.start,
+            "window_end": win.end,
+            "n": n,
+        }
         # operations
         errors = [r for r in rows if r["error"] is not None]
         answered = [r for r in rows if r["error"] is None]
@@ -187,16 +194,18 @@ class Monitor:
         model_rows = [r for r in answered if not r["route"].startswith(FALLBACK_ROUTES)]
         if len(model_rows) >= self.spec.min_rows and inputs_ref.features():
             decoded = [r["inputs"] for r in model_rows]
-            current = {name: pa.array([d.get(name) for d in decoded])
-                       for name in inputs_ref.features()}  # fmt: skip
+            current = {
+                name: pa.array([d.get(name) for d in decoded]) for name in inputs_ref.features()
+            }
             result["drift"] = drift_report(inputs_ref, current, self.spec.alpha)
             out_current: dict[str, Any] = {}
             if "output" in outputs_ref.features():
                 outs = [r["output"] for r in model_rows]
                 out_current["output"] = pa.array(
-                    [str(o) for o in outs] if self.manifest.output.kind == "classification"
+                    [str(o) for o in outs]
+                    if self.manifest.output.kind == "classification"
                     else [float(o) for o in outs]
-                )  # fmt: skip
+                )
             if "confidence" in outputs_ref.features():
                 out_current["confidence"] = pa.array(
                     [r["confidence"] for r in model_rows if r["confidence"] is not None],
@@ -222,9 +231,13 @@ class Monitor:
         kind, classes = self.manifest.output.kind, list(self.manifest.output.labels or [])
 
         def perf(rs: list[dict[str, Any]]) -> dict[str, Any]:
-            return performance(kind, [truth[r["id"]] for r in rs],
-                               [r["output"] for r in rs],
-                               [r["confidence"] for r in rs], classes)  # fmt: skip
+            return performance(
+                kind,
+                [truth[r["id"]] for r in rs],
+                [r["output"] for r in rs],
+                [r["confidence"] for r in rs],
+                classes,
+            )
 
         result["performance"] = perf(labeled)
         # the same per model version that answered (champion, canary, fallback versions)
@@ -253,21 +266,35 @@ class Monitor:
         return {
             "n": result.get("n", 0),
             "model_version": result.get("model_version"),
-            **{k: ops.get(k) for k in ("request_rate", "error_rate", "p50_ms", "p95_ms",
-                                       "p99_ms", "fallback_share", "cost")},
+            **{
+                k: ops.get(k)
+                for k in (
+                    "request_rate",
+                    "error_rate",
+                    "p50_ms",
+                    "p95_ms",
+                    "p99_ms",
+                    "fallback_share",
+                    "cost",
+                )
+            },
             "drift_share": drift.get("drift_share") if drift else None,
             "drifted": len(drift.get("drifted", [])) if drift else None,
             "drifted_features": drift.get("drifted", []) if drift else [],
             "prediction_drift": bool(outf.get("output", {}).get("drifted")) if outf else None,
-            "confidence_drift": bool(outf.get("confidence", {}).get("drifted"))
-            if outf
-            else None,
+            "confidence_drift": bool(outf.get("confidence", {}).get("drifted")) if outf else None,
             "labeled": perf.get("labeled", 0),
             "reviewed": (result.get("review") or {}).get("reviewed", 0),
             "override_rate": (result.get("review") or {}).get("override_rate"),
             **{k: perf.get(k) for k in ("accuracy", "f1_macro", "roc_auc", "mae", "rmse")},
-            "drift": {k: {"effect": v.get("effect"), "p_adjusted": v.get("p_adjusted"),
-                          "drifted": v.get("drifted")} for k, v in feats.items()},
+            "drift": {
+                k: {
+                    "effect": v.get("effect"),
+                    "p_adjusted": v.get("p_adjusted"),
+                    "drifted": v.get("drifted"),
+                }
+                for k, v in feats.items()
+            },
         }
 
     # -- a run ---------------------------------------------------------------------------
@@ -279,22 +306,34 @@ class Monitor:
         ctx = self.context(result)
         result["alerts"] = self.alerts.evaluate(ctx, result)
         with self.engine.begin() as conn:
-            conn.execute(insert(monitor_results).values(
-                service=self.service, ts=time.time(), window_start=win.start,
-                window_end=win.end, rows=len(win.rows),
-                result=orjson.dumps(result, option=orjson.OPT_SERIALIZE_NUMPY
-                                    | orjson.OPT_NON_STR_KEYS).decode(),
-            ))  # fmt: skip
+            conn.execute(
+                insert(monitor_results).values(
+                    service=self.service,
+                    ts=time.time(),
+                    window_start=win.start,
+                    window_end=win.end,
+                    rows=len(win.rows),
+                    result=orjson.dumps(
+                        result, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+                    ).decode(),
+                )
+            )
         if self.metrics is not None:
             self.metrics.publish_monitor(ctx, result)
         return result
 
     def latest(self, limit: int = 1) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:
-            rows = conn.execute(
-                select(monitor_results.c.result).where(monitor_results.c.service == self.service)
-                .order_by(desc(monitor_results.c.id)).limit(limit)
-            ).scalars().all()  # fmt: skip
+            rows = (
+                conn.execute(
+                    select(monitor_results.c.result)
+                    .where(monitor_results.c.service == self.service)
+                    .order_by(desc(monitor_results.c.id))
+                    .limit(limit)
+                )
+                .scalars()
+                .all()
+            )
         return [orjson.loads(r) for r in rows]
 
 

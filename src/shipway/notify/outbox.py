@@ -63,13 +63,21 @@ def enqueue(
 ) -> int:
     """Queue one message in ``conn``'s transaction (due at once); returns its id."""
     now = time.time() if now is None else now
-    res = conn.execute(insert(outbox).values(
-        service=service, topic=topic, url=hook.url,
-        headers=orjson.dumps(hook.headers).decode(),
-        payload=orjson.dumps(payload, option=orjson.OPT_NON_STR_KEYS).decode(),
-        created_at=now, status="pending", attempts=0, max_attempts=hook.attempts,
-        timeout_s=hook.timeout_s, next_at=now,
-    ))
+    res = conn.execute(
+        insert(outbox).values(
+            service=service,
+            topic=topic,
+            url=hook.url,
+            headers=orjson.dumps(hook.headers).decode(),
+            payload=orjson.dumps(payload, option=orjson.OPT_NON_STR_KEYS).decode(),
+            created_at=now,
+            status="pending",
+            attempts=0,
+            max_attempts=hook.attempts,
+            timeout_s=hook.timeout_s,
+            next_at=now,
+        )
+    )
     pk = res.inserted_primary_key
     return int(pk[0]) if pk else 0
 
@@ -96,8 +104,9 @@ def _send(row: dict[str, Any]) -> tuple[bool, bool, str, float]:
         headers[k] = os.environ.get(v[4:], "") if v.startswith("env:") else v
     t0 = time.perf_counter()
     try:
-        r = httpx.post(row["url"], content=row["payload"].encode(), headers=headers,
-                       timeout=row["timeout_s"])
+        r = httpx.post(
+            row["url"], content=row["payload"].encode(), headers=headers, timeout=row["timeout_s"]
+        )
     except httpx.HTTPError as exc:
         return False, True, type(exc).__name__, time.perf_counter() - t0
     took = time.perf_counter() - t0
@@ -128,18 +137,26 @@ class Outbox:
         self._pool: ThreadPoolExecutor | None = None
 
     def _claim(self, now: float) -> list[dict[str, Any]]:
-        due = and_(outbox.c.service == self.service, outbox.c.status == "pending",
-                   outbox.c.next_at <= now,
-                   or_(outbox.c.lease_until.is_(None), outbox.c.lease_until < now))
+        due = and_(
+            outbox.c.service == self.service,
+            outbox.c.status == "pending",
+            outbox.c.next_at <= now,
+            or_(outbox.c.lease_until.is_(None), outbox.c.lease_until < now),
+        )
         out = []
         with self.engine.begin() as conn:
-            rows = conn.execute(
-                select(outbox).where(due).order_by(outbox.c.next_at, outbox.c.id).limit(BATCH)
-            ).mappings().all()
+            rows = (
+                conn.execute(
+                    select(outbox).where(due).order_by(outbox.c.next_at, outbox.c.id).limit(BATCH)
+                )
+                .mappings()
+                .all()
+            )
             for r in rows:
                 lease = now + r["timeout_s"] * 2 + 5
-                res = conn.execute(update(outbox).where(outbox.c.id == r["id"], due)
-                                   .values(lease_until=lease))
+                res = conn.execute(
+                    update(outbox).where(outbox.c.id == r["id"], due).values(lease_until=lease)
+                )
                 if res.rowcount == 1:
                     out.append(dict(r))
         return out
@@ -162,16 +179,32 @@ class Outbox:
         self._publish()
         return len(rows)
 
-    def _settle(self, conn: Connection, row: dict[str, Any], ok: bool, retryable: bool,
-                outcome: str, took: float) -> None:
+    def _settle(
+        self,
+        conn: Connection,
+        row: dict[str, Any],
+        ok: bool,
+        retryable: bool,
+        outcome: str,
+        took: float,
+    ) -> None:
         now = self._clock()
         attempts = row["attempts"] + 1
-        conn.execute(insert(outbox_attempts).values(
-            message_id=row["id"], ts=now, attempt=attempts, outcome=outcome[:128], ok=ok,
-            duration_ms=took * 1000.0,
-        ))
-        values: dict[str, Any] = {"attempts": attempts, "lease_until": None,
-                                  "last_error": None if ok else outcome[:500]}
+        conn.execute(
+            insert(outbox_attempts).values(
+                message_id=row["id"],
+                ts=now,
+                attempt=attempts,
+                outcome=outcome[:128],
+                ok=ok,
+                duration_ms=took * 1000.0,
+            )
+        )
+        values: dict[str, Any] = {
+            "attempts": attempts,
+            "lease_until": None,
+            "last_error": None if ok else outcome[:500],
+        }
         if ok:
             values.update(status="delivered", delivered_at=now)
             result = "delivered"
@@ -181,8 +214,13 @@ class Outbox:
         else:
             values.update(status="failed")
             result = "failed"
-            log.warning("notification %s to %s failed after %s attempts: %s", row["id"],
-                        host_of(row["url"]), attempts, outcome)
+            log.warning(
+                "notification %s to %s failed after %s attempts: %s",
+                row["id"],
+                host_of(row["url"]),
+                attempts,
+                outcome,
+            )
         conn.execute(update(outbox).where(outbox.c.id == row["id"]).values(**values))
         if self.metrics is not None:
             self.metrics.outbox_attempts.labels(row["topic"], result).inc()
@@ -198,8 +236,9 @@ class Outbox:
         """Messages waiting, and when the oldest of them was queued."""
         with self.engine.connect() as conn:
             n, oldest = conn.execute(
-                select(func.count(), func.min(outbox.c.created_at))
-                .where(outbox.c.service == self.service, outbox.c.status == "pending")
+                select(func.count(), func.min(outbox.c.created_at)).where(
+                    outbox.c.service == self.service, outbox.c.status == "pending"
+                )
             ).one()
         return int(n or 0), oldest
 
@@ -215,15 +254,28 @@ class Outbox:
         with self.engine.connect() as conn:
             rows = conn.execute(q.order_by(outbox.c.id.desc()).limit(limit)).mappings().all()
             found = [r["id"] for r in rows]
-            tries = conn.execute(
-                select(outbox_attempts).where(outbox_attempts.c.message_id.in_(found))
-                .order_by(outbox_attempts.c.id)
-            ).mappings().all() if found else []
+            tries = (
+                conn.execute(
+                    select(outbox_attempts)
+                    .where(outbox_attempts.c.message_id.in_(found))
+                    .order_by(outbox_attempts.c.id)
+                )
+                .mappings()
+                .all()
+                if found
+                else []
+            )
         by_msg: dict[int, list[dict[str, Any]]] = {}
         for t in tries:
             by_msg.setdefault(t["message_id"], []).append(
-                {"attempt": t["attempt"], "ts": t["ts"], "outcome": t["outcome"], "ok": t["ok"],
-                 "duration_ms": t["duration_ms"]})
+                {
+                    "attempt": t["attempt"],
+                    "ts": t["ts"],
+                    "outcome": t["outcome"],
+                    "ok": t["ok"],
+                    "duration_ms": t["duration_ms"],
+                }
+            )
         out = []
         for r in rows:
             d = {str(k): v for k, v in r.items() if k not in ("headers", "lease_until")}

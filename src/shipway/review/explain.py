@@ -25,8 +25,10 @@ def _support(predictor: Any, rows: Sequence[tuple[Any, ...]], answer: Any) -> np
     pred = predictor.predict(rows)
     outs = pred.outputs
     conf = [c if c is not None else 1.0 for c in pred.confidence]
-    if isinstance(answer, int | float) and not isinstance(answer, bool) and all(
-        isinstance(o, int | float) for o in outs
+    if (
+        isinstance(answer, int | float)
+        and not isinstance(answer, bool)
+        and all(isinstance(o, int | float) for o in outs)
     ):
         return np.asarray(outs, dtype=float)  # regression: the predicted value itself
     return np.asarray([c if o == answer else 1.0 - c for o, c in zip(outs, conf, strict=True)])

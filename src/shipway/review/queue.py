@@ -52,10 +52,20 @@ def new_item(
     decision_id: str, service: str, policy: ReviewPolicy, due_at: float, now: float
 ) -> dict[str, Any]:
     """A pending review item for one decision (every item is made here)."""
-    return {"id": str(uuid.uuid4()), "decision_id": decision_id, "service": service,
-            "policy": policy.name, "queue": policy.queue, "mode": policy.mode,
-            "priority": policy.priority, "required": policy.reviews, "status": "pending",
-            "created_at": now, "due_at": due_at, "sla_breached": False}  # fmt: skip
+    return {
+        "id": str(uuid.uuid4()),
+        "decision_id": decision_id,
+        "service": service,
+        "policy": policy.name,
+        "queue": policy.queue,
+        "mode": policy.mode,
+        "priority": policy.priority,
+        "required": policy.reviews,
+        "status": "pending",
+        "created_at": now,
+        "due_at": due_at,
+        "sla_breached": False,
+    }
 
 
 class Policies:
@@ -84,8 +94,9 @@ class Policies:
                 best = p
         return best
 
-    def item(self, decision_id: str, service: str, policy: ReviewPolicy, now: float
-             ) -> dict[str, Any]:  # fmt: skip
+    def item(
+        self, decision_id: str, service: str, policy: ReviewPolicy, now: float
+    ) -> dict[str, Any]:
         return new_item(decision_id, service, policy, now + self._sla[policy.queue], now)
 
 
@@ -129,18 +140,20 @@ class ReviewQueue:
             cond = and_(cond, review_items.c.id.not_in(done_by_me))
             with self.engine.begin() as conn:
                 pick = conn.execute(
-                    select(review_items.c.id).where(cond)
+                    select(review_items.c.id)
+                    .where(cond)
                     .order_by(review_items.c.priority.desc(), review_items.c.created_at)
                     .limit(1)
-                ).scalar()  # fmt: skip
+                ).scalar()
                 if pick is None:
                     return None
                 res = conn.execute(
                     update(review_items)
                     .where(review_items.c.id == pick, self._available(now))
-                    .values(status="claimed", claimed_by=reviewer,
-                            claim_expires=now + self.claim_ttl)
-                )  # fmt: skip
+                    .values(
+                        status="claimed", claimed_by=reviewer, claim_expires=now + self.claim_ttl
+                    )
+                )
                 if res.rowcount == 1:
                     return self.get(pick, conn=conn)
         return None  # pragma: no cover - only under extreme contention
@@ -150,10 +163,15 @@ class ReviewQueue:
         if conn is None:
             with self.engine.connect() as c:
                 return self.get(item_id, c)
-        row = conn.execute(
-            select(review_items)
-            .where(review_items.c.id == item_id, review_items.c.service == self.service)
-        ).mappings().first()
+        row = (
+            conn.execute(
+                select(review_items).where(
+                    review_items.c.id == item_id, review_items.c.service == self.service
+                )
+            )
+            .mappings()
+            .first()
+        )
         d = queries.view(conn, row["decision_id"]) if row is not None else None
         if row is None or d is None:
             raise NotFound(f"no review item {item_id!r}")
@@ -183,42 +201,71 @@ class ReviewQueue:
         elif action == "approve":
             output = item["output"]
             if output is None:
-                raise InputError("there is no model answer to approve (the service was "
-                                 "stopped): override with the right output")  # fmt: skip
+                raise InputError(
+                    "there is no model answer to approve (the service was "
+                    "stopped): override with the right output"
+                )
         with self.engine.begin() as conn:
-            conn.execute(insert(review_outcomes).values(
-                item_id=item_id, service=self.service, model_version=item["model_version"],
-                reviewer=reviewer, action=action,
-                output=None if action == "escalate" else orjson.dumps(output).decode(),
-                reason=reason, ts=now,
-            ))  # fmt: skip
+            conn.execute(
+                insert(review_outcomes).values(
+                    item_id=item_id,
+                    service=self.service,
+                    model_version=item["model_version"],
+                    reviewer=reviewer,
+                    action=action,
+                    output=None if action == "escalate" else orjson.dumps(output).decode(),
+                    reason=reason,
+                    ts=now,
+                )
+            )
             done = conn.execute(
-                select(func.count()).where(review_outcomes.c.item_id == item_id,
-                                           review_outcomes.c.action != "escalate")
-            ).scalar()  # fmt: skip
+                select(func.count()).where(
+                    review_outcomes.c.item_id == item_id, review_outcomes.c.action != "escalate"
+                )
+            ).scalar()
             values: dict[str, Any] = {"claimed_by": None, "claim_expires": None}
             if action == "escalate":
-                values.update(status="pending", priority=item["priority"] + 100,
-                              queue="escalated")  # fmt: skip
+                values.update(status="pending", priority=item["priority"] + 100, queue="escalated")
             elif int(done or 0) >= item["required"]:
-                values.update(status="done", final_output=orjson.dumps(output).decode(),
-                              decided_at=now)  # fmt: skip
+                values.update(
+                    status="done", final_output=orjson.dumps(output).decode(), decided_at=now
+                )
             else:
                 values.update(status="pending")  # a second reviewer is needed
             conn.execute(update(review_items).where(review_items.c.id == item_id).values(**values))
-            audit.append(conn, actor=reviewer, action=f"review.{action}",
-                         target=f"decision:{item['decision_id']}", service=self.service,
-                         before={"output": item["output"]},
-                         after={"output": output, "status": values.get("status")},
-                         reason=reason)  # fmt: skip
+            audit.append(
+                conn,
+                actor=reviewer,
+                action=f"review.{action}",
+                target=f"decision:{item['decision_id']}",
+                service=self.service,
+                before={"output": item["output"]},
+                after={"output": output, "status": values.get("status")},
+                reason=reason,
+            )
             if values.get("status") == "done":
-                labels.record(conn, self.service, self.output,
-                              [{"id": item["decision_id"], "label": output}], actor=reviewer,
-                              source="review")
+                labels.record(
+                    conn,
+                    self.service,
+                    self.output,
+                    [{"id": item["decision_id"], "label": output}],
+                    actor=reviewer,
+                    source="review",
+                )
                 if item["mode"] == "hold" and self.spec.webhook:
-                    enqueue(conn, self.service, "review.held", WebhookSpec(url=self.spec.webhook),
-                            {"service": self.service, "decision_id": item["decision_id"],
-                             "status": "reviewed", "output": output, "reviewer": reviewer})
+                    enqueue(
+                        conn,
+                        self.service,
+                        "review.held",
+                        WebhookSpec(url=self.spec.webhook),
+                        {
+                            "service": self.service,
+                            "decision_id": item["decision_id"],
+                            "status": "reviewed",
+                            "output": output,
+                            "reviewer": reviewer,
+                        },
+                    )
         return self.get(item_id)
 
     def open_batch(self, reason: str, size: int = 20) -> int:
@@ -227,15 +274,23 @@ class ReviewQueue:
         due = now + sla_seconds(self.spec, ALERT_POLICY.queue)
         with self.engine.begin() as conn:
             reviewed = select(review_items.c.decision_id).where(
-                review_items.c.service == self.service)
+                review_items.c.service == self.service
+            )
             ids = queries.newest_answered(conn, self.service, size, exclude=reviewed)
             if ids:
-                conn.execute(insert(review_items), [
-                    new_item(did, self.service, ALERT_POLICY, due, now) for did in ids])
-            audit.append(conn, actor="shipway-monitor", action="review.batch",
-                         target=f"service:{self.service}", service=self.service,
-                         after={"queued": len(ids), "queue": ALERT_POLICY.queue},
-                         reason=reason)  # fmt: skip
+                conn.execute(
+                    insert(review_items),
+                    [new_item(did, self.service, ALERT_POLICY, due, now) for did in ids],
+                )
+            audit.append(
+                conn,
+                actor="shipway-monitor",
+                action="review.batch",
+                target=f"service:{self.service}",
+                service=self.service,
+                after={"queued": len(ids), "queue": ALERT_POLICY.queue},
+                reason=reason,
+            )
         return len(ids)
 
     def alert_action(self, reason: str) -> str:
@@ -249,37 +304,52 @@ class ReviewQueue:
         """How many outcomes were given in ``[start, end)`` and the share that overrode the
         model (the monitor's review figures)."""
         q = select(review_outcomes.c.action).where(
-            review_outcomes.c.service == self.service, review_outcomes.c.action != "escalate",
-            review_outcomes.c.ts < end)
+            review_outcomes.c.service == self.service,
+            review_outcomes.c.action != "escalate",
+            review_outcomes.c.ts < end,
+        )
         if start is not None:
             q = q.where(review_outcomes.c.ts >= start)
         with self.engine.connect() as conn:
             actions = list(conn.execute(q).scalars())
-        return {"reviewed": len(actions),
-                "override_rate": (actions.count("override") / len(actions)) if actions else None}
+        return {
+            "reviewed": len(actions),
+            "override_rate": (actions.count("override") / len(actions)) if actions else None,
+        }
 
     def sweep(
-        self, now: float | None = None, on_late: Callable[[Connection, dict[str, Any]], None] | None
-        = None,
+        self,
+        now: float | None = None,
+        on_late: Callable[[Connection, dict[str, Any]], None] | None = None,
     ) -> list[dict[str, Any]]:
         """Escalate, once, every open item past its due time; returns the escalated items.
         ``on_late(conn, item)`` runs in the escalation's transaction (to raise its alert)."""
         now = time.time() if now is None else now
         with self.engine.begin() as conn:
-            late = conn.execute(
-                select(review_items.c.id, review_items.c.queue, review_items.c.decision_id,
-                       review_items.c.due_at)
-                .where(review_items.c.service == self.service,
-                       review_items.c.status.in_(("pending", "claimed")),
-                       review_items.c.due_at < now, review_items.c.sla_breached.is_(False))
-            ).mappings().all()  # fmt: skip
+            late = (
+                conn.execute(
+                    select(
+                        review_items.c.id,
+                        review_items.c.queue,
+                        review_items.c.decision_id,
+                        review_items.c.due_at,
+                    ).where(
+                        review_items.c.service == self.service,
+                        review_items.c.status.in_(("pending", "claimed")),
+                        review_items.c.due_at < now,
+                        review_items.c.sla_breached.is_(False),
+                    )
+                )
+                .mappings()
+                .all()
+            )
             out = []
             for r in late:
                 res = conn.execute(
                     update(review_items)
                     .where(review_items.c.id == r["id"], review_items.c.sla_breached.is_(False))
                     .values(sla_breached=True, priority=review_items.c.priority + 100)
-                )  # fmt: skip
+                )
                 if res.rowcount == 1:
                     out.append(dict(r))
                     if on_late is not None:
@@ -290,9 +360,11 @@ class ReviewQueue:
 
     def for_decision(self, decision_id: str) -> dict[str, Any] | None:
         with self.engine.connect() as conn:
-            row = conn.execute(
-                select(review_items).where(review_items.c.decision_id == decision_id)
-            ).mappings().first()  # fmt: skip
+            row = (
+                conn.execute(select(review_items).where(review_items.c.decision_id == decision_id))
+                .mappings()
+                .first()
+            )
         return _item_dict(row) if row is not None else None
 
     def stats(self, now: float | None = None) -> dict[str, Any]:
@@ -302,16 +374,21 @@ class ReviewQueue:
         with self.engine.connect() as conn:
             open_rows = conn.execute(
                 select(review_items.c.queue, func.count(), func.min(review_items.c.created_at))
-                .where(review_items.c.service == self.service,
-                       review_items.c.status.in_(("pending", "claimed")))
+                .where(
+                    review_items.c.service == self.service,
+                    review_items.c.status.in_(("pending", "claimed")),
+                )
                 .group_by(review_items.c.queue)
-            ).all()  # fmt: skip
+            ).all()
             outcomes = conn.execute(
-                select(review_outcomes.c.item_id, review_outcomes.c.reviewer,
-                       review_outcomes.c.action, review_outcomes.c.output,
-                       review_outcomes.c.model_version)
-                .where(review_outcomes.c.service == self.service)
-            ).all()  # fmt: skip
+                select(
+                    review_outcomes.c.item_id,
+                    review_outcomes.c.reviewer,
+                    review_outcomes.c.action,
+                    review_outcomes.c.output,
+                    review_outcomes.c.model_version,
+                ).where(review_outcomes.c.service == self.service)
+            ).all()
         queues = {q: {"depth": int(n), "oldest_age_s": now - float(t)} for q, n, t in open_rows}
         per_reviewer: dict[str, int] = {}
         per_version: dict[str, list[int]] = {}
@@ -335,23 +412,45 @@ class ReviewQueue:
         }
 
 
-_ITEM_COLUMNS = ("id", "decision_id", "service", "policy", "queue", "mode", "priority",
-                 "required", "status", "created_at", "due_at", "sla_breached")  # fmt: skip
+_ITEM_COLUMNS = (
+    "id",
+    "decision_id",
+    "service",
+    "policy",
+    "queue",
+    "mode",
+    "priority",
+    "required",
+    "status",
+    "created_at",
+    "due_at",
+    "sla_breached",
+)
 
 
 class ReviewLog(GroupCommitWriter):
     """Review items, committed (in groups) before the caller hears the answer."""
 
     def __init__(self, engine: Engine) -> None:
-        super().__init__(engine, review_items, _ITEM_COLUMNS,
-                         lambda r: tuple(r[c] for c in _ITEM_COLUMNS), what="review item")
+        super().__init__(
+            engine,
+            review_items,
+            _ITEM_COLUMNS,
+            lambda r: tuple(r[c] for c in _ITEM_COLUMNS),
+            what="review item",
+        )
 
 
 def context(
     output: Any, confidence: Any, route: str, version: Any, inputs: Mapping[str, Any]
 ) -> dict[str, Any]:
-    return {"output": output, "confidence": confidence, "route": route,
-            "model_version": version, "inputs": inputs}  # fmt: skip
+    return {
+        "output": output,
+        "confidence": confidence,
+        "route": route,
+        "model_version": version,
+        "inputs": inputs,
+    }
 
 
 __all__ = [

@@ -120,9 +120,20 @@ class GuardChain:
             ts = _now()
             costs = pred.cost if pred.cost is not None else repeat(None)
             return [
-                decision_row(ids[k], ts, service, version, route,
-                             redact(dict(zip(names, values[k], strict=True))), o, c,
-                             latency_ms, caller, reason=reason, cost=cost)
+                decision_row(
+                    ids[k],
+                    ts,
+                    service,
+                    version,
+                    route,
+                    redact(dict(zip(names, values[k], strict=True))),
+                    o,
+                    c,
+                    latency_ms,
+                    caller,
+                    reason=reason,
+                    cost=cost,
+                )
                 for k, o, c, cost in zip(rows, pred.outputs, pred.confidence, costs, strict=False)
             ]
 
@@ -154,10 +165,21 @@ class GuardChain:
             if not isinstance(res, ModelUnavailable | ServiceStopped):
                 self.metrics.model_errors.labels(str(route.lane.version), "model_error").inc()
             for k in route.rows:
-                rows.append(decision_row(
-                    ids[k], ts, self.service, route.lane.version, route.route,
-                    redact(dict(zip(names, values[k], strict=True))), None, None, latency_ms,
-                    caller, error=msg[:2000]))
+                rows.append(
+                    decision_row(
+                        ids[k],
+                        ts,
+                        self.service,
+                        route.lane.version,
+                        route.route,
+                        redact(dict(zip(names, values[k], strict=True))),
+                        None,
+                        None,
+                        latency_ms,
+                        caller,
+                        error=msg[:2000],
+                    )
+                )
         await self.log.write(rows)
 
     # -- one attempt -------------------------------------------------------------------------
@@ -270,8 +292,16 @@ class GuardChain:
         if self.stop.behavior == "default" and self.stop.answer is not None:
             a = self.stop.answer
             return await self._answer_with(
-                positions, "stopped", None, [a["output"]] * n, [a.get("confidence")] * n,
-                ids, values, caller, t0, why,
+                positions,
+                "stopped",
+                None,
+                [a["output"]] * n,
+                [a.get("confidence")] * n,
+                ids,
+                values,
+                caller,
+                t0,
+                why,
             )
         raise ServiceStopped(f"the service is stopped ({reason}); no model is called")
 
@@ -350,14 +380,30 @@ class GuardChain:
                     continue
                 self.metrics.fallbacks.labels("cache").inc(n)
                 return await self._answer_with(
-                    positions, "cache", hit[2], hit[0], hit[1], ids, values, caller, t0,
+                    positions,
+                    "cache",
+                    hit[2],
+                    hit[0],
+                    hit[1],
+                    ids,
+                    values,
+                    caller,
+                    t0,
                     "; ".join(reasons),
                 )
             default = step.default or {}
             self.metrics.fallbacks.labels("default").inc(n)
             return await self._answer_with(
-                positions, "default", None, [default["output"]] * n,
-                [default.get("confidence")] * n, ids, values, caller, t0, "; ".join(reasons),
+                positions,
+                "default",
+                None,
+                [default["output"]] * n,
+                [default.get("confidence")] * n,
+                ids,
+                values,
+                caller,
+                t0,
+                "; ".join(reasons),
             )
         self.metrics.unanswered.inc(n)
         raise ModelUnavailable(

@@ -133,8 +133,14 @@ class PredictPath:
             version = ans.version
             name = ans.route
             for k, output, conf in zip(ans.rows, ans.outputs, ans.confidence, strict=True):
-                out[k] = {"id": ids[k], "output": output, "confidence": conf,
-                          "model_version": version, "route": name, "row": good[k]}
+                out[k] = {
+                    "id": ids[k],
+                    "output": output,
+                    "confidence": conf,
+                    "model_version": version,
+                    "route": name,
+                    "row": good[k],
+                }
             self._count_decisions(name, version, len(ans.rows))
         if router.stopped is not None:
             if chain.stop.behavior == "review":

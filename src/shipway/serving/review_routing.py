@@ -22,8 +22,12 @@ _now = time.time
 
 def held(d: dict[str, Any], policy: str, item: str) -> dict[str, Any]:
     """What the caller of a held decision gets instead of the answer (202)."""
-    out = {"id": d["id"], "status": "pending_review", "status_url": f"/v1/decisions/{d['id']}",
-           "review": {"policy": policy, "item": item}}
+    out = {
+        "id": d["id"],
+        "status": "pending_review",
+        "status_url": f"/v1/decisions/{d['id']}",
+        "review": {"policy": policy, "item": item},
+    }
     if "row" in d:
         out["row"] = d["row"]
     return out
@@ -61,8 +65,13 @@ class ReviewRouting:
         items = []
         now = _now()
         for k, d in enumerate(out):
-            ctx = review_context(d["output"], d["confidence"], d["route"], d["model_version"],
-                                 dict(zip(names, values[k], strict=True)))
+            ctx = review_context(
+                d["output"],
+                d["confidence"],
+                d["route"],
+                d["model_version"],
+                dict(zip(names, values[k], strict=True)),
+            )
             policy = self.policies.match(ctx)
             if policy is None:
                 continue

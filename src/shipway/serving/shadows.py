@@ -77,9 +77,16 @@ class Shadows:
         version = lane.version
         if pred is None:
             self.metrics.shadow_errors.labels(str(version)).inc(n)
-        rows = shadow_rows(ids, time.time(), self.service, version,
-                           pred.outputs if pred else None, pred.confidence if pred else None,
-                           latency_ms, error)
+        rows = shadow_rows(
+            ids,
+            time.time(),
+            self.service,
+            version,
+            pred.outputs if pred else None,
+            pred.confidence if pred else None,
+            latency_ms,
+            error,
+        )
         try:
             await self.log.write(rows)
         except ShipwayError:

@@ -75,8 +75,9 @@ Index("ix_decisions_service_ts", decisions.c.service, decisions.c.ts)
 shadow_decisions = Table(
     "shadow_decisions",
     metadata,
-    Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
-           autoincrement=True),
+    Column(
+        "seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
     Column("decision_id", String(36), nullable=False),
     Column("ts", Float, nullable=False),
     Column("service", String(64), nullable=False),
@@ -87,8 +88,11 @@ shadow_decisions = Table(
     Column("error", Text, nullable=True),
 )
 Index("ix_shadow_decisions_decision_id", shadow_decisions.c.decision_id)
-Index("ix_shadow_decisions_service_version", shadow_decisions.c.service,
-      shadow_decisions.c.model_version)
+Index(
+    "ix_shadow_decisions_service_version",
+    shadow_decisions.c.service,
+    shadow_decisions.c.model_version,
+)
 
 rollout_state = Table(
     "rollout_state",
@@ -139,8 +143,9 @@ api_keys = Table(
 audit_events = Table(
     "audit_events",
     metadata,
-    Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
-           autoincrement=False),
+    Column(
+        "seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=False
+    ),
     Column("ts", Float, nullable=False),
     Column("service", String(64), nullable=True),
     Column("actor", String(128), nullable=False),
@@ -164,8 +169,9 @@ audit_head = Table(
 feedback = Table(
     "feedback",
     metadata,
-    Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
-           autoincrement=True),
+    Column(
+        "seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
     Column("decision_id", String(36), nullable=False),
     Column("service", String(64), nullable=False),
     Column("label", Text, nullable=False),
@@ -230,8 +236,9 @@ review_items = Table(
     Column("final_output", Text, nullable=True),
     Column("decided_at", Float, nullable=True),
 )
-Index("ix_review_items_queue", review_items.c.service, review_items.c.status,
-      review_items.c.priority)
+Index(
+    "ix_review_items_queue", review_items.c.service, review_items.c.status, review_items.c.priority
+)
 Index("ix_review_items_decision", review_items.c.decision_id)
 
 review_outcomes = Table(

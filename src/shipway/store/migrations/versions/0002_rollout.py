@@ -21,7 +21,9 @@ def upgrade() -> None:
     op.create_table(
         "shadow_decisions",
         sa.Column(
-            "seq", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True,
+            "seq",
+            sa.BigInteger().with_variant(sa.Integer, "sqlite"),
+            primary_key=True,
             autoincrement=True,
         ),
         sa.Column("decision_id", sa.String(36), nullable=False),

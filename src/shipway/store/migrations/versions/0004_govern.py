@@ -30,8 +30,12 @@ def upgrade() -> None:
     )
     op.create_table(
         "audit_events",
-        sa.Column("seq", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True,
-                  autoincrement=False),
+        sa.Column(
+            "seq",
+            sa.BigInteger().with_variant(sa.Integer, "sqlite"),
+            primary_key=True,
+            autoincrement=False,
+        ),
         sa.Column("ts", sa.Float, nullable=False),
         sa.Column("service", sa.String(64), nullable=True),
         sa.Column("actor", sa.String(128), nullable=False),
@@ -42,7 +46,7 @@ def upgrade() -> None:
         sa.Column("reason", sa.Text, nullable=False),
         sa.Column("prev_hash", sa.String(64), nullable=False),
         sa.Column("hash", sa.String(64), nullable=False),
-    )  # fmt: skip
+    )
     op.create_table(
         "audit_head",
         sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),

@@ -18,8 +18,12 @@ depends_on = None
 def upgrade() -> None:
     op.create_table(
         "feedback",
-        sa.Column("seq", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True,
-                  autoincrement=True),
+        sa.Column(
+            "seq",
+            sa.BigInteger().with_variant(sa.Integer, "sqlite"),
+            primary_key=True,
+            autoincrement=True,
+        ),
         sa.Column("decision_id", sa.String(36), nullable=False),
         sa.Column("service", sa.String(64), nullable=False),
         sa.Column("label", sa.Text, nullable=False),
@@ -27,7 +31,7 @@ def upgrade() -> None:
         sa.Column("ts", sa.Float, nullable=False),
         sa.Column("actor", sa.String(128), nullable=False),
         sa.Column("source", sa.String(32), nullable=False),
-    )  # fmt: skip
+    )
     op.create_index("ix_feedback_decision", "feedback", ["decision_id", "revision"], unique=True)
     op.create_table(
         "monitor_results",
