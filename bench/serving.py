@@ -10,7 +10,10 @@ breast-cancer data, 30 numeric features, saved with joblib) and the same machine
       orjson in, NumPy array, the same model's predict_proba, orjson out; nothing else;
   (c) ``shipway serve`` (started with the CLI on a workspace made by ``shipway init``), with
       contract validation and the durable SQLite decision log on;
-  (d) BentoML serving the same joblib file, when ``bench/.venv-bentoml`` has it installed.
+  (d) BentoML serving the same joblib file, when ``bench/.venv-bentoml`` has it installed;
+  (e) the machine's HTTP ceiling: a Starlette endpoint on the same stack as (b) that parses the
+      JSON body and returns a constant (no model, no checks), the most any Python server on
+      this stack can answer.
 
 Each server is measured with single-row requests and with batches of 64 rows per request, at
 concurrency 1, 16 and 64, after a warm-up. Request bodies are real rows of the data set.
@@ -77,8 +80,7 @@ def _bare_main(model_path: str, port: int) -> None:
     def answer(x: Any) -> list[dict[str, Any]]:
         proba = model.predict_proba(x)
         idx = proba.argmax(axis=1).tolist()
-        return [{"output": classes[i], "confidence": float(proba[k, i])}
-                for k, i in enumerate(idx)]
+        return [{"output": classes[i], "confidence": float(proba[k, i])} for k, i in enumerate(idx)]
 
     async def predict(request: Request) -> Response:
         inputs = orjson.loads(await request.body())["inputs"]
@@ -91,10 +93,50 @@ def _bare_main(model_path: str, port: int) -> None:
     async def healthz(_request: Request) -> Response:
         return Response(b'{"status":"ok"}', media_type="application/json")
 
-    app = Starlette(routes=[Route("/v1/predict", predict, methods=["POST"]),
-                            Route("/healthz", healthz)])
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False,
-                loop="uvloop", http="httptools")
+    app = Starlette(
+        routes=[Route("/v1/predict", predict, methods=["POST"]), Route("/healthz", healthz)]
+    )
+    uvicorn.run(
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        access_log=False,
+        loop="uvloop",
+        http="httptools",
+    )
+
+
+def _ceiling_main(port: int) -> None:
+    """(e): parse the body, answer a constant. Nothing a real server could skip is skipped."""
+    import orjson
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    answer = orjson.dumps({"output": 1, "confidence": 0.5})
+
+    async def predict(request: Request) -> Response:
+        orjson.loads(await request.body())
+        return Response(answer, media_type="application/json")
+
+    async def healthz(_request: Request) -> Response:
+        return Response(b'{"status":"ok"}', media_type="application/json")
+
+    app = Starlette(
+        routes=[Route("/v1/predict", predict, methods=["POST"]), Route("/healthz", healthz)]
+    )
+    uvicorn.run(
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        access_log=False,
+        loop="uvloop",
+        http="httptools",
+    )
 
 
 # -- the load client, run as its own process ----------------------------------------------------
@@ -112,7 +154,7 @@ def tree_cpu(root: int) -> float:
                 stat = f.read()
         except OSError:
             continue
-        fields = stat[stat.rindex(b")") + 2:].split()
+        fields = stat[stat.rindex(b")") + 2 :].split()
         pid = int(entry.name)
         parent[pid] = int(fields[1])
         cpu[pid] = (int(fields[11]) + int(fields[12])) / _TICK
@@ -190,7 +232,7 @@ class _Conn(asyncio.Protocol):
             i = head.find(b"\r\ncontent-length:")
             if i >= 0:
                 j = head.find(b"\r\n", i + 2)
-                self.need = end + 4 + int(head[i + 17:j if j >= 0 else None])
+                self.need = end + 4 + int(head[i + 17 : j if j >= 0 else None])
             else:
                 self.need = -2  # chunked: wait for the last chunk
         if self.need == -2:
@@ -254,8 +296,12 @@ async def _load_async(a: argparse.Namespace) -> dict[str, Any]:
     lat = sorted(ph.latencies)
     client_cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
     return {
-        "requests": len(lat), "seconds": seconds, "rps": len(lat) / seconds if seconds else 0.0,
-        "p50_ms": _pct(lat, 0.50), "p99_ms": _pct(lat, 0.99), "errors": ph.errors,
+        "requests": len(lat),
+        "seconds": seconds,
+        "rps": len(lat) / seconds if seconds else 0.0,
+        "p50_ms": _pct(lat, 0.50),
+        "p99_ms": _pct(lat, 0.99),
+        "errors": ph.errors,
         "capped": len(lat) < a.requests,
         "answered_total": ph.ok + (warm.ok if warm else 0),
         "client_cpu_s": client_cpu,
@@ -322,22 +368,38 @@ end
 """
 
 
-def _wrk_once(port: int, path: str, body: Path, concurrency: int, count: int, cap: float,
-              workdir: Path) -> tuple[dict[str, Any], float]:
+def _wrk_once(
+    port: int, path: str, body: Path, concurrency: int, count: int, cap: float, workdir: Path
+) -> tuple[dict[str, Any], float]:
     marker = workdir / f"wrk-{os.getpid()}-{time.monotonic_ns()}.done"
     script = workdir / "bench.lua"
     extra = ""
     if AUTH_HEADER:
         name, _, value = AUTH_HEADER.partition(":")
         extra = f"wrk.headers[{json.dumps(name.strip())}] = {json.dumps(value.strip())}"
-    script.write_text(WRK_SCRIPT.replace("BODY_PATH", json.dumps(str(body)))
-                      .replace("LIMIT", str(count)).replace("MARKER", json.dumps(str(marker)))
-                      .replace("EXTRA_HEADER", extra))
+    script.write_text(
+        WRK_SCRIPT.replace("BODY_PATH", json.dumps(str(body)))
+        .replace("LIMIT", str(count))
+        .replace("MARKER", json.dumps(str(marker)))
+        .replace("EXTRA_HEADER", extra)
+    )
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.Popen(
-        ["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, int(cap))}s", "--timeout", "30s",
-         "-s", str(script), f"http://127.0.0.1:{port}{path}"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        [
+            "wrk",
+            "-t1",
+            f"-c{concurrency}",
+            f"-d{max(1, int(cap))}s",
+            "--timeout",
+            "30s",
+            "-s",
+            str(script),
+            f"http://127.0.0.1:{port}{path}",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     end = time.monotonic() + cap + 30
     while proc.poll() is None and not marker.exists() and time.monotonic() < end:
         time.sleep(0.005)
@@ -353,8 +415,16 @@ def _wrk_once(port: int, path: str, body: Path, concurrency: int, count: int, ca
     return json.loads(lines[-1]), cpu
 
 
-def _load_wrk(port: int, body: Path, concurrency: int, requests: int, path: str, warmup: int,
-              cap: float, server_pid: int | None) -> dict[str, Any]:
+def _load_wrk(
+    port: int,
+    body: Path,
+    concurrency: int,
+    requests: int,
+    path: str,
+    warmup: int,
+    cap: float,
+    server_pid: int | None,
+) -> dict[str, Any]:
     workdir = body.parent
     answered = 0
     if warmup:
@@ -364,14 +434,19 @@ def _load_wrk(port: int, body: Path, concurrency: int, requests: int, path: str,
     r, cpu = _wrk_once(port, path, body, concurrency, requests, cap, workdir)
     srv1 = tree_cpu(server_pid) if server_pid else 0.0
     return {
-        "requests": r["n"], "seconds": r["seconds"], "rps": r["n"] / r["seconds"],
-        "p50_ms": r["p50_us"] / 1000.0, "p99_ms": r["p99_us"] / 1000.0,
-        "errors": r["n"] - r["ok"], "capped": r["n"] < requests,
+        "requests": r["n"],
+        "seconds": r["seconds"],
+        "rps": r["n"] / r["seconds"],
+        "p50_ms": r["p50_us"] / 1000.0,
+        "p99_ms": r["p99_us"] / 1000.0,
+        "errors": r["n"] - r["ok"],
+        "capped": r["n"] < requests,
         "answered_total": answered + r["ok"],
         # wrk stops with up to concurrency-1 requests sent but not yet answered; the server
         # still answers (and Shipway logs) them, so the log may hold a few more rows than this.
         "unanswered_max": (concurrency - 1) * (2 if warmup else 1),
-        "client_cpu_s": cpu, "server_cpu_s": (srv1 - srv0) if server_pid else None,
+        "client_cpu_s": cpu,
+        "server_cpu_s": (srv1 - srv0) if server_pid else None,
     }
 
 
@@ -409,10 +484,22 @@ def build_pilot(workdir: Path) -> tuple[Path, Path, list[dict[str, float]]]:
 def predictor_key(manifest: Path) -> str:
     """A predictor API key for the benchmark service (the first key needs no credentials)."""
     out = subprocess.run(
-        [*_shipway_cli(), "keys", "create", "--name", "bench", "--role", "predictor", "-m",
-         str(manifest)], check=True, capture_output=True, text=True,
+        [
+            *_shipway_cli(),
+            "keys",
+            "create",
+            "--name",
+            "bench",
+            "--role",
+            "predictor",
+            "-m",
+            str(manifest),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
         env={**os.environ, **_SQLITE_ENV, "SHIPWAY_API_KEY": ""},
-    )  # fmt: skip
+    )
     return out.stdout.strip().splitlines()[-1]
 
 
@@ -432,9 +519,24 @@ def init_shipway(workdir: Path, model: Path, data: Path) -> Path:
     """``shipway init`` the pilot into workdir/svc with the CLI; return the manifest path."""
     svc = workdir / "svc"
     subprocess.run(
-        [*_shipway_cli(), "init", "--model", str(model), "--data", str(data), "--target",
-         "target", "--name", "bench", "--dir", str(svc)],
-        check=True, capture_output=True, env={**os.environ, **_SQLITE_ENV})
+        [
+            *_shipway_cli(),
+            "init",
+            "--model",
+            str(model),
+            "--data",
+            str(data),
+            "--target",
+            "target",
+            "--name",
+            "bench",
+            "--dir",
+            str(svc),
+        ],
+        check=True,
+        capture_output=True,
+        env={**os.environ, **_SQLITE_ENV},
+    )
     return svc / "shipway.yaml"
 
 
@@ -456,7 +558,7 @@ def _descendants(root: int) -> list[int]:
         if entry.name.isdigit():
             with contextlib.suppress(OSError, ValueError):
                 stat = Path(f"/proc/{entry.name}/stat").read_bytes()
-                parent[int(entry.name)] = int(stat[stat.rindex(b")") + 2:].split()[1])
+                parent[int(entry.name)] = int(stat[stat.rindex(b")") + 2 :].split()[1])
     found, frontier = [], [root]
     while frontier:
         p = frontier.pop()
@@ -467,13 +569,23 @@ def _descendants(root: int) -> list[int]:
 
 
 @contextlib.contextmanager
-def server(cmd: list[str], ready: str, cwd: Path | None = None,
-           env: dict[str, str] | None = None, log: Path | None = None,
-           ) -> Iterator[subprocess.Popen[bytes]]:
+def server(
+    cmd: list[str],
+    ready: str,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+    log: Path | None = None,
+) -> Iterator[subprocess.Popen[bytes]]:
     """Start a server in its own session; yield once ``ready`` answers 200; stop it after."""
     sink = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115
-    proc = subprocess.Popen(cmd, cwd=cwd, env={**os.environ, **(env or {})},
-                            stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd,
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        stdout=sink,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         try:
             wait_http(ready, proc)
@@ -498,31 +610,64 @@ def server(cmd: list[str], ready: str, cwd: Path | None = None,
             sink.close()  # type: ignore[union-attr]
 
 
-def load(port: int, body: Path, concurrency: int, requests: int, path: str = "/v1/predict",
-         *, warmup: int | None = None, cap: float = 60.0, server_pid: int | None = None,
-         ) -> dict[str, Any]:
+def load(
+    port: int,
+    body: Path,
+    concurrency: int,
+    requests: int,
+    path: str = "/v1/predict",
+    *,
+    warmup: int | None = None,
+    cap: float = 60.0,
+    server_pid: int | None = None,
+) -> dict[str, Any]:
     """One bounded load run from a separate process; returns rps, p50_ms, p99_ms, ..."""
     warm = max(2 * concurrency, requests // 10) if warmup is None else warmup
     if CLIENT == "wrk":
         return _load_wrk(port, body, concurrency, requests, path, warm, cap, server_pid)
     out = subprocess.run(
-        [sys.executable, str(Path(__file__).resolve()), "_load", "--port", str(port),
-         "--path", path, "--body", str(body), "--concurrency", str(concurrency),
-         "--requests", str(requests), "--warmup", str(warm), "--cap", str(cap),
-         "--server-pid", str(server_pid or 0), "--header", AUTH_HEADER],
-        capture_output=True, text=True, timeout=cap + 90)
+        [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "_load",
+            "--port",
+            str(port),
+            "--path",
+            path,
+            "--body",
+            str(body),
+            "--concurrency",
+            str(concurrency),
+            "--requests",
+            str(requests),
+            "--warmup",
+            str(warm),
+            "--cap",
+            str(cap),
+            "--server-pid",
+            str(server_pid or 0),
+            "--header",
+            AUTH_HEADER,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=cap + 90,
+    )
     if out.returncode != 0:
         raise RuntimeError(f"load client failed: {out.stderr[-1500:]}")
     return dict(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
 def fmt(r: dict[str, Any]) -> str:
-    return (f"{r['rps']:9.0f} req/s  p50 {r['p50_ms']:7.2f} ms  p99 {r['p99_ms']:7.2f} ms"
-            f"  errors {r['errors']}  client cpu {r['client_cpu_s']:.1f}s")
+    return (
+        f"{r['rps']:9.0f} req/s  p50 {r['p50_ms']:7.2f} ms  p99 {r['p99_ms']:7.2f} ms"
+        f"  errors {r['errors']}  client cpu {r['client_cpu_s']:.1f}s"
+    )
 
 
-def in_process(model_path: Path, rows: list[dict[str, float]], calls: int
-               ) -> dict[str, dict[str, float]]:
+def in_process(
+    model_path: Path, rows: list[dict[str, float]], calls: int
+) -> dict[str, dict[str, float]]:
     """(a) predict_proba on a NumPy array in this process: one row, and BATCH rows."""
     import warnings
 
@@ -546,12 +691,17 @@ def in_process(model_path: Path, rows: list[dict[str, float]], calls: int
             lat.append(perf() - t)
         seconds = perf() - t0
         lat.sort()
-        out[kind] = {"requests": n, "rps": n / seconds, "rows_per_s": n * len(sample) / seconds,
-                     "p50_ms": _pct(lat, 0.5), "p99_ms": _pct(lat, 0.99)}
+        out[kind] = {
+            "requests": n,
+            "rps": n / seconds,
+            "rows_per_s": n * len(sample) / seconds,
+            "p50_ms": _pct(lat, 0.5),
+            "p99_ms": _pct(lat, 0.99),
+        }
     return out
 
 
-BENTO_SERVICE = '''
+BENTO_SERVICE = """
 import typing
 import warnings
 
@@ -578,7 +728,7 @@ class Pilot:
         out = [{{"output": self.classes[i], "confidence": float(proba[k, i])}}
                for k, i in enumerate(idx)]
         return out[0] if isinstance(inputs, dict) else {{"decisions": out}}
-'''
+"""
 
 
 def sqlite_count(db: Path) -> int:
@@ -593,9 +743,11 @@ def _bento_version() -> str | None:
     py = BENTO_VENV / "bin" / "python"
     if not (BENTO_VENV / "bin" / "bentoml").exists():
         return None
-    probe = ("import bentoml, importlib.util as u; print(bentoml.__version__, "
-             "'uvloop' if u.find_spec('uvloop') else 'asyncio', "
-             "'httptools' if u.find_spec('httptools') else 'h11')")
+    probe = (
+        "import bentoml, importlib.util as u; print(bentoml.__version__, "
+        "'uvloop' if u.find_spec('uvloop') else 'asyncio', "
+        "'httptools' if u.find_spec('httptools') else 'h11')"
+    )
     r = subprocess.run([str(py), "-c", probe], capture_output=True, text=True, timeout=120)
     return r.stdout.strip() if r.returncode == 0 else None
 
@@ -603,16 +755,27 @@ def _bento_version() -> str | None:
 def main() -> None:
     global CLIENT
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
-    ap.add_argument("--requests", type=int, default=4000,
-                    help="Single-row requests per figure at concurrency 16 and 64 (default "
-                         "4000, --quick 800); concurrency 1 and batches of 64 get a quarter "
-                         "(batches at concurrency 1 an eighth).")
+    ap.add_argument(
+        "--requests",
+        type=int,
+        default=4000,
+        help="Single-row requests per figure at concurrency 16 and 64 (default "
+        "4000, --quick 800); concurrency 1 and batches of 64 get a quarter "
+        "(batches at concurrency 1 an eighth).",
+    )
     ap.add_argument("--quick", action="store_true", help="A short run (under a minute).")
-    ap.add_argument("--client", choices=("auto", "python", "wrk"), default="python",
-                    help="Load client: this file's asyncio client (default), or wrk "
-                         "(auto: wrk when on PATH).")
-    ap.add_argument("--cap", type=float, default=None,
-                    help="Time cap per load run in seconds (default 60, --quick 20).")
+    ap.add_argument(
+        "--client",
+        choices=("auto", "python", "wrk"),
+        default="python",
+        help="Load client: this file's asyncio client (default), or wrk (auto: wrk when on PATH).",
+    )
+    ap.add_argument(
+        "--cap",
+        type=float,
+        default=None,
+        help="Time cap per load run in seconds (default 60, --quick 20).",
+    )
     ap.add_argument("--no-bentoml", action="store_true", help="Skip BentoML even if present.")
     ap.add_argument("--keep", action="store_true", help="Keep the temporary workspace.")
     args = ap.parse_args()
@@ -623,8 +786,14 @@ def main() -> None:
         CLIENT = "wrk" if shutil.which("wrk") else "python"
     if CLIENT == "wrk" and not shutil.which("wrk"):
         ap.error("--client wrk: wrk is not on PATH (apt-get install -y wrk)")
-    counts = {("single", 1): n // 4, ("single", 16): n, ("single", 64): n,
-              ("batch", 1): n // 8, ("batch", 16): n // 4, ("batch", 64): n // 4}
+    counts = {
+        ("single", 1): n // 4,
+        ("single", 16): n,
+        ("single", 64): n,
+        ("batch", 1): n // 8,
+        ("batch", 16): n // 4,
+        ("batch", 64): n // 4,
+    }
 
     started = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix="shipway-bench-serving-"))
@@ -638,8 +807,9 @@ def main() -> None:
     print(f"total time {time.monotonic() - started:.0f} s")
 
 
-def _run(args: argparse.Namespace, n: int, cap: float,
-         counts: dict[tuple[str, int], int], work: Path) -> None:
+def _run(
+    args: argparse.Namespace, n: int, cap: float, counts: dict[tuple[str, int], int], work: Path
+) -> None:
     import platform
 
     model, data, rows = build_pilot(work)
@@ -647,17 +817,24 @@ def _run(args: argparse.Namespace, n: int, cap: float,
     db = manifest.parent / ".shipway" / "shipway.db"
     bodies = {"single": work / "single.json", "batch": work / f"batch{BATCH}.json"}
     bodies["single"].write_text(json.dumps({"inputs": rows[0]}))
-    bodies["batch"].write_text(json.dumps({"inputs": rows[100:100 + BATCH]}))
+    bodies["batch"].write_text(json.dumps({"inputs": rows[100 : 100 + BATCH]}))
     rows_per = {"single": 1, "batch": BATCH}
 
-    client = ("wrk (1 thread, Lua script)" if CLIENT == "wrk"
-              else "bench/serving.py's asyncio client on uvloop")
-    print(f"Shipway serving benchmark: {os.cpu_count()} cores, Python "
-          f"{platform.python_version()}, {n} single-row requests per figure at c=16/64, "
-          f"time cap {cap:.0f} s per load run")
+    client = (
+        "wrk (1 thread, Lua script)"
+        if CLIENT == "wrk"
+        else "bench/serving.py's asyncio client on uvloop"
+    )
+    print(
+        f"Shipway serving benchmark: {os.cpu_count()} cores, Python "
+        f"{platform.python_version()}, {n} single-row requests per figure at c=16/64, "
+        f"time cap {cap:.0f} s per load run"
+    )
     print(f"load client: {client}, one process per load run, 127.0.0.1 only")
-    print(f"load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())} "
-          "(anything else running on the machine skews every figure)")
+    print(
+        f"load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())} "
+        "(anything else running on the machine skews every figure)"
+    )
 
     results: dict[tuple[str, str, int], dict[str, Any]] = {}
     ip = in_process(model, rows, 800 if args.quick else 3000)
@@ -667,16 +844,29 @@ def _run(args: argparse.Namespace, n: int, cap: float,
     def measure(who: str, port: int, path: str, pid: int, kinds: tuple[str, ...]) -> None:
         for kind in kinds:
             for c in CONCURRENCY:
-                r = load(port, bodies[kind], c, counts[(kind, c)], path, cap=cap,
-                         server_pid=pid)
+                r = load(port, bodies[kind], c, counts[(kind, c)], path, cap=cap, server_pid=pid)
                 r["rows_per_s"] = r["rps"] * rows_per[kind]
                 results[(who, kind, c)] = r
-                print(f"  {who:8s} {kind:6s} c={c:<3d} {r['rps']:8.0f} req/s  "
-                      f"p50 {r['p50_ms']:7.2f} ms", flush=True)
+                print(
+                    f"  {who:8s} {kind:6s} c={c:<3d} {r['rps']:8.0f} req/s  "
+                    f"p50 {r['p50_ms']:7.2f} ms",
+                    flush=True,
+                )
 
     port = free_port()
-    with server([sys.executable, str(Path(__file__).resolve()), "_bare", str(model), str(port)],
-                f"http://127.0.0.1:{port}/healthz", log=work / "bare.log") as proc:
+    with server(
+        [sys.executable, str(Path(__file__).resolve()), "_ceiling", str(port)],
+        f"http://127.0.0.1:{port}/healthz",
+        log=work / "ceiling.log",
+    ) as proc:
+        measure("ceiling", port, "/v1/predict", proc.pid, ("single", "batch"))
+
+    port = free_port()
+    with server(
+        [sys.executable, str(Path(__file__).resolve()), "_bare", str(model), str(port)],
+        f"http://127.0.0.1:{port}/healthz",
+        log=work / "bare.log",
+    ) as proc:
         measure("bare", port, "/v1/predict", proc.pid, ("single", "batch"))
 
     port = free_port()
@@ -684,16 +874,33 @@ def _run(args: argparse.Namespace, n: int, cap: float,
     global AUTH_HEADER
     AUTH_HEADER = f"Authorization: Bearer {predictor_key(manifest)}"
     prod = {**_SQLITE_ENV, "SHIPWAY_DEV_MODE": "", "SHIPWAY_SECRET_KEY": os.urandom(24).hex()}
-    with server([*_shipway_cli(), "serve", str(manifest), "--host", "127.0.0.1", "--port",
-                 str(port), "--log-level", "warning"], f"http://127.0.0.1:{port}/readyz",
-                env=prod, log=work / "shipway.log") as proc:
+    with server(
+        [
+            *_shipway_cli(),
+            "serve",
+            str(manifest),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
+        f"http://127.0.0.1:{port}/readyz",
+        env=prod,
+        log=work / "shipway.log",
+    ) as proc:
         measure("shipway", port, "/v1/predict", proc.pid, ("single", "batch"))
     AUTH_HEADER = ""
     logged = sqlite_count(db) - log_before
-    answered = sum(r["answered_total"] * rows_per[k]
-                   for (who, k, _c), r in results.items() if who == "shipway")
-    slack = sum(r.get("unanswered_max", 0) * rows_per[k]
-                for (who, k, _c), r in results.items() if who == "shipway")
+    answered = sum(
+        r["answered_total"] * rows_per[k] for (who, k, _c), r in results.items() if who == "shipway"
+    )
+    slack = sum(
+        r.get("unanswered_max", 0) * rows_per[k]
+        for (who, k, _c), r in results.items()
+        if who == "shipway"
+    )
 
     bento_note = _bento_version()
     if args.no_bentoml:
@@ -704,15 +911,24 @@ def _run(args: argparse.Namespace, n: int, cap: float,
     else:
         svc_dir = work / "bento"
         svc_dir.mkdir()
-        (svc_dir / "service.py").write_text(textwrap.dedent(BENTO_SERVICE.format(
-            model=str(model))))
+        (svc_dir / "service.py").write_text(textwrap.dedent(BENTO_SERVICE.format(model=str(model))))
         port = free_port()
         try:
-            with server([str(BENTO_VENV / "bin" / "bentoml"), "serve", "service:Pilot",
-                         "--host", "127.0.0.1", "--port", str(port)],
-                        f"http://127.0.0.1:{port}/readyz", cwd=svc_dir,
-                        env={"BENTOML_DO_NOT_TRACK": "true", "BENTOML_HOME": str(work / "bh")},
-                        log=work / "bentoml.log") as proc:
+            with server(
+                [
+                    str(BENTO_VENV / "bin" / "bentoml"),
+                    "serve",
+                    "service:Pilot",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                ],
+                f"http://127.0.0.1:{port}/readyz",
+                cwd=svc_dir,
+                env={"BENTOML_DO_NOT_TRACK": "true", "BENTOML_HOME": str(work / "bh")},
+                log=work / "bentoml.log",
+            ) as proc:
                 measure("bentoml", port, "/predict", proc.pid, ("single", "batch"))
         except RuntimeError as exc:
             print(f"(d) BentoML failed, its figures are left out: {exc}")
@@ -722,40 +938,65 @@ def _run(args: argparse.Namespace, n: int, cap: float,
     print(f"load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
 
 
-def _report(results: dict[tuple[str, str, int], dict[str, Any]],
-            counts: dict[tuple[str, int], int], logged: int, answered: int, slack: int,
-            db: Path, bento_note: str | None) -> None:
+def _report(
+    results: dict[tuple[str, str, int], dict[str, Any]],
+    counts: dict[tuple[str, int], int],
+    logged: int,
+    answered: int,
+    slack: int,
+    db: Path,
+    bento_note: str | None,
+) -> None:
     print()
-    print("(a) in-process = predict_proba on a NumPy array, no HTTP; (b) bare = Starlette + "
-          "orjson + the model;")
-    print("(c) shipway = shipway serve with validation and the decision log; (d) bentoml"
-          + (f" {bento_note}" if bento_note else " (skipped)"))
-    print("client/server cpu: CPU time of the load client / of the server process tree over "
-          "the measured run, in % of one core")
+    print(
+        "(a) in-process = predict_proba on a NumPy array, no HTTP; (b) bare = Starlette + "
+        "orjson + the model;"
+    )
+    print(
+        "(c) shipway = shipway serve with validation and the decision log; (d) bentoml"
+        + (f" {bento_note}" if bento_note else " (skipped)")
+    )
+    print("(e) ceiling = Starlette + orjson parsing the body and answering a constant")
+    print(
+        "client/server cpu: CPU time of the load client / of the server process tree over "
+        "the measured run, in % of one core"
+    )
     print()
-    head = (f"{'workload':14s} {'server':11s} {'conc':>4s} {'requests':>8s} {'req/s':>9s} "
-            f"{'rows/s':>9s} {'p50 ms':>8s} {'p99 ms':>8s} {'errors':>6s} {'client':>7s} "
-            f"{'server':>7s}")
+    head = (
+        f"{'workload':14s} {'server':11s} {'conc':>4s} {'requests':>8s} {'req/s':>9s} "
+        f"{'rows/s':>9s} {'p50 ms':>8s} {'p99 ms':>8s} {'errors':>6s} {'client':>7s} "
+        f"{'server':>7s}"
+    )
     print(head)
     print("-" * len(head))
     for kind in ("single", "batch"):
         label = "single row" if kind == "single" else f"batch of {BATCH}"
-        for who in ("in-process", "bare", "shipway", "bentoml"):
+        for who in ("in-process", "ceiling", "bare", "shipway", "bentoml"):
             for c in CONCURRENCY:
                 r = results.get((who, kind, c))
                 if r is None:
                     continue
                 secs = r.get("seconds")
                 cli = f"{100 * r['client_cpu_s'] / secs:6.0f}%" if secs else f"{'-':>7s}"
-                srv = (f"{100 * r['server_cpu_s'] / secs:6.0f}%"
-                       if secs and r.get("server_cpu_s") is not None else f"{'-':>7s}")
-                name = {"in-process": "(a) in-proc", "bare": "(b) bare",
-                        "shipway": "(c) shipway", "bentoml": "(d) bentoml"}[who]
+                srv = (
+                    f"{100 * r['server_cpu_s'] / secs:6.0f}%"
+                    if secs and r.get("server_cpu_s") is not None
+                    else f"{'-':>7s}"
+                )
+                name = {
+                    "in-process": "(a) in-proc",
+                    "bare": "(b) bare",
+                    "shipway": "(c) shipway",
+                    "bentoml": "(d) bentoml",
+                    "ceiling": "(e) ceiling",
+                }[who]
                 flag = " capped" if r.get("capped") else ""
-                print(f"{label:14s} {name:11s} {c if who != 'in-process' else '-':>4} "
-                      f"{r['requests']:8d} {r['rps']:9.0f} {r['rows_per_s']:9.0f} "
-                      f"{r['p50_ms']:8.3f} {r['p99_ms']:8.3f} {r['errors']:6d} {cli} {srv}"
-                      f"{flag}")
+                print(
+                    f"{label:14s} {name:11s} {c if who != 'in-process' else '-':>4} "
+                    f"{r['requests']:8d} {r['rps']:9.0f} {r['rows_per_s']:9.0f} "
+                    f"{r['p50_ms']:8.3f} {r['p99_ms']:8.3f} {r['errors']:6d} {cli} {srv}"
+                    f"{flag}"
+                )
         print()
 
     def rps(who: str, kind: str, c: int) -> float | None:
@@ -768,33 +1009,53 @@ def _report(results: dict[tuple[str, str, int], dict[str, Any]],
         for c in (16, 64):
             s, b, d = rps("shipway", kind, c), rps("bare", kind, c), rps("bentoml", kind, c)
             assert s is not None and b is not None
+            e = rps("ceiling", kind, c)
             line = f"  {label:12s} c={c:<3d} throughput shipway/bare {s / b:5.2f}"
+            if e:
+                line += f"   shipway/ceiling {s / e:5.2f}   bare/ceiling {b / e:5.2f}"
             if d:
                 line += f"   shipway/bentoml {s / d:5.2f}   bentoml/bare {d / b:5.2f}"
             print(line)
     for kind in ("single", "batch"):
+        s16 = results[("shipway", kind, 16)]
+        label = "single row" if kind == "single" else f"batch of {BATCH}"
+        print(f"  {label:12s} c=16  shipway p99/p50 {s16['p99_ms'] / s16['p50_ms']:5.2f}")
+    for kind in ("single", "batch"):
         label = "single row" if kind == "single" else f"batch of {BATCH}"
         s1, b1 = results[("shipway", kind, 1)], results[("bare", kind, 1)]
-        line = (f"  {label:12s} c=1   p50 latency overhead shipway - bare "
-                f"{s1['p50_ms'] - b1['p50_ms']:+7.3f} ms ({s1['p50_ms']:.3f} vs "
-                f"{b1['p50_ms']:.3f})")
+        a = results[("in-process", kind, 1)]
+        print(
+            f"  {label:12s} c=1   p50 latency overhead shipway - in-process model call "
+            f"{s1['p50_ms'] - a['p50_ms']:+7.3f} ms"
+        )
+        line = (
+            f"  {label:12s} c=1   p50 latency overhead shipway - bare "
+            f"{s1['p50_ms'] - b1['p50_ms']:+7.3f} ms ({s1['p50_ms']:.3f} vs "
+            f"{b1['p50_ms']:.3f})"
+        )
         d1 = results.get(("bentoml", kind, 1))
         if d1:
             line += f"; shipway - bentoml {s1['p50_ms'] - d1['p50_ms']:+.3f} ms"
         print(line)
     print()
     ok = logged >= answered and logged - answered <= slack
-    print(f"decision log ({db}): {logged} rows in table decisions after the shipway run; "
-          f"{answered} rows answered with 200 (warm-ups included)")
+    print(
+        f"decision log ({db}): {logged} rows in table decisions after the shipway run; "
+        f"{answered} rows answered with 200 (warm-ups included)"
+    )
     if slack:
-        print(f"  (wrk abandons up to {slack} rows in flight when it stops; the server still "
-              "answered and logged those)")
+        print(
+            f"  (wrk abandons up to {slack} rows in flight when it stops; the server still "
+            "answered and logged those)"
+        )
     print(f"  every answered row logged: {'yes' if ok else 'NO'}")
 
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "_bare":
         _bare_main(sys.argv[2], int(sys.argv[3]))
+    elif len(sys.argv) > 1 and sys.argv[1] == "_ceiling":
+        _ceiling_main(int(sys.argv[2]))
     elif len(sys.argv) > 1 and sys.argv[1] == "_load":
         _load_main(sys.argv[2:])
     else:
