@@ -74,7 +74,8 @@ def guard_overhead(manifest: Path, rows: list[dict[str, float]], calls: int) -> 
     service = Service.open(manifest, Settings(database_url=None, dev_mode=True))
     service.start()
     path = service.predict_path
-    guarded = path._guarded
+    chain = path.chain
+    guarded = chain._guarded
 
     async def bare(lane: Any, rows_: Any, record: Any, reasons: list[str]) -> Any:
         res = await lane.submit(Job(rows_, record))
@@ -86,7 +87,7 @@ def guard_overhead(manifest: Path, rows: list[dict[str, float]], calls: int) -> 
         lat = []
         for i in range(n):
             t0 = time.perf_counter()
-            await path.run({"inputs": rows[i % len(rows)]})
+            await path.run([rows[i % len(rows)]], True)
             lat.append(time.perf_counter() - t0)
         return lat
 
@@ -95,11 +96,11 @@ def guard_overhead(manifest: Path, rows: list[dict[str, float]], calls: int) -> 
         out: dict[str, list[float]] = {"guarded": [], "bare": []}
         rounds = 6
         for _ in range(rounds):
-            path._guarded = guarded  # type: ignore[method-assign]
+            chain._guarded = guarded  # type: ignore[method-assign]
             out["guarded"] += await run(calls // rounds)
-            path._guarded = bare  # type: ignore[method-assign]
+            chain._guarded = bare  # type: ignore[method-assign]
             out["bare"] += await run(calls // rounds)
-        path._guarded = guarded  # type: ignore[method-assign]
+        chain._guarded = guarded  # type: ignore[method-assign]
         return out
 
     try:

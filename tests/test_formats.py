@@ -292,3 +292,54 @@ def test_unknown_model_sources_are_refused(workspace: Path, tmp_path: Path) -> N
         res = run_cli("models", "add", "--model", model, "-m", str(manifest), env=NO_DB)
         assert res.returncode != 0
         assert needle in " ".join(res.stderr.split()), res.stderr
+
+
+def test_init_takes_the_model_formats_models_add_takes(pilot: Pilot, tmp_path: Path) -> None:
+    """One place decides what --model names: init registers ONNX and MLflow pilots too."""
+    pytest.importorskip("onnxruntime")
+    skl2onnx = pytest.importorskip("skl2onnx")
+    model = joblib.load(pilot.model)
+    x = pd.read_csv(pilot.data).drop(columns=["target"]).to_numpy(dtype=np.float32)
+    (tmp_path / "pilot.onnx").write_bytes(skl2onnx.to_onnx(model, x[:1]).SerializeToString())
+    _save_sklearn(model, tmp_path / "mlflow_model", "cloudpickle")
+    for source, flavor in (
+        (tmp_path / "pilot.onnx", "onnx"),
+        (tmp_path / "mlflow_model", "mlflow"),
+    ):
+        target = tmp_path / f"svc-{flavor}"
+        res = run_cli(
+            "init",
+            "--model",
+            str(source),
+            "--data",
+            str(pilot.data),
+            "--target",
+            "target",
+            "--name",
+            flavor,
+            "--dir",
+            str(target),
+            env=NO_DB,
+        )
+        assert res.returncode == 0, res.stderr
+        reg, store = _versions(target / "shipway.yaml")
+        try:
+            mv = reg.get(flavor, 1)
+            assert mv.flavor == flavor and mv.artifact_sha256 is not None
+            assert mv.metrics["holdout"]["accuracy"] > 0.95
+            assert load_manifest(target / "shipway.yaml").output.labels == [0, 1]
+        finally:
+            store.close()
+    missing = run_cli(
+        "init",
+        "--model",
+        str(tmp_path / "nope.onnx"),
+        "--data",
+        str(pilot.data),
+        "--target",
+        "target",
+        "--dir",
+        str(tmp_path / "x"),
+        env=NO_DB,
+    )
+    assert missing.returncode == 1 and "nope.onnx does not exist" in missing.stderr

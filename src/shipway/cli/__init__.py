@@ -77,8 +77,9 @@ def init(
         typer.Option(
             "--model",
             help=(
-                "Pilot model: a joblib file (scikit-learn), python:module:function, or the "
-                "http(s):// URL of a model endpoint (see --endpoint)."
+                "Pilot model: a joblib file (scikit-learn), an .onnx file, an MLflow model "
+                "folder or models:/ URI, python:module:function, or the http(s):// URL of a "
+                "model endpoint (see --endpoint)."
             ),
         ),
     ],

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import shutil
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,13 +30,8 @@ from shipway.manifest import (
     dump_manifest,
 )
 from shipway.models import Registry, SklearnPredictor
-from shipway.models.predictor import (
-    FunctionPredictor,
-    Predictor,
-    import_callable,
-    load_sklearn_bytes,
-)
-from shipway.models.registry import model_params, sklearn_uri
+from shipway.models.registry import model_params
+from shipway.models.sources import detect, open_predictor
 from shipway.settings import Settings
 from shipway.store.artifacts import sha256_file
 
@@ -120,7 +117,47 @@ def init_service(
     endpoint: EndpointSpec | None = None,
     authorize: Callable[[Any], str] | None = None,
 ) -> InitResult:
-    """Infer the contract, score the pilot on a holdout, register version 1, write the manifest."""
+    """Infer the contract, score the pilot on a holdout, register version 1, write the manifest.
+
+    ``model`` is any source ``models/sources.py`` knows (the same as ``shipway models add``).
+    """
+    scratch = Path(tempfile.mkdtemp(prefix="shipway-init-"))
+    try:
+        return _init_service(
+            scratch=scratch,
+            model=model,
+            data=data,
+            target=target,
+            name=name,
+            directory=directory,
+            settings=settings,
+            holdout_fraction=holdout_fraction,
+            range_margin=range_margin,
+            actor=actor,
+            force=force,
+            endpoint=endpoint,
+            authorize=authorize,
+        )
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _init_service(
+    *,
+    scratch: Path,
+    model: str,
+    data: str | Path,
+    target: str,
+    name: str | None = None,
+    directory: str | Path = ".",
+    settings: Settings | None = None,
+    holdout_fraction: float = 0.2,
+    range_margin: float = 0.1,
+    actor: str = "unknown",
+    force: bool = False,
+    endpoint: EndpointSpec | None = None,
+    authorize: Callable[[Any], str] | None = None,
+) -> InitResult:
     from shipway.store.location import Location, open_service_store
 
     settings = settings or Settings()
@@ -150,23 +187,9 @@ def init_service(
     numeric = all(f.type in ("int", "float", "bool") for f in contract_spec.inputs)
 
     # -- load the pilot -----------------------------------------------------------------------
-    model_file: Path | None = None
-    if model.startswith("python:"):
-        predictor: Predictor = FunctionPredictor(import_callable(model), names)
-        params: dict[str, Any] = {}
-        flavor = "python"
-    elif model.startswith(("http://", "https://")):
-        from shipway.models.endpoints import endpoint_predictor
-
-        predictor = endpoint_predictor(model, endpoint, names, timeout_s=30.0)
-        flavor, params = "http", {}
-    else:
-        model_file = Path(model)
-        if not model_file.exists():
-            raise InputError(f"model file {model_file} does not exist")
-        obj = load_sklearn_bytes(model_file.read_bytes())
-        predictor = SklearnPredictor(obj, names, numeric)
-        flavor, params = "sklearn", model_params(obj)
+    source = detect(model)
+    predictor, obj = open_predictor(source, names, None, numeric, scratch, endpoint=endpoint)
+    params: dict[str, Any] = model_params(obj) if obj is not None else {}
 
     all_rows = _rows(features)
     if isinstance(predictor, SklearnPredictor):
@@ -244,7 +267,7 @@ def init_service(
         contract=contract_spec,
         output=output,
         quality=QualitySpec(holdout_fraction=holdout_fraction, metrics=thresholds_from(metrics)),
-        endpoint=endpoint if flavor == "http" else None,
+        endpoint=endpoint if source.kind == "http" else None,
     )
     location = Location.of(manifest, manifest_path.resolve(), settings)
     store = open_service_store(location, manifest)
@@ -257,11 +280,7 @@ def init_service(
                 f"the store at {location.database_url.split('@')[-1]} already has service "
                 f"{svc_name!r}; choose another --name or pass --force to add a new version"
             )
-        artifact = None
-        uri = model
-        if model_file is not None:
-            artifact = registry.store_artifact(model_file, "model")
-            uri = sklearn_uri(artifact)
+        flavor, uri, artifact, _obj = registry.stage(model, scratch)
         ref_digest = registry.store_artifact_bytes(buf.getvalue(), "reference")
         mv = registry.add(
             svc_name,
@@ -269,7 +288,7 @@ def init_service(
             flavor=flavor,
             contract=contract_spec,
             artifact_sha256=artifact,
-            source=str(Path(model).resolve()) if model_file else model,
+            source=str(source.path.resolve()) if source.path is not None else model,
             data_sha256=sha256_file(data_path),
             reference_sha256=ref_digest,
             params=params,

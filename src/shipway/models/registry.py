@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import func, insert, select
 from sqlalchemy.exc import IntegrityError
 
-from shipway.errors import InputError, ModelError, NotFound
+from shipway.errors import ModelError, NotFound
 from shipway.govern import audit
 from shipway.manifest import ContractSpec, EndpointSpec
 from shipway.models.predictor import (
@@ -26,6 +26,7 @@ from shipway.models.predictor import (
     import_callable,
     load_sklearn_bytes,
 )
+from shipway.models.sources import detect
 from shipway.store import Store
 from shipway.store.tables import artifacts, model_versions
 
@@ -196,32 +197,25 @@ class Registry:
         ``model`` is a joblib file (scikit-learn), an ``.onnx`` file, an MLflow model folder or
         ``models:/`` / ``runs:/`` URI, or ``python:module:function``.
         """
-        if model.startswith("python:"):
+        source = detect(model)
+        if source.kind == "python":
             import_callable(model)
             return "python", model, None, None
-        if model.startswith(("http://", "https://")):
+        if source.kind == "http":
             return "http", model, None, None
-        if model.startswith(("models:/", "runs:/")):
+        if source.kind == "mlflow":
             from shipway.models.formats import fetch_mlflow_uri, pack_directory
 
-            folder = fetch_mlflow_uri(model, scratch / "mlflow")
+            folder = fetch_mlflow_uri(model, scratch / "mlflow") if source.remote else source.path
+            assert folder is not None
             digest = self.store_artifact_bytes(pack_directory(folder), "mlflow")
             return "mlflow", f"mlflow:sha256:{digest}", digest, None
-        path = Path(model)
-        if not path.exists():
-            raise InputError(f"model {model} does not exist")
-        if path.is_dir():
-            if not (path / "MLmodel").exists():
-                raise InputError(f"{model} is a folder without an MLmodel file")
-            from shipway.models.formats import pack_directory
-
-            digest = self.store_artifact_bytes(pack_directory(path), "mlflow")
-            return "mlflow", f"mlflow:sha256:{digest}", digest, None
-        if path.suffix.lower() == ".onnx":
-            digest = self.store_artifact(path, "onnx")
+        assert source.path is not None
+        if source.kind == "onnx":
+            digest = self.store_artifact(source.path, "onnx")
             return "onnx", f"onnx:sha256:{digest}", digest, None
-        obj = load_sklearn_bytes(path.read_bytes())
-        digest = self.store_artifact(path, "model")
+        obj = load_sklearn_bytes(source.path.read_bytes())
+        digest = self.store_artifact(source.path, "model")
         return "sklearn", sklearn_uri(digest), digest, obj
 
     def load(
