@@ -194,8 +194,4 @@ class Expression:
         raise self._refuse(node, type(node).__name__.lower())
 
 
-def compile_expression(source: str) -> Expression:
-    return Expression(source)
-
-
-__all__ = ["Expression", "ExpressionError", "compile_expression"]
+__all__ = ["Expression", "ExpressionError"]

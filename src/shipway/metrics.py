@@ -110,11 +110,6 @@ class ServiceMetrics:
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
             registry=r,
         )
-        self.log_commits = Counter(
-            "shipway_decision_log_commits",
-            "Group commits of the decision log.",
-            registry=r,
-        )
         self.model_loaded = Gauge(
             "shipway_model_loaded",
             "1 when the champion model is loaded.",

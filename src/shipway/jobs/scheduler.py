@@ -88,10 +88,6 @@ class Scheduler:
         self._state[task.name] = _State()
         self._locks[task.name] = threading.Lock()
 
-    @property
-    def tasks(self) -> list[str]:
-        return list(self._tasks)
-
     # -- running -----------------------------------------------------------------------
 
     def start(self) -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import importlib
 import io
-import math
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -194,10 +193,6 @@ def load_sklearn_bytes(data: bytes) -> Any:
         raise ModelError(
             f"the model file does not load with joblib ({type(exc).__name__}: {exc})"
         ) from None
-
-
-def is_finite_number(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
 
 __all__ = [

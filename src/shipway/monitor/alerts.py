@@ -131,14 +131,9 @@ class AlertBook:
                     self._save(conn, rule.name, consecutive, firing, since, st is None)
         return out
 
-    def raise_event(self, rule: str, detail: dict[str, Any]) -> None:
-        """A one-off alert raised by another part (a review SLA breach): recorded, notified."""
-        with self.engine.begin() as conn:
-            self.raise_in(conn, rule, detail)
-        log.warning("alert %s: %s", rule, detail.get("summary", ""))
-
     def raise_in(self, conn: Connection, rule: str, detail: dict[str, Any]) -> None:
-        """:meth:`raise_event` in the caller's transaction."""
+        """A one-off alert raised by another part (a review SLA breach), recorded and notified in
+        the caller's transaction."""
         payload = {
             "service": self.service,
             "rule": rule,
@@ -147,6 +142,7 @@ class AlertBook:
             **detail,
         }
         self._record(conn, rule, "firing", {**payload, "actions": [self._notify(conn, payload)]})
+        log.warning("alert %s: %s", rule, detail.get("summary", ""))
 
     def _act(self, rule: Any) -> list[dict[str, Any]]:
         """Every action but notify (which is queued with the firing's own transaction)."""
