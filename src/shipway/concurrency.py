@@ -1,13 +1,18 @@
 """One background thread that serves many callers in batches.
 
-Callers on the event loop ``await worker.submit(item)``; the thread takes everything queued so
-far (up to ``max_items``), handles it in one call, and wakes all those callers with a single
-hop back to their loop. Under load batches grow by themselves; when idle a lone item goes
-through at once. With ``max_wait_s`` the thread also waits up to that long for more items, but
-only while requests arrive together and only until the batch is as large as the previous one
-(as many callers as were waiting last time are likely on their way back), so a lone request
-never waits and a full batch never idles. The decision log (group commit) and the model
-runner both use it.
+Callers on the event loop ``await worker.submit(item)``. Items are gathered on the loop's side
+and handed to the thread as one batch: the thread wakes once per batch (not once per item),
+handles it in one call, and wakes all its callers with a single hop back to their loop. That
+matters more than it seems: every wake-up of a thread that needs the GIL while the event loop
+holds it is a context switch and a wait, so handing over a batch at a time keeps the two
+threads from trading the GIL on every request.
+
+When is a batch handed over? At once when it holds as many items as the previous batch (as many
+callers as were waiting last time are likely on their way back) or ``max_items`` of weight; a
+lone item goes at the end of the current turn of the event loop (so callers that arrived in the
+same turn join it); with ``max_wait_s`` a batch smaller than the previous one also waits up to
+that long for the rest. If the thread is busy, batches queue up and the thread takes as many as
+fit in one call. The decision log (group commit) and the model runner both use it.
 """
 
 from __future__ import annotations
@@ -16,7 +21,6 @@ import asyncio
 import contextlib
 import queue
 import threading
-import time
 from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar
 
@@ -24,6 +28,8 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 _STOP = object()
+#: One waiting caller: the item, its future (or a thread's (event, box)), and its loop.
+_Entry = tuple[Any, Any, Any]
 
 
 def _settle(pairs: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
@@ -62,6 +68,10 @@ class BatchWorker(Generic[T, R]):
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._started = False
         self._stopped = False
+        # the batch being gathered on the event loop's side (touched by that loop only)
+        self._pending: list[_Entry] = []
+        self._pending_weight = 0
+        self._flush_handle: asyncio.Handle | asyncio.TimerHandle | None = None
         self.batches = 0
         self.items = 0
 
@@ -76,29 +86,57 @@ class BatchWorker(Generic[T, R]):
         if self._stopped:
             fut.set_exception(RuntimeError("worker is stopped"))
             return fut
-        self._q.put((item, fut, loop))
+        w = self._weight(item) if self._weight else 1
+        pending = self._pending
+        if pending and (self._pending_weight + w > self._max or pending[0][2] is not loop):
+            self._flush()
+            pending = self._pending
+        pending.append((item, fut, loop))
+        self._pending_weight += w
+        if self._pending_weight >= self._max or len(pending) >= self._last_size:
+            self._flush()
+        elif self._flush_handle is None:
+            if self._max_wait > 0 and self._last_size > 1:
+                self._flush_handle = loop.call_later(self._max_wait, self._flush)
+            else:
+                self._flush_handle = loop.call_soon(self._flush)
         return fut
+
+    def _flush(self) -> None:
+        """Hand the gathered batch to the thread (on the loop that gathered it)."""
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        batch, self._pending, self._pending_weight = self._pending, [], 0
+        if batch:
+            self._q.put(batch)
 
     def call(self, item: T) -> R:
         """Handle one item synchronously from a thread that has no event loop."""
         done = threading.Event()
         box: list[Any] = []
-        self._q.put((item, (done, box), None))
+        self._q.put([(item, (done, box), None)])
         done.wait()
         if isinstance(box[0], BaseException):
             raise box[0]
-        return box[0]
+        result: R = box[0]
+        return result
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Finish everything queued, then end the thread."""
+        """Finish everything queued or gathered, then end the thread."""
         if not self._started or self._stopped:
             self._stopped = True
             return
         self._stopped = True
+        self._flush()
         self._q.put(_STOP)
         self._thread.join(timeout)
 
     # -- the thread ----------------------------------------------------------------------
+
+    def _weight_of(self, batch: list[_Entry]) -> int:
+        w = self._weight
+        return sum(w(e[0]) for e in batch) if w else len(batch)
 
     def _run(self) -> None:
         pending: Any = None
@@ -107,52 +145,40 @@ class BatchWorker(Generic[T, R]):
             pending = None
             if first is _STOP:
                 return
-            batch = [first]
-            used = self._weight(first[0]) if self._weight else 1
+            batch: list[_Entry] = list(first)
+            used = self._weight_of(batch)
             stop_after = False
-            deadline = None
-            if self._max_wait > 0 and self._last_size > 1:
-                deadline = time.monotonic() + self._max_wait
-            while used < self._max:
+            while used < self._max:  # batches that queued up while the thread was busy
                 try:
                     nxt = self._q.get_nowait()
                 except queue.Empty:
-                    # wait only to reach the size of the previous batch: as many callers as
-                    # were waiting last time are likely on their way back
-                    if deadline is None or len(batch) >= self._last_size:
-                        break
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        break
-                    try:
-                        nxt = self._q.get(timeout=remaining)
-                    except queue.Empty:
-                        break
+                    break
                 if nxt is _STOP:
                     stop_after = True
                     break
-                w = self._weight(nxt[0]) if self._weight else 1
+                w = self._weight_of(nxt)
                 if used + w > self._max:
                     pending = nxt
                     break
-                batch.append(nxt)
+                batch.extend(nxt)
                 used += w
             self._last_size = len(batch)
             self._process(batch)
             if stop_after:
-                # drain whatever raced in behind the stop marker
-                rest = []
+                # whatever raced in behind the stop marker is still answered
+                rest: list[_Entry] = []
                 while True:
                     try:
-                        rest.append(self._q.get_nowait())
+                        nxt = self._q.get_nowait()
                     except queue.Empty:
                         break
-                rest = [r for r in rest if r is not _STOP]
+                    if nxt is not _STOP:
+                        rest.extend(nxt)
                 if rest:
                     self._process(rest)
                 return
 
-    def _process(self, batch: list[Any]) -> None:
+    def _process(self, batch: list[_Entry]) -> None:
         items = [b[0] for b in batch]
         self.batches += 1
         self.items += len(items)

@@ -1,8 +1,19 @@
-"""Prometheus metrics, one registry per service (never the process-global one)."""
+"""Prometheus metrics, one registry per service (never the process-global one).
+
+The three figures every request moves (requests by route and status, their latency, decisions
+by route and version) are kept as plain numbers on the event loop's thread and turned into
+Prometheus families when ``/metrics`` is read (:class:`_RequestFigures`): the request path
+then costs a dictionary update instead of a lock and a label lookup per figure.
+"""
 
 from __future__ import annotations
 
+from bisect import bisect_left
+from collections.abc import Iterator
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 
 LATENCY_BUCKETS = (
     0.0005,
@@ -22,30 +33,60 @@ LATENCY_BUCKETS = (
 )
 
 
+class _RequestFigures:
+    """Requests, their latency and decisions, counted without locks by the one thread that
+    answers requests (the event loop), exposed as Prometheus families at scrape time."""
+
+    def __init__(self) -> None:
+        self.requests: dict[tuple[str, int], int] = {}
+        self.latency: dict[str, list[float]] = {}  # per route: one count per bucket, then sum
+        self.decisions: dict[tuple[str, str], int] = {}
+
+    def collect(self) -> Iterator[Any]:
+        req = CounterMetricFamily(
+            "shipway_http_requests",
+            "HTTP requests by route and status.",
+            labels=["route", "status"],
+        )
+        for (route, status), n in list(self.requests.items()):
+            req.add_metric([route, str(status)], n)
+        yield req
+        lat = HistogramMetricFamily(
+            "shipway_http_request_duration_seconds",
+            "HTTP request latency by route.",
+            labels=["route"],
+        )
+        for route, counts in list(self.latency.items()):
+            cumulative, buckets = 0.0, []
+            for bound, in_bucket in zip((*LATENCY_BUCKETS, float("inf")), counts, strict=False):
+                cumulative += in_bucket
+                buckets.append((_bound(bound), cumulative))
+            lat.add_metric([route], buckets, sum_value=counts[-1])
+        yield lat
+        dec = CounterMetricFamily(
+            "shipway_decisions",
+            "Answered rows by decision route and model version.",
+            labels=["route", "model_version"],
+        )
+        for (route, version), n in list(self.decisions.items()):
+            dec.add_metric([route, version], n)
+        yield dec
+
+    def describe(self) -> Iterator[Any]:
+        return iter(())
+
+
+def _bound(b: float) -> str:
+    return "+Inf" if b == float("inf") else repr(b)
+
+
 class ServiceMetrics:
     def __init__(self, service: str) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.service = service
-        self.http_requests = Counter(
-            "shipway_http_requests",
-            "HTTP requests by route and status.",
-            ["route", "status"],
-            registry=r,
-        )
-        self.http_latency = Histogram(
-            "shipway_http_request_duration_seconds",
-            "HTTP request latency by route.",
-            ["route"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.decisions = Counter(
-            "shipway_decisions",
-            "Answered rows by decision route and model version.",
-            ["route", "model_version"],
-            registry=r,
-        )
+        self._figures = _RequestFigures()
+        r.register(self._figures)
         self.contract_violations = Counter(
             "shipway_contract_violations",
             "Contract violations by field and rule.",
@@ -187,19 +228,21 @@ class ServiceMetrics:
             ["task"],
             registry=r,
         )
-        self._http_children: dict[tuple[str, int], Counter] = {}
-        self._lat_children: dict[str, Histogram] = {}
 
     def observe_http(self, route: str, status: int, seconds: float) -> None:
+        f = self._figures
         key = (route, status)
-        c = self._http_children.get(key)
-        if c is None:
-            c = self._http_children[key] = self.http_requests.labels(route, str(status))
-        c.inc()
-        h = self._lat_children.get(route)
-        if h is None:
-            h = self._lat_children[route] = self.http_latency.labels(route)
-        h.observe(seconds)
+        f.requests[key] = f.requests.get(key, 0) + 1
+        counts = f.latency.get(route)
+        if counts is None:
+            counts = f.latency[route] = [0.0] * (len(LATENCY_BUCKETS) + 2)
+        counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        counts[-1] += seconds
+
+    def count_decisions(self, route: str, version: int | None, n: int) -> None:
+        d = self._figures.decisions
+        key = (route, str(version))
+        d[key] = d.get(key, 0) + n
 
     def violations_by_field(self) -> dict[str, float]:
         """Contract violations counted by this process, as ``field:rule`` → count."""

@@ -247,6 +247,50 @@ class TableResult:
         return self.bad.num_rows
 
 
+def _fast_check(rules: list[_FieldRule]) -> Any:
+    """A function ``ok(values) -> bool`` that says whether one row passes every rule.
+
+    It is the request path's common case (a single valid row) written out field by field, so
+    a 30-field row costs one straight-line function instead of 30 method calls; any ``False``
+    sends the row through the detailed checks, which name each violation. The source is built
+    from the contract alone: field positions, numeric bounds written with ``repr`` of floats,
+    and sets of declared values passed in by name, nothing taken from a request.
+    """
+    lines = ["def ok(v):"]
+    env: dict[str, Any] = {"isfinite": math.isfinite}
+    for i, r in enumerate(rules):
+        x = f"v[{i}]"
+        test: list[str] = []
+        if r.type == "float":
+            test.append(f"(type({x}) is float or type({x}) is int)")
+        elif r.type == "int":
+            test.append(f"type({x}) is int")
+        elif r.type == "bool":
+            test.append(f"type({x}) is bool")
+        elif r.type == "string":
+            test.append(f"type({x}) is str")
+        if r.numeric:
+            if r.lo is not None:
+                test.append(f"{float(r.lo)!r} <= {x}")
+            if r.hi is not None:
+                test.append(f"{x} <= {float(r.hi)!r}")
+            if r.type == "float" and (r.lo is None or r.hi is None):
+                test.append(f"isfinite({x})")
+        if r.allowed is not None:
+            env[f"allowed{i}"] = r.allowed
+            env[f"types{i}"] = r._allowed_types
+            test.append(f"type({x}) in types{i} and {x} in allowed{i}")
+        if not test:
+            continue
+        cond = " and ".join(test)
+        if r.nullable:
+            cond = f"{x} is None or ({cond})"
+        lines.append(f"    if not ({cond}): return False")
+    lines.append("    return True")
+    exec("\n".join(lines), env)
+    return env["ok"]
+
+
 class Contract:
     """A compiled :class:`ContractSpec`."""
 
@@ -259,6 +303,7 @@ class Contract:
         self._getter = itemgetter(*self.names)
         self._single = len(self.names) == 1
         self.reject_unknown = spec.unknown_fields == "reject"
+        self._row_ok = _fast_check(self.rules)
 
     # -- records -----------------------------------------------------------------------------
 
@@ -309,6 +354,14 @@ class Contract:
         )
 
     def validate_records(self, records: list[Any]) -> RecordsResult:
+        if len(records) == 1:
+            rec = records[0]
+            if type(rec) is dict and rec.keys() == self.keyset:
+                vals = self._getter(rec)
+                if self._single:
+                    vals = (vals,)
+                if self._row_ok(vals):
+                    return RecordsResult(values=[vals], good=[0])
         violations: list[Violation] = []
         rows: list[tuple[Any, ...]] = []
         idx: list[int] = []

@@ -29,6 +29,8 @@ from shipway.store.tables import api_keys
 
 #: How often an unknown key id may trigger a look at the store (seconds).
 MISS_CHECK_S = 0.1
+#: Verified credentials remembered at most (only valid keys are remembered).
+MAX_VERIFIED = 10_000
 _KEY = re.compile(r"^sw_([0-9a-f]{12})_([A-Za-z0-9_-]{20,})$")
 
 
@@ -184,6 +186,10 @@ class KeyRing:
         self._lock = threading.Lock()
         self.loaded_at_seq = -1
         self._last_miss_check = 0.0
+        # Credentials already checked against their digest: the exact token string maps to its
+        # principal and expiry, so a known key costs one dict lookup per request. Emptied
+        # whenever the ring changes (reload, forget), so a revocation is never outlived.
+        self._verified: dict[str, tuple[Principal, float | None]] = {}
 
     def reload(self) -> None:
         with self.engine.connect() as conn:
@@ -200,6 +206,7 @@ class KeyRing:
         }
         with self._lock:
             self._by_id = table
+            self._verified = {}
 
     def refresh_if_changed(self) -> bool:
         seq, _h = audit.head(self.engine)
@@ -211,6 +218,11 @@ class KeyRing:
 
     def check(self, token: str) -> Principal | None:
         """The key's principal, or None when it is unknown, wrong, expired or revoked."""
+        hit = self._verified.get(token)
+        if hit is not None:
+            principal, expires_at = hit
+            if expires_at is None or expires_at > time.time():
+                return principal
         m = _KEY.match(token)
         if m is None:
             return None
@@ -231,12 +243,17 @@ class KeyRing:
             return None
         if revoked or (expires_at is not None and expires_at <= time.time()):
             return None
-        return Principal(name, frozenset({role}), kind="key", key_id=m.group(1))
+        principal = Principal(name, frozenset({role}), kind="key", key_id=m.group(1))
+        verified = self._verified
+        if len(verified) < MAX_VERIFIED:
+            verified[token] = (principal, expires_at)
+        return principal
 
     def forget(self, key_id: str) -> None:
         """Drop a key at once (this server revoked it; others learn it on their next poll)."""
         with self._lock:
             self._by_id.pop(key_id, None)
+            self._verified = {}
 
 
 __all__ = ["KeyInfo", "KeyRing", "Keys"]

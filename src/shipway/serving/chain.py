@@ -12,6 +12,8 @@ When every step fails the chain raises :class:`ModelUnavailable` with the reason
 from __future__ import annotations
 
 import asyncio
+import heapq
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -40,6 +42,51 @@ _perf = time.perf_counter
 
 def _same(d: dict[str, Any]) -> dict[str, Any]:
     return d
+
+
+class Deadlines:
+    """Timeouts of jobs handed to runner threads, all behind one timer.
+
+    A job whose deadline passes is abandoned unless its runner already took it (its answer is
+    then being recorded and stands), and its caller gets :class:`ModelTimeout`. One heap and
+    one armed timer serve every job, instead of a timer handle per attempt; finished jobs leave
+    the heap as it is cleaned from the oldest end.
+    """
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, asyncio.Future[Any], Job, float]] = []
+        self._seq = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._at = math.inf
+
+    def add(
+        self, loop: asyncio.AbstractEventLoop, fut: asyncio.Future[Any], job: Job, timeout: float
+    ) -> None:
+        heap = self._heap
+        while heap and heap[0][2].done():
+            heapq.heappop(heap)
+        when = loop.time() + timeout
+        self._seq += 1
+        heapq.heappush(heap, (when, self._seq, fut, job, timeout))
+        if when < self._at:
+            self._arm(loop, when)
+
+    def _arm(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._at = when
+        self._timer = loop.call_at(when, self._fire, loop)
+
+    def _fire(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._timer, self._at = None, math.inf
+        heap = self._heap
+        now = loop.time()
+        while heap and (heap[0][0] <= now or heap[0][2].done()):
+            _when, _seq, fut, job, timeout = heapq.heappop(heap)
+            if not fut.done() and job.abandon():
+                fut.set_exception(ModelTimeout(f"no answer within {timeout * 1000:.0f} ms"))
+        if heap:
+            self._arm(loop, heap[0][0])
 
 
 def _retrieve(fut: Any) -> None:
@@ -96,6 +143,7 @@ class GuardChain:
         self.cache = AnswerCache(cache.max_entries) if wants_cache else None
         self.redact: Redact = redact or _same
         self.stop = stop or StopSpec()
+        self.deadlines = Deadlines()
 
     # -- decisions ---------------------------------------------------------------------------
 
@@ -187,6 +235,18 @@ class GuardChain:
     async def _call(self, lane: Lane, job: Job, timeout: float) -> Predictions:
         """One attempt: the lane scores the job within ``timeout`` or the job is abandoned."""
         fut = lane.submit(job)
+        if not isinstance(fut, asyncio.Task):
+            # A runner thread's future: its deadline joins the others behind one timer.
+            self.deadlines.add(asyncio.get_running_loop(), fut, job, timeout)
+            try:
+                res = await fut
+            except ShipwayError:
+                raise
+            except Exception as exc:
+                raise ModelError(f"{type(exc).__name__}: {exc}") from None
+            if isinstance(res, Exception):
+                raise res
+            return res
         try:
             res = await asyncio.wait_for(asyncio.shield(fut), timeout)
         except TimeoutError:

@@ -57,7 +57,6 @@ class PredictPath:
         self.metrics = metrics
         self.partial = contract.spec.on_bad_rows == "partial"
         self._violation_children: dict[tuple[str, str], Any] = {}
-        self._decision_children: dict[tuple[str, str], Any] = {}
 
     def _count_violations(self, fields: list[dict[str, Any]], bad_rows: int) -> None:
         self.metrics.rejected_rows.inc(bad_rows)
@@ -67,13 +66,6 @@ class PredictPath:
             if c is None:
                 c = self._violation_children[key] = self.metrics.contract_violations.labels(*key)
             c.inc()
-
-    def _count_decisions(self, route: str, version: int | None, n: int) -> None:
-        key = (route, str(version))
-        c = self._decision_children.get(key)
-        if c is None:
-            c = self._decision_children[key] = self.metrics.decisions.labels(*key)
-        c.inc(n)
 
     async def run(
         self,
@@ -128,6 +120,7 @@ class PredictPath:
             raise ModelError(f"model call failed: {type(failure).__name__}: {failure}")
 
         good = checked.good
+        count = self.metrics.count_decisions
         out: list[dict[str, Any]] = [{} for _ in range(n)]
         for ans in results:
             version = ans.version
@@ -141,12 +134,13 @@ class PredictPath:
                     "route": name,
                     "row": good[k],
                 }
-            self._count_decisions(name, version, len(ans.rows))
+            count(name, version, len(ans.rows))
         if router.stopped is not None:
             if chain.stop.behavior == "review":
                 await self.review.hold_all(out)
         else:
-            await self.review.route(out, values)
+            if self.review.policies is not None:
+                await self.review.route(out, values)
             if router.shadows:
                 self.shadows.start(router.shadows, ids, values)
         if single:
