@@ -60,12 +60,14 @@ _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 # -- (b) the bare endpoint, run as its own process ---------------------------------------------
 
 
-def _bare_main(model_path: str, port: int) -> None:
+def _bare_main(model_path: str, port: int, frame: bool = False) -> None:
+    """(b); ``frame``: the model takes a DataFrame (a ColumnTransformer pilot)."""
     import warnings
 
     import joblib
     import numpy as np
     import orjson
+    import pandas as pd
     import uvicorn
     from starlette.applications import Starlette
     from starlette.requests import Request
@@ -84,6 +86,11 @@ def _bare_main(model_path: str, port: int) -> None:
 
     async def predict(request: Request) -> Response:
         inputs = orjson.loads(await request.body())["inputs"]
+        if frame:
+            rows = [inputs] if isinstance(inputs, dict) else inputs
+            out = answer(pd.DataFrame.from_records(rows, columns=names))
+            body = out[0] if isinstance(inputs, dict) else {"decisions": out}
+            return Response(orjson.dumps(body), media_type="application/json")
         if isinstance(inputs, dict):
             x = np.array([[inputs[n] for n in names]], dtype=np.float64)
             return Response(orjson.dumps(answer(x)[0]), media_type="application/json")
@@ -464,6 +471,55 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def build_columns_pilot(workdir: Path) -> tuple[Path, Path, list[dict[str, Any]]]:
+    """A held-out-style pilot: 5,000 generated customers with numbers and categories, a
+    ColumnTransformer (scaling, one-hot) and a logistic regression, fed as a DataFrame."""
+    import joblib
+    import numpy as np
+    import pandas as pd
+    from sklearn.compose import ColumnTransformer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    rng = np.random.default_rng(7)
+    n = 5000
+    x = pd.DataFrame(
+        {
+            "tenure": rng.integers(0, 72, n),
+            "monthly_charges": np.round(rng.normal(65, 30, n).clip(18, 120), 2),
+            "total_charges": np.round(rng.gamma(2.0, 1100, n), 2),
+            "contract": rng.choice(["month", "one_year", "two_year"], n, p=[0.55, 0.25, 0.2]),
+            "payment": rng.choice(["card", "bank", "check", "electronic"], n),
+            "internet": rng.choice(["dsl", "fiber", "none"], n),
+            "region": rng.choice(["north", "south", "east", "west"], n),
+        }
+    )
+    logit = (
+        -1.2
+        - 0.04 * x["tenure"]
+        + 0.02 * x["monthly_charges"]
+        + (x["contract"] == "month") * 1.4
+        + (x["internet"] == "fiber") * 0.6
+    )
+    y = np.where(rng.random(n) < 1 / (1 + np.exp(-logit)), "yes", "no")
+    num = ["tenure", "monthly_charges", "total_charges"]
+    cat = ["contract", "payment", "internet", "region"]
+    model = make_pipeline(
+        ColumnTransformer(
+            [("num", StandardScaler(), num), ("cat", OneHotEncoder(handle_unknown="ignore"), cat)]
+        ),
+        LogisticRegression(max_iter=2000),
+    ).fit(x, y)
+    joblib.dump(model, workdir / "pilot.joblib")
+    x.assign(churn=y).to_csv(workdir / "data.csv", index=False)
+    rows = [
+        {k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()}
+        for r in x.to_dict("records")
+    ]
+    return workdir / "pilot.joblib", workdir / "data.csv", rows
+
+
 def build_pilot(workdir: Path) -> tuple[Path, Path, list[dict[str, float]]]:
     """Train the pilot; write pilot.joblib and data.csv; return them and the feature rows."""
     import joblib
@@ -515,7 +571,7 @@ AUTH_HEADER = ""
 """The workspace's own SQLite store, whatever the caller's environment points at."""
 
 
-def init_shipway(workdir: Path, model: Path, data: Path) -> Path:
+def init_shipway(workdir: Path, model: Path, data: Path, target: str = "target") -> Path:
     """``shipway init`` the pilot into workdir/svc with the CLI; return the manifest path."""
     svc = workdir / "svc"
     subprocess.run(
@@ -527,7 +583,7 @@ def init_shipway(workdir: Path, model: Path, data: Path) -> Path:
             "--data",
             str(data),
             "--target",
-            "target",
+            target,
             "--name",
             "bench",
             "--dir",
@@ -666,20 +722,25 @@ def fmt(r: dict[str, Any]) -> str:
 
 
 def in_process(
-    model_path: Path, rows: list[dict[str, float]], calls: int
+    model_path: Path, rows: list[dict[str, Any]], calls: int, frame: bool = False
 ) -> dict[str, dict[str, float]]:
-    """(a) predict_proba on a NumPy array in this process: one row, and BATCH rows."""
+    """(a) predict_proba in this process on a NumPy array (a DataFrame for the columns pilot):
+    one row, and BATCH rows."""
     import warnings
 
     import joblib
     import numpy as np
+    import pandas as pd
 
     warnings.filterwarnings("ignore", message="X does not have valid feature names")
     model = joblib.load(model_path)
     names = [str(n) for n in model.feature_names_in_]
     out = {}
     for kind, sample, n in (("single", rows[:1], calls), ("batch", rows[:BATCH], calls // 4)):
-        x = np.array([[r[k] for k in names] for r in sample], dtype=np.float64)
+        if frame:
+            x = pd.DataFrame.from_records(sample, columns=names)
+        else:
+            x = np.array([[r[k] for k in names] for r in sample], dtype=np.float64)
         for _ in range(100):
             model.predict_proba(x)
         lat = []
@@ -777,6 +838,13 @@ def main() -> None:
         help="Time cap per load run in seconds (default 60, --quick 20).",
     )
     ap.add_argument("--no-bentoml", action="store_true", help="Skip BentoML even if present.")
+    ap.add_argument(
+        "--pilot",
+        choices=("cancer", "columns"),
+        default="cancer",
+        help="cancer: 30 numbers, StandardScaler + LogisticRegression (NumPy input); columns: "
+        "numbers and categories through a ColumnTransformer (DataFrame input).",
+    )
     ap.add_argument("--keep", action="store_true", help="Keep the temporary workspace.")
     args = ap.parse_args()
     n = 800 if args.quick else args.requests
@@ -812,8 +880,13 @@ def _run(
 ) -> None:
     import platform
 
-    model, data, rows = build_pilot(work)
-    manifest = init_shipway(work, model, data)
+    frame = args.pilot == "columns"
+    if frame:
+        model, data, rows = build_columns_pilot(work)
+        manifest = init_shipway(work, model, data, "churn")
+    else:
+        model, data, rows = build_pilot(work)
+        manifest = init_shipway(work, model, data)
     db = manifest.parent / ".shipway" / "shipway.db"
     bodies = {"single": work / "single.json", "batch": work / f"batch{BATCH}.json"}
     bodies["single"].write_text(json.dumps({"inputs": rows[0]}))
@@ -837,7 +910,7 @@ def _run(
     )
 
     results: dict[tuple[str, str, int], dict[str, Any]] = {}
-    ip = in_process(model, rows, 800 if args.quick else 3000)
+    ip = in_process(model, rows, 800 if args.quick else 3000, frame)
     for kind in ("single", "batch"):
         results[("in-process", kind, 1)] = {**ip[kind], "errors": 0}
 
@@ -863,7 +936,14 @@ def _run(
 
     port = free_port()
     with server(
-        [sys.executable, str(Path(__file__).resolve()), "_bare", str(model), str(port)],
+        [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "_bare",
+            str(model),
+            str(port),
+            "frame" if frame else "array",
+        ],
         f"http://127.0.0.1:{port}/healthz",
         log=work / "bare.log",
     ) as proc:
@@ -903,9 +983,9 @@ def _run(
     )
 
     bento_note = _bento_version()
-    if args.no_bentoml:
+    if args.no_bentoml or frame:
         bento_note = None
-        print("(d) BentoML skipped (--no-bentoml)")
+        print("(d) BentoML skipped (--no-bentoml, or the columns pilot)")
     elif bento_note is None:
         print("(d) BentoML skipped: bench/.venv-bentoml has no bentoml (see bench/README.md)")
     else:
@@ -1053,7 +1133,7 @@ def _report(
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "_bare":
-        _bare_main(sys.argv[2], int(sys.argv[3]))
+        _bare_main(sys.argv[2], int(sys.argv[3]), len(sys.argv) > 4 and sys.argv[4] == "frame")
     elif len(sys.argv) > 1 and sys.argv[1] == "_ceiling":
         _ceiling_main(int(sys.argv[2]))
     elif len(sys.argv) > 1 and sys.argv[1] == "_load":
