@@ -556,6 +556,18 @@ class OidcSpec(_Model):
         default_factory=lambda: ["RS256", "ES256"], description="Accepted signing algorithms."
     )
     leeway_s: float = Field(30.0, ge=0, description="Clock skew allowed on exp and nbf.")
+    jwks_refresh: Duration = Field(
+        Duration("5m"),
+        description=(
+            "How often a JWKS URL is fetched again in the background; a key the provider "
+            "removed is refused after the next fetch. A token naming an unknown key asks for "
+            "a fetch at most every jwks_min_interval. Tokens are never checked over the network."
+        ),
+    )
+    jwks_min_interval: Duration = Field(
+        Duration("30s"), description="Fetches of a JWKS URL happen at most this often."
+    )
+    jwks_timeout_s: float = Field(3.0, gt=0, le=30, description="Timeout of one JWKS fetch.")
 
 
 class AuthSpec(_Model):
@@ -754,6 +766,25 @@ class ReviewSpec(_Model):
     )
 
 
+class AuditSpec(_Model):
+    """Signed checkpoints of the audit chain, kept outside the database, so that events deleted
+    from the end of the chain (with its head moved back) are found by ``shipway audit verify``."""
+
+    checkpoint_every: Duration = Field(
+        Duration("1h"), description="How often shipway serve writes a signed checkpoint."
+    )
+    checkpoint_dir: str = Field(
+        "audit-checkpoints",
+        description=(
+            "Folder for checkpoint files, relative to the manifest (put it on other storage "
+            "than the database for the check to mean something)."
+        ),
+    )
+    checkpoint_webhook: WebhookSpec | None = Field(
+        None, description="Also send each checkpoint here (through the outbox)."
+    )
+
+
 class StorageSpec(_Model):
     """Local state. ``SHIPWAY_DATABASE_URL`` (e.g. PostgreSQL) replaces the SQLite file."""
 
@@ -794,6 +825,9 @@ class Manifest(_Model):
         default_factory=RetentionSpec, description="How long decisions are kept."
     )
     stop: StopSpec = Field(default_factory=StopSpec, description="Safe behaviour when stopped.")
+    audit: AuditSpec = Field(
+        default_factory=AuditSpec, description="Signed checkpoints of the audit chain."
+    )
     monitor: MonitorSpec = Field(
         default_factory=MonitorSpec, description="Drift, performance, operations, alerts."
     )
@@ -944,6 +978,7 @@ __all__ = [
     "MANIFEST_FILENAME",
     "REVIEW_FIELDS",
     "AlertRule",
+    "AuditSpec",
     "AuthSpec",
     "BatchingSpec",
     "BreakerSpec",

@@ -12,16 +12,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from shipway.decisions import labels
 from shipway.errors import ModelError, NotFound
+from shipway.govern import audit
 from shipway.govern.keys import Keys
 from shipway.govern.retention import purge
+from shipway.govern.roles import LABEL, Principal
 from shipway.lifecycle.rollout import Rollout, alert_actions
 from shipway.manifest import Manifest
 from shipway.metrics import ServiceMetrics
 from shipway.models import Registry
 from shipway.monitor.engine import Monitor
-from shipway.notify import Outbox
+from shipway.notify import Outbox, enqueue
 from shipway.review.queue import ReviewQueue
 from shipway.settings import Settings
 from shipway.store import Store
@@ -90,16 +94,65 @@ class ServiceParts:
     # -- operations every face offers ---------------------------------------------------------
 
     def record_feedback(
-        self, items: list[Any], *, actor: str, source: str = "api"
+        self, items: list[Any], principal: Principal, *, source: str = "api"
     ) -> list[dict[str, Any]]:
-        """Labels for logged decisions (every item checked; nothing stored if one is bad)."""
+        """Labels for logged decisions (every item checked; nothing stored if one is bad).
+
+        A principal that may label (labeler, reviewer, admin) labels any decision; one that
+        may only predict labels the decisions its own requests made, at the lowest rank."""
+        labeler = principal.can(LABEL)
         return labels.record_feedback(
-            self.store.engine, self.name, self.manifest.output, items, actor=actor, source=source
+            self.store.engine,
+            self.name,
+            self.manifest.output,
+            items,
+            actor=principal.actor,
+            source=source,
+            rank=labels.RANK_LABELER if labeler else labels.RANK_CALLER,
+            role=",".join(sorted(principal.roles)) or None,
+            owner=None if labeler else principal.actor,
         )
 
     def purge(self, actor: str) -> dict[str, Any]:
         """Remove what is past the manifest's retention, with its audit event."""
         return purge(self.store.engine, self.name, self.manifest.retention, actor=actor)
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        """Where signed audit checkpoints are written (manifest.audit.checkpoint_dir)."""
+        return (self.location.manifest_path.parent / self.manifest.audit.checkpoint_dir).resolve()
+
+    def write_checkpoint(self, key: bytes) -> Path:
+        """A signed checkpoint of the audit chain in :attr:`checkpoint_dir` (and to the
+        checkpoint webhook, through the outbox)."""
+        path = audit.write_checkpoint(self.store.engine, key, self.checkpoint_dir)
+        hook = self.manifest.audit.checkpoint_webhook
+        if hook is not None:
+            with self.store.engine.begin() as conn:
+                enqueue(conn, self.name, "audit.checkpoint", hook, orjson.loads(path.read_bytes()))
+        return path
+
+    def verify_audit(self, key: bytes | None) -> dict[str, Any]:
+        """The whole chain checked, and the newest checkpoint found held against it."""
+        res = audit.verify(self.store.engine).to_dict()
+        found = audit.newest_checkpoint(self.checkpoint_dir)
+        if found is None:
+            res["checkpoint"] = {"checked": False, "why": f"no checkpoint in {self.checkpoint_dir}"}
+        elif key is None:
+            res["checkpoint"] = {"checked": False, "why": "no server secret to check it with"}
+        else:
+            path, cp = found
+            check = audit.check_checkpoint(self.store.engine, key, cp)
+            res["checkpoint"] = {
+                "checked": True,
+                "file": path.name,
+                "seq": cp.get("seq"),
+                **check.to_dict(),
+            }
+            if not check.ok:
+                res["ok"] = False
+                res["problem"] = res["problem"] or f"checkpoint {path.name}: {check.problem}"
+        return res
 
     def sweep_reviews(self) -> list[dict[str, Any]]:
         """Escalate review items past their SLA, each once, with an alert in the same

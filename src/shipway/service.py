@@ -34,6 +34,7 @@ from shipway.errors import (
 from shipway.govern.auth import Authenticator
 from shipway.govern.keys import KeyRing
 from shipway.govern.pii import Redactor
+from shipway.govern.roles import system_actor
 from shipway.jobs import Scheduler, Task
 from shipway.lifecycle.rollout import RolloutState
 from shipway.manifest import Manifest
@@ -165,6 +166,7 @@ class Service(ServiceParts):
         self.contract = Contract(manifest.contract)
         self.dev_mode = settings.dev_mode
         secret = settings.secret()  # refuses to start without a real secret outside dev mode
+        self.secret_key = secret
         self.log = DecisionLog(store.engine, max_batch=manifest.serving.decision_log.max_batch)
         self.shadow_log = ShadowLog(store.engine)
         self.review_log = ReviewLog(store.engine)
@@ -174,6 +176,10 @@ class Service(ServiceParts):
         self.keyring.refresh_if_changed()
         self.authenticator = Authenticator(self.keyring, manifest.auth.oidc)
         self.redactor = Redactor(manifest.pii, secret)
+        if self.redactor:  # reference statistics hold training values: treat them too
+            self.registry.treat_references(
+                self.name, self.redactor.treat_reference, system_actor("pii")
+            )
         self.output_check = OutputCheck(manifest.output, manifest.guards.output)
         self.fallbacks = self._build_fallbacks()
         self.gate = Gate(manifest.serving.limits)
@@ -333,6 +339,9 @@ class Service(ServiceParts):
 
         add(Task("rollout", ROLLOUT_POLL_S, rollout_poll))
         add(Task("keys", KEYS_POLL_S, self.keyring.refresh_if_changed))
+        oidc = self.authenticator.oidc
+        if oidc is not None and oidc.remote is not None:
+            add(Task("jwks", 1.0, oidc.remote.maintain))
         add(Task("outbox", OUTBOX_POLL_S, self.outbox.deliver_due))
         if m.review.policies:
             add(Task("review-sla", REVIEW_SWEEP_S, self.sweep_reviews))
@@ -341,11 +350,20 @@ class Service(ServiceParts):
                 Task(
                     "retention",
                     m.retention.interval.seconds,
-                    lambda: self.purge("shipway-retention"),
+                    lambda: self.purge(system_actor("retention")),
                     once=True,
                     first_s=ROLLOUT_POLL_S,
                 )
             )
+        add(
+            Task(
+                "audit-checkpoint",
+                m.audit.checkpoint_every.seconds,
+                lambda: self.write_checkpoint(self.secret_key),
+                once=True,
+                first_s=ROLLOUT_POLL_S,
+            )
+        )
         if m.rollout.auto:
             add(Task("canary-step", m.rollout.check_interval_s, self._auto_step))
         if m.monitor.schedule:
@@ -358,7 +376,9 @@ class Service(ServiceParts):
             return
         if self.rollout.canary_report(st).ready:
             with contextlib.suppress(ShipwayError):
-                self.rollout.step(actor="shipway-auto", reason="automatic step: checks passed")
+                self.rollout.step(
+                    actor=system_actor("auto-step"), reason="automatic step: checks passed"
+                )
                 self.refresh()
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -486,6 +506,8 @@ class Service(ServiceParts):
                 d["model_output"] = d["output"]
                 d["output"] = item["final_output"] if done else None
                 d["status"] = "reviewed" if done else "pending_review"
+                if not done:
+                    d["review"]["final_output"] = None
         return d
 
     def explain(self, item_id: str) -> dict[str, Any]:

@@ -6,6 +6,8 @@ logging). Tests build their own ``Settings`` and pass them in.
 
 from __future__ import annotations
 
+import math
+from collections import Counter
 from pathlib import Path
 
 from pydantic import SecretStr, field_validator
@@ -18,6 +20,27 @@ WEAK_SECRETS = frozenset(
     {"", "changeme", "change-me", "secret", "shipway", "development", "dev", "test", "password"}
 )
 _DEV_SECRET = b"shipway-development-secret-not-for-production"
+
+
+#: Bits of entropy a server secret must carry (estimated from its characters).
+MIN_SECRET_BITS = 64
+
+
+def secret_weakness(value: str) -> str | None:
+    """Why ``value`` is too weak to be the server secret, or None when it will do: a known
+    default, fewer than 16 characters, fewer than 8 distinct ones, or less than
+    :data:`MIN_SECRET_BITS` of entropy estimated from how often each character occurs."""
+    if value.lower() in WEAK_SECRETS:
+        return "a well-known default"
+    if len(value) < 16:
+        return f"{len(value)} characters, at least 16 are needed"
+    counts = Counter(value)
+    if len(counts) < 8:
+        return f"only {len(counts)} distinct characters"
+    bits = -sum(n * math.log2(n / len(value)) for n in counts.values())
+    if bits < MIN_SECRET_BITS:
+        return f"about {bits:.0f} bits of entropy, at least {MIN_SECRET_BITS} are needed"
+    return None
 
 
 class Settings(BaseSettings):
@@ -64,12 +87,13 @@ class Settings(BaseSettings):
                 "no server secret: set SHIPWAY_SECRET_KEY or SHIPWAY_SECRET_KEY_FILE "
                 "(at least 16 characters), or run in development mode (--dev)"
             )
-        if value.lower() in WEAK_SECRETS or len(value) < 16:
+        weak = secret_weakness(value)
+        if weak is not None:
             if self.dev_mode:
                 return value.encode()
             raise ConfigError(
-                "the server secret is a default or shorter than 16 characters; "
-                "refusing to start outside development mode"
+                f"the server secret is too weak ({weak}); refusing to start outside development "
+                'mode. Make one with: python -c "import secrets; print(secrets.token_hex(32))"'
             )
         return value.encode()
 

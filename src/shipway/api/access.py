@@ -19,8 +19,10 @@ from shipway.api.errors import shipway_error_response
 from shipway.errors import Forbidden, ShipwayError
 from shipway.govern.roles import (
     ADMIN,
+    ANONYMOUS,
     APPROVE,
     DEV,
+    LABEL,
     OPERATE,
     PREDICT,
     READ,
@@ -56,7 +58,7 @@ ROUTE_PERMISSIONS: list[tuple[str, str, tuple[str, ...]]] = [
     ("POST", "/v1/stop", (APPROVE,)),
     ("POST", "/v1/resume", (APPROVE,)),
     ("POST", "/v1/retention/purge", (OPERATE,)),
-    ("POST", "/v1/feedback", (PREDICT,)),
+    ("POST", "/v1/feedback", (PREDICT, LABEL)),
     ("GET", "/v1/monitor", (READ,)),
     ("GET", "/v1/monitor/history", (READ,)),
     ("POST", "/v1/monitor/run", (OPERATE,)),
@@ -132,6 +134,17 @@ class AccessMiddleware:
         self.service = service
         self.protect_operations = service.manifest.auth.protect_operations
 
+    def _optional(self, scope: Scope) -> Principal:
+        """On an open route: the caller's principal if it sent valid credentials (so the route
+        may show it more), else anonymous; bad credentials do not make an open route fail."""
+        headers = Headers(scope=scope)
+        if "authorization" not in headers and "x-api-key" not in headers:
+            return ANONYMOUS
+        try:
+            return self.service.authenticator.authenticate(headers)
+        except ShipwayError:
+            return ANONYMOUS
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
@@ -139,7 +152,7 @@ class AccessMiddleware:
         perms = permissions_for(scope["method"], scope["path"]) or (ADMIN,)  # fail closed
         state = scope.setdefault("state", {})
         if OPEN in perms or (OPERATIONS in perms and not self.protect_operations):
-            state["principal"] = DEV if self.service.dev_mode else None
+            state["principal"] = DEV if self.service.dev_mode else self._optional(scope)
             await self.app(scope, receive, send)
             return
         if OPERATIONS in perms:

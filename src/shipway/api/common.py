@@ -28,8 +28,8 @@ def actor_of(request: Request) -> str:
     ``X-Shipway-Actor`` header or "development")."""
     p = principal_of(request)
     if p.kind == "dev":
-        return request.headers.get("x-shipway-actor") or "development"
-    return p.name
+        return "dev:" + (request.headers.get("x-shipway-actor") or "development")
+    return p.actor
 
 
 __all__ = ["JSON", "actor_of", "json_response", "service_of"]

@@ -159,7 +159,7 @@ class Ingress:
             if principal.kind == "dev":
                 caller = headers.get("x-shipway-caller") or address
             else:
-                caller = principal.name
+                caller = principal.actor
             call = Call(scope, headers, principal, caller, body, params)
             return await route.handler(self, call)
         finally:
@@ -279,8 +279,10 @@ async def feedback(ing: Ingress, call: Call) -> tuple[int, bytes, list[tuple[byt
         raise BadRequest('"feedback" must be a list of {"id", "label"} objects')
     ing.check_rows(len(items), ing.max_feedback_rows, "serving.max_feedback_rows")
     p = call.principal
-    actor = (call.headers.get("x-shipway-actor") or "development") if p.kind == "dev" else p.name
-    stored = await run_in_threadpool(ing.service.record_feedback, items, actor=actor)
+    if p.kind == "dev":  # development mode: the actor the caller names, with every role
+        name = call.headers.get("x-shipway-actor") or "development"
+        p = Principal(name, DEV.roles, kind="dev")
+    stored = await run_in_threadpool(ing.service.record_feedback, items, p)
     return 201, _dumps({"stored": stored}), list(_JSON)
 
 
@@ -294,9 +296,10 @@ async def infer_v2(ing: Ingress, call: Call) -> tuple[int, bytes, list[tuple[byt
     if not isinstance(request, dict):
         raise BadRequest("the body must be a JSON object")
     records = v2.records(request, service.contract.names, binary)
+    options = v2.response_options(request)  # refused before any row is answered
     ing.check_rows(len(records), ing.max_rows, "serving.max_batch_rows")
     result = await service.predict(records, False, call.caller, call.headers, allow_partial=False)
-    content, ctype, extra = v2.response(service, request, result["decisions"])
+    content, ctype, extra = v2.response(service, request, result["decisions"], options)
     return 200, content, [(b"content-type", ctype), *extra]
 
 

@@ -6,7 +6,9 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
+from shipway.api.access import principal_of
 from shipway.api.common import json_response, service_of
+from shipway.govern.roles import READ
 
 router = APIRouter()
 
@@ -18,7 +20,12 @@ async def healthz() -> Response:
 
 @router.get("/readyz", tags=["operations"], summary="Model loaded and store reachable")
 async def readyz(request: Request) -> Response:
+    """Open to anyone (unless ``auth.protect_operations``): the stop switch's reason is shown
+    only to callers with credentials that may read, the rest only whether it is on."""
     state = service_of(request).readiness()
+    principal = principal_of(request)
+    if state["stopped"] is not None and not principal.can(READ):
+        state["stopped"] = True
     return json_response(state, 200 if state["ready"] else 503)
 
 

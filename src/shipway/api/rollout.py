@@ -11,6 +11,7 @@ from shipway.api.access import principal_of, require
 from shipway.api.common import actor_of, json_response, service_of
 from shipway.api.control import RolloutMove, apply_move, rollout_report
 from shipway.govern.roles import APPROVE
+from shipway.lifecycle.rollout import approval_needed
 
 router = APIRouter()
 
@@ -33,8 +34,12 @@ async def rollout_history(request: Request, limit: int = 100) -> Response:
 
 @router.post("/v1/rollout/{move}", tags=["rollout"], summary="Make a rollout move")
 async def rollout_move(move: str, body: RolloutMove, request: Request) -> Response:
-    if move == "promote" or body.force:
-        require(principal_of(request), APPROVE, "promotion or --force")
+    service = service_of(request)
+    why = await run_in_threadpool(
+        approval_needed, service.rollout, move, percent=body.percent, force=body.force
+    )
+    if why is not None:
+        require(principal_of(request), APPROVE, why)
     result = await run_in_threadpool(apply_move, service_of(request), move, body, actor_of(request))
     return json_response(result)
 

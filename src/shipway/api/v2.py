@@ -72,12 +72,19 @@ def v2_error(exc: ShipwayError) -> Response:
     return shipway_error_response(exc, v2=True)
 
 
-def _bytes_elements(raw: bytes) -> list[str]:
+def _bytes_elements(name: Any, raw: bytes) -> list[str]:
     out, i = [], 0
     while i < len(raw):
+        if i + 4 > len(raw):
+            raise BadRequest(f"input {name!r}: a BYTES element's length prefix is cut short")
         (n,) = struct.unpack_from("<I", raw, i)
         i += 4
-        out.append(raw[i : i + n].decode("utf-8"))
+        if i + n > len(raw):
+            raise BadRequest(f"input {name!r}: a BYTES element is longer than the data")
+        try:
+            out.append(raw[i : i + n].decode("utf-8"))
+        except UnicodeDecodeError:
+            raise BadRequest(f"input {name!r}: a BYTES element is not valid UTF-8") from None
         i += n
     return out
 
@@ -91,27 +98,64 @@ def _serialize_bytes(values: list[Any]) -> bytes:
     return b"".join(parts)
 
 
+def _parameters(obj: dict[str, Any], what: str) -> dict[str, Any]:
+    params = obj.get("parameters")
+    if params is None:
+        return {}
+    if not isinstance(params, dict):
+        raise BadRequest(f"{what}: parameters must be an object")
+    return params
+
+
+def _flatten(name: Any, data: Any) -> list[Any]:
+    """Row-major elements of a (possibly nested) JSON array of scalars."""
+    if not isinstance(data, list):
+        return [data]
+    out: list[Any] = []
+    stack: list[Any] = [iter(data)]
+    while stack:
+        for item in stack[-1]:
+            if isinstance(item, list):
+                if len(stack) >= 8:
+                    raise BadRequest(f"input {name!r}: data is nested more deeply than a tensor")
+                stack.append(iter(item))
+                break
+            if isinstance(item, dict):
+                raise BadRequest(f"input {name!r}: data elements must be scalars")
+            out.append(item)
+        else:
+            stack.pop()
+    return out
+
+
 def _tensor_values(
     t: dict[str, Any], binary: memoryview | None, offset: int
 ) -> tuple[list[Any], int]:
     """A tensor's elements as a flat Python list, and the new offset into the binary part."""
+    name = t.get("name")
     dtype = t.get("datatype")
-    params = t.get("parameters") or {}
-    size = params.get("binary_data_size")
+    if dtype != "BYTES" and dtype not in _NP:
+        raise BadRequest(f"input {name!r}: unsupported datatype {dtype!r}")
+    size = _parameters(t, f"input {name!r}").get("binary_data_size")
     if size is not None:
+        if type(size) is not int or size < 0:
+            raise BadRequest(f"input {name!r}: binary_data_size must be a non-negative integer")
         if binary is None or offset + size > len(binary):
-            raise BadRequest(f"input {t.get('name')!r}: binary data is shorter than declared")
+            raise BadRequest(f"input {name!r}: binary data is shorter than declared")
         raw = bytes(binary[offset : offset + size])
         offset += size
         if dtype == "BYTES":
-            return _bytes_elements(raw), offset
-        if dtype not in _NP:
-            raise BadRequest(f"input {t.get('name')!r}: unsupported datatype {dtype!r}")
-        return np.frombuffer(raw, dtype=np.dtype(_NP[dtype]).newbyteorder("<")).tolist(), offset
-    data = t.get("data")
-    if data is None:
-        raise BadRequest(f"input {t.get('name')!r} has neither data nor binary_data_size")
-    arr = np.asarray(data, dtype=object).reshape(-1).tolist()
+            return _bytes_elements(name, raw), offset
+        item = np.dtype(_NP[dtype])
+        if size % item.itemsize:
+            raise BadRequest(
+                f"input {name!r}: {size} bytes is not a whole number of {dtype} elements "
+                f"({item.itemsize} bytes each)"
+            )
+        return np.frombuffer(raw, dtype=item.newbyteorder("<")).tolist(), offset
+    if "data" not in t or t["data"] is None:
+        raise BadRequest(f"input {name!r} has neither data nor binary_data_size")
+    arr = _flatten(name, t["data"])
     if dtype in ("FP16", "FP32", "FP64"):
         arr = [
             float(v) if isinstance(v, int | float) and not isinstance(v, bool) else v for v in arr
@@ -119,19 +163,31 @@ def _tensor_values(
     return arr, offset
 
 
+def _shape(t: dict[str, Any]) -> list[int]:
+    shape = t["shape"]
+    if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+        raise BadRequest(f"input {t.get('name')!r}: shape must be a list of non-negative integers")
+    if len(shape) > 8:
+        raise BadRequest(f"input {t.get('name')!r}: a tensor has at most 8 dimensions here")
+    return shape
+
+
 def records(body: dict[str, Any], names: list[str], binary: memoryview | None) -> list[dict]:
     """The rows a V2 request carries (one tensor per field, or one [N, F] tensor)."""
     inputs = body.get("inputs")
     if not isinstance(inputs, list) or not inputs:
         raise BadRequest('the body must hold a non-empty "inputs" list of tensors')
+    _parameters(body, "the request")
     offset = 0
     columns: dict[str, list[Any]] = {}
     matrix: tuple[list[Any], int] | None = None
     for t in inputs:
         if not isinstance(t, dict) or "name" not in t or "shape" not in t:
             raise BadRequest("every input tensor needs a name, a shape and a datatype")
+        if not isinstance(t["name"], str):
+            raise BadRequest("an input tensor's name must be a string")
+        shape = _shape(t)
         values, offset = _tensor_values(t, binary, offset)
-        shape = [int(d) for d in t["shape"]]
         if math.prod(shape) != len(values):
             raise BadRequest(
                 f"input {t['name']!r}: shape {shape} does not hold {len(values)} elements"
@@ -162,61 +218,88 @@ def records(body: dict[str, Any], names: list[str], binary: memoryview | None) -
     return [{k: v[i] for k, v in cols} for i in range(n)]
 
 
+def requested_outputs(request: dict[str, Any]) -> dict[str, dict[str, Any]] | None:
+    """The outputs a request asks for, by name (None: all), each with its parameters."""
+    asked = request.get("outputs")
+    if asked is None:
+        return None
+    known = {"output", "confidence", "decision_id", "route", "model_version", "status"}
+    if not isinstance(asked, list):
+        raise BadRequest('"outputs" must be a list of {"name": ...} objects')
+    out: dict[str, dict[str, Any]] = {}
+    for o in asked:
+        if not isinstance(o, dict) or not isinstance(o.get("name"), str):
+            raise BadRequest('every requested output needs a "name"')
+        if o["name"] not in known:
+            raise BadRequest(f"no output named {o['name']!r}; outputs: {', '.join(sorted(known))}")
+        out[o["name"]] = _parameters(o, f"output {o['name']!r}")
+    return out
+
+
+def _output_type(kind: str, labels: list[Any]) -> str:
+    """The output tensor's datatype, from the output spec (the same for every response)."""
+    if kind == "regression":
+        return "FP64"
+    if labels and all(isinstance(x, bool) for x in labels):
+        return "BOOL"
+    if labels and all(isinstance(x, int) and not isinstance(x, bool) for x in labels):
+        return "INT64"
+    if labels and all(isinstance(x, int | float) and not isinstance(x, bool) for x in labels):
+        return "FP64"
+    return "BYTES"
+
+
+#: What a held row (waiting for a reviewer) carries in the output tensor: read ``status``.
+_PLACEHOLDER = {"FP64": float("nan"), "INT64": -1, "BOOL": False, "BYTES": ""}
+
+
 def _output_tensors(
-    decisions: list[dict[str, Any]], kind: str, labels: list[Any] | None
+    decisions: list[dict[str, Any]], kind: str, labels: list[Any]
 ) -> list[dict[str, Any]]:
-    outs = [d["output"] for d in decisions]
-    n = len(outs)
-    if kind == "regression" or all(isinstance(o, float) for o in outs):
-        out_t = {"name": "output", "datatype": "FP64", "shape": [n], "data": outs}
-    elif all(isinstance(o, int) and not isinstance(o, bool) for o in outs):
-        out_t = {"name": "output", "datatype": "INT64", "shape": [n], "data": outs}
-    elif all(isinstance(o, bool) for o in outs):
-        out_t = {"name": "output", "datatype": "BOOL", "shape": [n], "data": outs}
-    else:
-        out_t = {
-            "name": "output",
-            "datatype": "BYTES",
-            "shape": [n],
-            "data": [str(o) for o in outs],
-        }
-    conf = [d["confidence"] if d["confidence"] is not None else float("nan") for d in decisions]
+    """One element per row. A row held for review has ``status`` ``pending_review`` and a
+    placeholder output (NaN, -1, false or ""); its answer comes at ``/v1/decisions/{id}``."""
+    n = len(decisions)
+    dtype = _output_type(kind, labels)
+    answered = ["output" in d for d in decisions]
+    outs = [
+        d["output"] if a else _PLACEHOLDER[dtype] for d, a in zip(decisions, answered, strict=True)
+    ]
+    if dtype == "BYTES":
+        outs = [str(o) for o in outs]
+    conf = [
+        d["confidence"] if a and d["confidence"] is not None else float("nan")
+        for d, a in zip(decisions, answered, strict=True)
+    ]
+
+    def bytes_tensor(name: str, data: list[Any]) -> dict[str, Any]:
+        return {"name": name, "datatype": "BYTES", "shape": [n], "data": data}
+
     return [
-        out_t,
+        {"name": "output", "datatype": dtype, "shape": [n], "data": outs},
         {"name": "confidence", "datatype": "FP64", "shape": [n], "data": conf},
-        {
-            "name": "decision_id",
-            "datatype": "BYTES",
-            "shape": [n],
-            "data": [d["id"] for d in decisions],
-        },
-        {
-            "name": "route",
-            "datatype": "BYTES",
-            "shape": [n],
-            "data": [d["route"] for d in decisions],
-        },
+        bytes_tensor("decision_id", [d["id"] for d in decisions]),
+        bytes_tensor("route", [d.get("route", "") for d in decisions]),
         {
             "name": "model_version",
             "datatype": "INT64",
             "shape": [n],
             "data": [
-                d["model_version"] if d["model_version"] is not None else -1 for d in decisions
+                d["model_version"] if d.get("model_version") is not None else -1 for d in decisions
             ],
         },
+        bytes_tensor("status", ["answered" if a else "pending_review" for a in answered]),
     ]
 
 
 def _encode(
-    response: dict[str, Any], requested: list[dict[str, Any]] | None, binary_all: bool
+    response: dict[str, Any], wanted: dict[str, dict[str, Any]] | None, binary_all: bool
 ) -> tuple[bytes, dict[str, str]]:
     """JSON, or JSON header plus binary tensors where the request asked for binary data."""
-    wanted = {o["name"]: (o.get("parameters") or {}) for o in requested or []}
     if wanted:
         response["outputs"] = [t for t in response["outputs"] if t["name"] in wanted]
     chunks: list[bytes] = []
     for t in response["outputs"]:
-        as_binary = wanted.get(t["name"], {}).get("binary_data", binary_all)
+        as_binary = (wanted or {}).get(t["name"], {}).get("binary_data", binary_all)
         if not as_binary:
             continue
         data = t.pop("data")
@@ -258,8 +341,24 @@ def check_model(service: Service, model: str, version: str | None = None) -> Non
             raise NotFound(f"model {name!r} has no version {version!r}")
 
 
+def response_options(request: dict[str, Any]) -> tuple[dict[str, dict[str, Any]] | None, bool]:
+    """What the request asks of the response (checked before any row is answered): the
+    outputs by name (None: all) and whether every output is binary."""
+    wanted = requested_outputs(request)
+    binary_all = _parameters(request, "the request").get("binary_data_output", False)
+    if not isinstance(binary_all, bool):
+        raise BadRequest("parameters.binary_data_output must be true or false")
+    for name, params in (wanted or {}).items():
+        if not isinstance(params.get("binary_data", False), bool):
+            raise BadRequest(f"output {name!r}: parameters.binary_data must be true or false")
+    return wanted, binary_all
+
+
 def response(
-    service: Service, request: dict[str, Any], decisions: list[dict[str, Any]]
+    service: Service,
+    request: dict[str, Any],
+    decisions: list[dict[str, Any]],
+    options: tuple[dict[str, dict[str, Any]] | None, bool],
 ) -> tuple[bytes, bytes, list[tuple[bytes, bytes]]]:
     """The infer response: (content, content type, extra headers)."""
     manifest = service.manifest
@@ -272,10 +371,7 @@ def response(
     }
     if request.get("id") is not None:
         out["id"] = request["id"]
-    params = request.get("parameters") or {}
-    content, headers = _encode(
-        out, request.get("outputs"), bool(params.get("binary_data_output", False))
-    )
+    content, headers = _encode(out, *options)
     ctype = headers.pop("content-type").encode()
     return content, ctype, [(k.lower().encode(), v.encode()) for k, v in headers.items()]
 
@@ -308,13 +404,7 @@ async def ready(request: Request) -> Response:
 
 def _model_meta(service: Service) -> dict[str, Any]:
     manifest = service.manifest
-    labels = list(manifest.output.labels or [])
-    if manifest.output.kind == "regression":
-        out_type = "FP64"
-    elif labels and all(isinstance(x, int) and not isinstance(x, bool) for x in labels):
-        out_type = "INT64"
-    else:
-        out_type = "BYTES"
+    out_type = _output_type(manifest.output.kind, list(manifest.output.labels or []))
     return {
         "name": service.name,
         "versions": [str(m.version) for m in service.registry.list(service.name)],
@@ -329,6 +419,7 @@ def _model_meta(service: Service) -> dict[str, Any]:
             {"name": "decision_id", "datatype": "BYTES", "shape": [-1]},
             {"name": "route", "datatype": "BYTES", "shape": [-1]},
             {"name": "model_version", "datatype": "INT64", "shape": [-1]},
+            {"name": "status", "datatype": "BYTES", "shape": [-1]},
         ],
     }
 

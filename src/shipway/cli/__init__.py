@@ -17,7 +17,7 @@ from rich.console import Console
 from shipway import __version__
 from shipway.cli.access import cli_principal
 from shipway.errors import ShipwayError
-from shipway.govern.roles import ADMIN
+from shipway.govern.roles import ADMIN, READ_INPUTS
 from shipway.settings import Settings
 
 app = typer.Typer(
@@ -123,7 +123,7 @@ def init(
         with console.status("Inferring the contract and scoring the pilot on a holdout..."):
             res = init_service(
                 endpoint=endpoint_spec,
-                authorize=lambda store: cli_principal(store, settings, ADMIN, "init").name,
+                authorize=lambda store: cli_principal(store, settings, ADMIN, "init").actor,
                 model=model,
                 data=data,
                 target=target,
@@ -132,7 +132,7 @@ def init(
                 settings=settings,
                 holdout_fraction=holdout,
                 range_margin=range_margin,
-                actor=_actor(settings),
+                actor="cli:" + _actor(settings),
                 force=force,
             )
     except ShipwayError as exc:
@@ -288,6 +288,11 @@ def decisions_export(
     except ShipwayError as exc:
         raise fail(exc.message) from None
     m, store = parts.manifest, parts.store
+    try:  # with a key set, the key must be allowed to read decisions with their inputs
+        cli_principal(store, Settings(), READ_INPUTS, "decisions export", reads_only=True)
+    except ShipwayError as exc:
+        parts.close()
+        raise fail(exc.message) from None
     stream = open(output, "w", newline="", encoding="utf-8") if output else sys.stdout  # noqa: SIM115
     count = 0
     try:

@@ -1,10 +1,17 @@
 """Who the CLI acts as, and whether that identity may change this state.
 
 * Development mode (``SHIPWAY_DEV_MODE=1``): the operating-system user, with every role.
-* ``SHIPWAY_API_KEY`` set: that key's name and role, checked against the store.
+* ``SHIPWAY_API_KEY`` set: that key's name and role, checked against the store, for every
+  command that reads or changes state, exactly as the HTTP routes check it.
 * Neither, and the store has no API key yet: the operating-system user (bootstrapping: the
   first thing to do is ``shipway keys create --role admin``).
-* Neither, and keys exist: refused, naming the role the command needs.
+* Neither, and keys exist: commands that change state are refused, naming the role they need;
+  commands that only read (``decisions export``, ``audit list``) act as the local user.
+
+These checks are advisory against someone who can open the store: whoever can read the
+database file or connect to PostgreSQL with the service's credentials can read and change
+everything without the CLI. A person with database access is trusted like an admin; keys and
+roles protect the HTTP API, and make the CLI say who did what.
 """
 
 from __future__ import annotations
@@ -18,7 +25,10 @@ from shipway.settings import Settings
 from shipway.store import Store
 
 
-def cli_principal(store: Store, settings: Settings, permission: str, what: str) -> Principal:
+def cli_principal(
+    store: Store, settings: Settings, permission: str, what: str, *, reads_only: bool = False
+) -> Principal:
+    """The CLI's principal for a command needing ``permission`` (see the module's rules)."""
     if settings.dev_mode:
         return Principal(settings.actor or getpass.getuser(), frozenset({"admin"}), kind="dev")
     needs = ", ".join(r for r, p in ROLES.items() if permission in p)
@@ -34,7 +44,7 @@ def cli_principal(store: Store, settings: Settings, permission: str, what: str) 
                 f"{next(iter(p.roles))}"
             )
         return p
-    if Keys(store.engine).count() == 0:
+    if reads_only or Keys(store.engine).count() == 0:
         return Principal(settings.actor or getpass.getuser(), frozenset({"admin"}), kind="local")
     raise Unauthorized(
         f"{what} changes state: set SHIPWAY_API_KEY to a key with one of the roles {needs}"

@@ -220,7 +220,7 @@ def run_demo(*, duration: float | None, port: int, workdir: Path | None, console
             name="demo-cancer",
             directory=workdir,
             settings=settings,
-            actor="demo",
+            actor="cli:demo",
             force=True,
         )
     scores = ", ".join(f"{k} {v:.3f}" for k, v in res.metrics.items())
@@ -233,9 +233,9 @@ def run_demo(*, duration: float | None, port: int, workdir: Path | None, console
 
     with ServiceParts.open(res.manifest_path, settings) as parts:
         keys = parts.keys
-        _info, traffic_key = keys.create(name="demo-traffic", role="predictor", actor="demo")
-        _info, viewer_key = keys.create(name="demo-viewer", role="viewer", actor="demo")
-        _info, operator_key = keys.create(name="demo-operator", role="operator", actor="demo")
+        _info, traffic_key = keys.create(name="demo-traffic", role="predictor", actor="cli:demo")
+        _info, viewer_key = keys.create(name="demo-viewer", role="viewer", actor="cli:demo")
+        _info, operator_key = keys.create(name="demo-operator", role="operator", actor="cli:demo")
     console.print(
         "   API keys: demo-traffic (predictor), demo-viewer (viewer), demo-operator (operator)"
     )

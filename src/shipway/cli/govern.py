@@ -55,7 +55,7 @@ def keys_create(
     from shipway.manifest import parse_duration
 
     with _opened(manifest) as parts:
-        actor = cli_principal(parts.store, Settings(), ADMIN, "keys create").name
+        actor = cli_principal(parts.store, Settings(), ADMIN, "keys create").actor
         life = parse_duration(expires) if expires else None
         info, secret = parts.keys.create(
             name=name, role=role, actor=actor, expires_in=life, reason=reason
@@ -97,7 +97,7 @@ def keys_revoke(
 ) -> None:
     """Revoke a key: running servers refuse it within a quarter of a second."""
     with _opened(manifest) as parts:
-        actor = cli_principal(parts.store, Settings(), ADMIN, "keys revoke").name
+        actor = cli_principal(parts.store, Settings(), ADMIN, "keys revoke").actor
         parts.keys.revoke(key_id, actor=actor, reason=reason)
     out.print(f"Revoked key {key_id}")
 
@@ -110,7 +110,7 @@ def keys_rotate(
 ) -> None:
     """Replace a key with a new one (same name, role, lifetime); the old one is revoked."""
     with _opened(manifest) as parts:
-        actor = cli_principal(parts.store, Settings(), ADMIN, "keys rotate").name
+        actor = cli_principal(parts.store, Settings(), ADMIN, "keys rotate").actor
         info, secret = parts.keys.rotate(key_id, actor=actor, reason=reason)
     err.print(f"Key {key_id} revoked; new key [bold]{info.id}[/], shown once:")
     print(secret)
@@ -129,6 +129,7 @@ def audit_list(
     from shipway.govern import audit
 
     with _opened(manifest) as parts:
+        cli_principal(parts.store, Settings(), READ, "audit list", reads_only=True)
         events = list(reversed(audit.events(parts.store.engine, limit=limit, newest_first=True)))
     if as_json:
         for e in events:
@@ -144,17 +145,30 @@ def audit_list(
 
 @audit_app.command("verify")
 def audit_verify(manifest: ManifestArg = Path("shipway.yaml")) -> None:
-    """Check the whole hash chain; exit 1 naming the first broken link."""
-    from shipway.govern import audit
+    """Check the whole hash chain, and hold the newest signed checkpoint (audit.checkpoint_dir)
+    against it; exit 1 naming the first problem. Checking the checkpoint needs the server
+    secret (SHIPWAY_SECRET_KEY or SHIPWAY_SECRET_KEY_FILE)."""
+    from shipway.errors import ConfigError
 
+    try:
+        key: bytes | None = Settings().secret()
+    except ConfigError:
+        key = None
     with _opened(manifest) as parts:
-        res = audit.verify(parts.store.engine)
-    if res.ok:
-        out.print(f"[green]audit chain intact[/]: {res.checked} events")
-        return
-    err.print(
-        f"[bold red]audit chain broken at event {res.broken_seq}[/]: {res.problem}", highlight=False
+        res = parts.verify_audit(key)
+    cp = res["checkpoint"]
+    note = (
+        f"; checkpoint {cp['file']} (event {cp['seq']}) holds"
+        if cp.get("checked") and cp.get("ok")
+        else f"; checkpoint not checked: {cp.get('why')}"
+        if not cp.get("checked")
+        else ""
     )
+    if res["ok"]:
+        out.print(f"[green]audit chain intact[/]: {res['checked']} events{note}", highlight=False)
+        return
+    where = f" at event {res['broken_seq']}" if res.get("broken_seq") is not None else ""
+    err.print(f"[bold red]audit chain broken{where}[/]: {res['problem']}", highlight=False)
     raise typer.Exit(1)
 
 
@@ -178,10 +192,11 @@ def audit_checkpoint(
             print(json.dumps(audit.checkpoint(engine, key)))
             return
         cp = json.loads(check.read_text())
-        if audit.check_checkpoint(engine, key, cp):
+        res = audit.check_checkpoint(engine, key, cp)
+        if res.ok:
             out.print(f"[green]checkpoint valid[/]: event {cp['seq']} is in the chain unchanged")
             return
-    err.print("[bold red]checkpoint does not match[/]: wrong secret, or the chain was rewritten")
+    err.print(f"[bold red]checkpoint does not match[/]: {res.problem}", highlight=False)
     raise typer.Exit(1)
 
 
@@ -194,7 +209,7 @@ def stop(
 ) -> None:
     """Stop calling models at once: every request gets the manifest's safe behaviour."""
     with _opened(manifest) as parts:
-        actor = cli_principal(parts.store, Settings(), APPROVE, "stop").name
+        actor = cli_principal(parts.store, Settings(), APPROVE, "stop").actor
         parts.rollout.stop(actor=actor, reason=reason)
     out.print(
         f"[bold red]Stopped[/] {parts.name}: running servers stop calling models "
@@ -208,7 +223,7 @@ def resume(
 ) -> None:
     """Undo 'shipway stop': models answer again."""
     with _opened(manifest) as parts:
-        actor = cli_principal(parts.store, Settings(), APPROVE, "resume").name
+        actor = cli_principal(parts.store, Settings(), APPROVE, "resume").actor
         parts.rollout.resume(actor=actor, reason=reason)
     out.print(f"[green]Resumed[/] {parts.name}")
 
@@ -217,7 +232,7 @@ def resume(
 def retention_purge(manifest: ManifestArg = Path("shipway.yaml")) -> None:
     """Delete decisions older than the manifest's retention now (serve also does it hourly)."""
     with _opened(manifest) as parts:
-        actor = cli_principal(parts.store, Settings(), OPERATE, "retention purge").name
+        actor = cli_principal(parts.store, Settings(), OPERATE, "retention purge").actor
         res = parts.purge(actor)
     if not res["older_than"]:
         out.print("No retention is set in the manifest (retention.decisions); nothing removed.")

@@ -105,7 +105,7 @@ def register(models_app: typer.Typer, rollout_app: typer.Typer) -> None:
 
         settings = Settings()
         with _opened(manifest) as parts:
-            actor = cli_principal(parts.store, settings, OPERATE, "models add").name
+            actor = cli_principal(parts.store, settings, OPERATE, "models add").actor
             with err.status("Scoring the new version and the champion on the holdout..."):
                 res = add_version(
                     parts.store, parts.manifest, model=model, data=data, note=note, actor=actor
@@ -166,9 +166,16 @@ def register(models_app: typer.Typer, rollout_app: typer.Typer) -> None:
                 )
             out.print(t)
 
-    def _move(manifest: Path, fn: Any, permission: str = OPERATE, what: str = "") -> Any:
+    def _move(
+        manifest: Path, fn: Any, move: str, *, percent: float | None = None, force: bool = False
+    ) -> Any:
+        """Make a move as the CLI's principal: operate, or approve where the move needs it."""
+        from shipway.lifecycle.rollout import approval_needed
+
         with _opened(manifest) as parts:
-            actor = cli_principal(parts.store, Settings(), permission, what or "this move").name
+            why = approval_needed(parts.rollout, move, percent=percent, force=force)
+            permission = APPROVE if why else OPERATE
+            actor = cli_principal(parts.store, Settings(), permission, why or move).actor
             result = fn(parts.rollout, actor)
             st = result[0] if isinstance(result, tuple) else result
             _print_state(st)
@@ -183,9 +190,9 @@ def register(models_app: typer.Typer, rollout_app: typer.Typer) -> None:
     ) -> None:
         """Mirror live traffic to VERSION; its answers are logged, never returned."""
         if stop:
-            _move(manifest, lambda r, a: r.unshadow(version, actor=a, reason=reason))
+            _move(manifest, lambda r, a: r.unshadow(version, actor=a, reason=reason), "unshadow")
         else:
-            _move(manifest, lambda r, a: r.shadow(version, actor=a, reason=reason))
+            _move(manifest, lambda r, a: r.shadow(version, actor=a, reason=reason), "shadow")
 
     @rollout_app.command("canary")
     def rollout_canary(
@@ -207,8 +214,9 @@ def register(models_app: typer.Typer, rollout_app: typer.Typer) -> None:
             lambda r, a: r.canary(
                 version, percent=percent, key=key, actor=a, reason=reason, force=force
             ),
-            APPROVE if force else OPERATE,
-            "canary --force" if force else "canary",
+            "canary",
+            percent=percent,
+            force=force,
         )
 
     @rollout_app.command("step")
@@ -221,8 +229,8 @@ def register(models_app: typer.Typer, rollout_app: typer.Typer) -> None:
         _st, rep = _move(
             manifest,
             lambda r, a: r.step(actor=a, reason=reason, force=force),
-            APPROVE if force else OPERATE,
-            "step --force" if force else "step",
+            "step",
+            force=force,
         )
         for c in rep.checks:
             out.print(f"  {'[green]ok[/]' if c.passed else '[red]no[/]'} {c.name}: {c.detail}")
@@ -237,8 +245,8 @@ def register(models_app: typer.Typer, rollout_app: typer.Typer) -> None:
         _move(
             manifest,
             lambda r, a: r.promote(actor=a, reason=reason, force=force),
-            APPROVE,
             "promote",
+            force=force,
         )
 
     @rollout_app.command("rollback")
@@ -247,7 +255,7 @@ def register(models_app: typer.Typer, rollout_app: typer.Typer) -> None:
         reason: Reason = "",
     ) -> None:
         """Stop the canary; with none running, return to the previous champion at once."""
-        _move(manifest, lambda r, a: r.rollback(actor=a, reason=reason), OPERATE, "rollback")
+        _move(manifest, lambda r, a: r.rollback(actor=a, reason=reason), "rollback")
 
     @rollout_app.command("status")
     def rollout_status(

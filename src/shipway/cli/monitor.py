@@ -12,7 +12,7 @@ from rich.table import Table
 
 from shipway.cli.access import cli_principal
 from shipway.cli.lifecycle import ManifestArg, _opened, out, when
-from shipway.govern.roles import OPERATE, PREDICT
+from shipway.govern.roles import LABEL, OPERATE
 from shipway.settings import Settings
 
 monitor_app = typer.Typer(
@@ -180,8 +180,8 @@ def feedback_import(
     from shipway.decisions.labels import read_file
 
     with _opened(manifest) as parts:
-        actor = cli_principal(parts.store, Settings(), PREDICT, "feedback import").name
-        stored = parts.record_feedback(read_file(file), actor=actor, source="file")
+        who = cli_principal(parts.store, Settings(), LABEL, "feedback import")
+        stored = parts.record_feedback(read_file(file), who, source="file")
     revised = sum(1 for s in stored if s["revision"] > 1)
     out.print(f"stored {len(stored)} labels ({revised} revisions of earlier labels)")
 

@@ -34,7 +34,7 @@ def review(
     """
     done = 0
     with _opened(manifest) as parts:
-        reviewer = cli_principal(parts.store, Settings(), REVIEW, "review").name
+        reviewer = cli_principal(parts.store, Settings(), REVIEW, "review").actor
         q = parts.review
         while limit == 0 or done < limit:
             item = q.claim(reviewer, queue)

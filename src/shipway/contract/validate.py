@@ -50,6 +50,18 @@ class _Missing:
 MISSING: Any = _Missing()
 
 
+def echo(v: Any) -> Any:
+    """A value as a violation shows it: scalars as sent (long text cut short), an object or a
+    list summarised, so an error body never carries (or fails on) a large or deep structure."""
+    if isinstance(v, dict):
+        return f"<an object with {len(v)} keys>"
+    if isinstance(v, list | tuple):
+        return f"<a list of {len(v)} items>"
+    if isinstance(v, str) and len(v) > 200:
+        return v[:200] + "..."
+    return v
+
+
 def _fmt(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else repr(float(x))
 
@@ -104,7 +116,7 @@ class _FieldRule:
                 "row": row,
                 "field": self.name,
                 "rule": "type",
-                "value": v,
+                "value": echo(v),
                 "expected": _EXPECTED_TYPE[self.type],
             }
         if self.numeric:
@@ -137,7 +149,7 @@ class _FieldRule:
                 "row": row,
                 "field": self.name,
                 "rule": "category",
-                "value": v,
+                "value": echo(v),
                 "expected": f"one of {sorted(self.allowed, key=str)}",
             }
         return None
@@ -329,9 +341,9 @@ class Contract:
                 out.append(
                     {
                         "row": i,
-                        "field": k,
+                        "field": echo(k),
                         "rule": "unknown_field",
-                        "value": rec[k],
+                        "value": echo(rec[k]),
                         "expected": "a field named in the contract",
                     }
                 )
@@ -466,7 +478,7 @@ def _explain(rule: _FieldRule, row: int, v: Any) -> Violation:
                 "row": row,
                 "field": rule.name,
                 "rule": "type",
-                "value": v,
+                "value": echo(v),
                 "expected": _EXPECTED_TYPE[rule.type],
             }
         v = num
@@ -476,7 +488,7 @@ def _explain(rule: _FieldRule, row: int, v: Any) -> Violation:
             "row": row,
             "field": rule.name,
             "rule": "type",
-            "value": v,
+            "value": echo(v),
             "expected": _EXPECTED_TYPE[rule.type],
         }
     return viol

@@ -7,6 +7,12 @@ are kept. A batch with any bad item is refused whole, every problem named.
 
 :func:`record` takes a connection, so a review outcome, its audit event and its label commit
 in one transaction.
+
+Labels carry who gave them, with which role, and a rank: a reviewer's outcome
+(:data:`RANK_REVIEW`) outranks a label from someone whose job is labelling
+(:data:`RANK_LABELER`), which outranks a caller's own feedback (:data:`RANK_CALLER`); the
+label that counts is the newest of the highest rank, so a caller cannot overwrite a reviewer.
+A caller may label only the decisions its own requests made (``owner``).
 """
 
 from __future__ import annotations
@@ -77,6 +83,10 @@ def _problems(items: Sequence[Any], output: OutputSpec) -> list[dict[str, Any]]:
     return problems
 
 
+#: Label ranks: the newest label of the highest rank is the one that counts.
+RANK_CALLER, RANK_LABELER, RANK_REVIEW = 1, 2, 3
+
+
 def record(
     conn: Connection,
     service: str,
@@ -85,18 +95,26 @@ def record(
     *,
     actor: str,
     source: str = "api",
+    rank: int = RANK_CALLER,
+    role: str | None = None,
+    owner: str | None = None,
 ) -> list[dict[str, Any]]:
     """Store labels in ``conn``'s transaction; returns ``[{"id", "revision"}]`` in order.
 
-    Raises :class:`FeedbackInvalid` (nothing stored) when any item is bad.
+    With ``owner``, only decisions whose caller is ``owner`` may be labelled. Raises
+    :class:`FeedbackInvalid` (nothing stored) when any item is bad.
     """
     if not items:
         raise InputError("no feedback given")
     problems = _problems(items, output)
     ids = [str(it["id"]) for it in items if isinstance(it, dict) and "id" in it]
     known = queries.known_ids(conn, service, ids)
+    callers = queries.callers(conn, known) if owner is not None else {}
     for i, it in enumerate(items):
-        if isinstance(it, dict) and "id" in it and str(it["id"]) not in known:
+        if not (isinstance(it, dict) and "id" in it):
+            continue
+        did = str(it["id"])
+        if did not in known:
             problems.append(
                 {
                     "row": i,
@@ -104,6 +122,17 @@ def record(
                     "rule": "unknown_decision",
                     "value": it["id"],
                     "expected": f"a decision id of {service}",
+                }
+            )
+        elif owner is not None and callers.get(did) != owner:
+            problems.append(
+                {
+                    "row": i,
+                    "field": "id",
+                    "rule": "not_yours",
+                    "value": it["id"],
+                    "expected": "a decision your own requests made (labelling any decision "
+                    "needs the labeler or reviewer role)",
                 }
             )
     if problems:
@@ -139,6 +168,8 @@ def record(
                 "label": orjson.dumps(normalise_label(it["label"], output)).decode(),
                 "actor": actor,
                 "source": source,
+                "rank": rank,
+                "role": role,
             }
         )
         out.append({"id": did, "revision": rev})
@@ -154,27 +185,41 @@ def record_feedback(
     *,
     actor: str,
     source: str = "api",
+    rank: int = RANK_CALLER,
+    role: str | None = None,
+    owner: str | None = None,
 ) -> list[dict[str, Any]]:
     """:func:`record` in a transaction of its own."""
     with engine.begin() as conn:
-        return record(conn, service, output, items, actor=actor, source=source)
+        return record(
+            conn,
+            service,
+            output,
+            items,
+            actor=actor,
+            source=source,
+            rank=rank,
+            role=role,
+            owner=owner,
+        )
 
 
 def latest(engine: Engine, ids: Iterable[str]) -> dict[str, Any]:
-    """The newest label of each decision that has one."""
+    """The label that counts for each decision that has one: the newest of the highest rank."""
     ids = list(ids)
-    out: dict[str, tuple[int, Any]] = {}
+    out: dict[str, tuple[tuple[int, int], str]] = {}
     with engine.connect() as conn:
         for k in range(0, len(ids), 1000):
             chunk = ids[k : k + 1000]
-            for did, rev, label in conn.execute(
-                select(feedback.c.decision_id, feedback.c.revision, feedback.c.label).where(
-                    feedback.c.decision_id.in_(chunk)
-                )
+            for did, rank, rev, label in conn.execute(
+                select(
+                    feedback.c.decision_id, feedback.c.rank, feedback.c.revision, feedback.c.label
+                ).where(feedback.c.decision_id.in_(chunk))
             ):
-                if did not in out or rev > out[did][0]:
-                    out[did] = (rev, orjson.loads(label))
-    return {k: v[1] for k, v in out.items()}
+                key = (int(rank), int(rev))
+                if did not in out or key > out[did][0]:
+                    out[did] = (key, label)
+    return {k: orjson.loads(v[1]) for k, v in out.items()}
 
 
 def read_file(path: Path) -> list[dict[str, Any]]:
@@ -200,6 +245,9 @@ def read_file(path: Path) -> list[dict[str, Any]]:
 
 
 __all__ = [
+    "RANK_CALLER",
+    "RANK_LABELER",
+    "RANK_REVIEW",
     "label_problem",
     "latest",
     "normalise_label",

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -189,18 +191,69 @@ def checkpoint(engine: Engine, key: bytes) -> dict[str, Any]:
     return {"seq": seq, "hash": h, "ts": ts, "hmac_sha256": mac}
 
 
-def check_checkpoint(engine: Engine, key: bytes, cp: dict[str, Any]) -> bool:
-    """True when ``cp`` was signed with ``key`` and the chain still holds that event."""
-    mac = hmac.new(key, f"{cp['seq']}:{cp['hash']}:{cp['ts']!r}".encode(), hashlib.sha256)
+def check_checkpoint(engine: Engine, key: bytes, cp: dict[str, Any]) -> Verification:
+    """Whether the chain still holds what checkpoint ``cp`` saw.
+
+    The signature must be the server secret's; the chain is then recomputed from its first
+    event up to the checkpoint's, from the events' content (not their stored hashes), and must
+    end at the hash the checkpoint holds; and the chain must still reach that far (deleting
+    the newest events and moving the head back leaves a consistent but shorter chain).
+    """
+    try:
+        seq, want, ts = int(cp["seq"]), str(cp["hash"]), float(cp["ts"])
+    except (KeyError, TypeError, ValueError):
+        return Verification(False, 0, None, "the checkpoint is not a checkpoint (seq, hash, ts)")
+    mac = hmac.new(key, f"{seq}:{want}:{ts!r}".encode(), hashlib.sha256)
     if not hmac.compare_digest(mac.hexdigest(), str(cp.get("hmac_sha256", ""))):
-        return False
-    if int(cp["seq"]) == 0:
-        return True
-    with engine.connect() as conn:
-        h = conn.execute(
-            select(audit_events.c.hash).where(audit_events.c.seq == int(cp["seq"]))
-        ).scalar()
-    return h == cp["hash"]
+        return Verification(
+            False, 0, None, "the checkpoint's signature does not match (wrong secret, or edited)"
+        )
+    prev, expected, n = GENESIS, 1, 0
+    if seq > 0:
+        for e in _raw_events(engine):
+            s = int(e["seq"])
+            if s > seq:
+                break
+            if s != expected:
+                return Verification(False, n, expected, f"event {expected} is missing")
+            content = event_hash({**e, "prev_hash": prev})
+            if e["prev_hash"] != prev or content != e["hash"]:
+                return Verification(False, n, s, f"event {s} differs from what was checkpointed")
+            prev, expected, n = content, expected + 1, n + 1
+        if expected - 1 != seq:
+            return Verification(
+                False,
+                n,
+                expected,
+                f"the checkpoint saw event {seq}, but the chain now ends at event "
+                f"{expected - 1}: events were removed",
+            )
+    if prev != want:
+        return Verification(False, n, seq, f"event {seq} differs from what was checkpointed")
+    return Verification(True, n)
+
+
+def write_checkpoint(engine: Engine, key: bytes, directory: Path, keep: int = 48) -> Path:
+    """Write a checkpoint file into ``directory`` (atomically), keeping the newest ``keep``."""
+    cp = checkpoint(engine, key)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"checkpoint-{int(cp['ts'] * 1000):015d}-{cp['seq']}.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(orjson.dumps(cp))
+    os.replace(tmp, path)
+    for old in sorted(directory.glob("checkpoint-*.json"))[:-keep]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def newest_checkpoint(directory: Path) -> tuple[Path, dict[str, Any]] | None:
+    """The newest readable checkpoint file in ``directory``, if any."""
+    for path in sorted(directory.glob("checkpoint-*.json"), reverse=True):
+        try:
+            return path, orjson.loads(path.read_bytes())
+        except (OSError, orjson.JSONDecodeError):
+            continue
+    return None
 
 
 __all__ = [
@@ -212,6 +265,8 @@ __all__ = [
     "event_hash",
     "events",
     "head",
+    "newest_checkpoint",
     "record",
     "verify",
+    "write_checkpoint",
 ]

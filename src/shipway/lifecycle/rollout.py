@@ -23,6 +23,7 @@ from sqlalchemy import insert, select, update
 from shipway.decisions import queries
 from shipway.errors import Conflict, GateFailed, InputError, NotFound
 from shipway.govern import audit
+from shipway.govern.roles import system_actor
 from shipway.manifest import Manifest
 from shipway.models import ModelVersion, Registry
 from shipway.store import Store
@@ -431,6 +432,34 @@ class Rollout:
         return self._commit(st, after, "rollback", actor, reason)
 
 
+#: A canary share at or above this is all traffic: a promotion in all but name.
+FULL_SHARE = 100.0
+
+
+def approval_needed(
+    rollout: Rollout, move: str, *, percent: float | None = None, force: bool = False
+) -> str | None:
+    """Why ``move`` needs the ``approve`` permission, or None when ``operate`` is enough.
+
+    Promotion and any forced move need approval, and so does any move that would send every
+    request to a version no approver has promoted: a canary at 100% (or above the largest
+    step the manifest declares) or a step to it.
+    """
+    if move == "promote":
+        return "promotion"
+    if force:
+        return "--force"
+    largest = max(rollout.spec.steps)
+    if move == "canary" and percent is not None and (percent >= FULL_SHARE or percent > largest):
+        return f"a canary share of {percent:g}% (all traffic, a promotion in all but name)"
+    if move == "step":
+        st = rollout.state()
+        nxt = next((s for s in rollout.spec.steps if s > st.canary_percent), None)
+        if st.canary is not None and nxt is not None and nxt >= FULL_SHARE:
+            return f"a step to {nxt:g}% (all traffic, a promotion in all but name)"
+    return None
+
+
 def alert_actions(
     rollout: Rollout, after: Callable[[], Any] | None = None
 ) -> dict[str, Callable[[str], str]]:
@@ -440,7 +469,7 @@ def alert_actions(
     """
 
     def rollback(reason: str) -> str:
-        st = rollout.rollback(actor="shipway-monitor", reason=reason)
+        st = rollout.rollback(actor=system_actor("monitor"), reason=reason)
         if after is not None:
             after()
         return f"rolled back: champion v{st.champion}, canary {st.canary}"
@@ -453,4 +482,12 @@ def alert_actions(
     return {"rollback": rollback, "pause_canary": pause_canary}
 
 
-__all__ = ["CanaryReport", "Check", "Rollout", "RolloutState", "alert_actions"]
+__all__ = [
+    "FULL_SHARE",
+    "CanaryReport",
+    "Check",
+    "Rollout",
+    "RolloutState",
+    "alert_actions",
+    "approval_needed",
+]

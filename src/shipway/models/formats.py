@@ -14,10 +14,13 @@
 
 from __future__ import annotations
 
+import atexit
 import inspect
 import io
 import re
+import shutil
 import tarfile
+import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -318,15 +321,18 @@ def pack_directory(path: Path) -> bytes:
     return buf.getvalue()
 
 
-def unpack_directory(data: bytes, dest: Path) -> Path:
-    """Extract a packed model directory once into ``dest`` (reused when already there)."""
-    marker = dest / ".complete"
-    if marker.exists():
-        return dest
-    dest.mkdir(parents=True, exist_ok=True)
+def unpack_directory(data: bytes) -> Path:
+    """Extract a packed model directory into a new private folder (mode 0700), removed when
+    the process ends.
+
+    ``data`` is read from the artifact store after its sha256 was checked, and it is extracted
+    afresh at every load: a folder extracted earlier is never reused, since its files could
+    have been edited since (loading a model runs its code).
+    """
+    dest = Path(tempfile.mkdtemp(prefix="shipway-model-"))
+    atexit.register(shutil.rmtree, dest, True)
     with tarfile.open(fileobj=io.BytesIO(data), mode="r") as tar:
         tar.extractall(dest, filter="data")
-    marker.write_text("ok")
     return dest
 
 

@@ -8,12 +8,12 @@ its parameters, and the reference statistics later used for drift monitoring.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from shipway.errors import ModelError, NotFound
@@ -178,6 +178,37 @@ class Registry:
             raise NotFound(f"service {service!r} has no model version {version} in the store")
         return ModelVersion(**{str(k): v for k, v in row.items() if k != "id"})
 
+    def treat_references(
+        self, service: str, treat: Callable[[dict[str, Any]], dict[str, Any] | None], actor: str
+    ) -> list[int]:
+        """Apply ``treat`` (personal-data treatment) to the reference statistics of every
+        version of ``service`` that needs it, with an audit event each; the versions changed."""
+        changed = []
+        for mv in self.list(service):
+            new = treat(mv.reference)
+            if new is None:
+                continue
+            with self.store.engine.begin() as conn:
+                conn.execute(
+                    update(model_versions)
+                    .where(
+                        model_versions.c.service == service,
+                        model_versions.c.version == mv.version,
+                    )
+                    .values(reference=new)
+                )
+                audit.append(
+                    conn,
+                    actor=actor,
+                    action="model.pii",
+                    target=f"service:{service}/v{mv.version}",
+                    service=service,
+                    after={"treated": new.get("pii")},
+                    reason="personal fields treated in the reference statistics",
+                )
+            changed.append(mv.version)
+        return changed
+
     def list(self, service: str) -> list[ModelVersion]:
         with self.store.engine.connect() as conn:
             rows = (
@@ -252,10 +283,7 @@ class Registry:
         if mv.flavor == "mlflow":
             from shipway.models.formats import load_mlflow, unpack_directory
 
-            folder = unpack_directory(
-                data, self.store.artifacts.root / "unpacked" / mv.artifact_sha256
-            )
-            return load_mlflow(folder, names, labels, numeric)
+            return load_mlflow(unpack_directory(data), names, labels, numeric)
         raise ModelError(f"unknown model flavor {mv.flavor!r} for version {mv.version}")
 
 

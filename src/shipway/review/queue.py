@@ -29,6 +29,7 @@ from shipway.decisions import labels, queries
 from shipway.errors import Conflict, InputError, NotFound
 from shipway.expr import Expression
 from shipway.govern import audit
+from shipway.govern.roles import system_actor
 from shipway.manifest import OutputSpec, ReviewPolicy, ReviewSpec, WebhookSpec
 from shipway.notify import enqueue
 from shipway.store.tables import review_items, review_outcomes
@@ -251,6 +252,8 @@ class ReviewQueue:
                     [{"id": item["decision_id"], "label": output}],
                     actor=reviewer,
                     source="review",
+                    rank=labels.RANK_REVIEW,
+                    role="reviewer",
                 )
                 if item["mode"] == "hold" and self.spec.webhook:
                     enqueue(
@@ -284,7 +287,7 @@ class ReviewQueue:
                 )
             audit.append(
                 conn,
-                actor="shipway-monitor",
+                actor=system_actor("monitor"),
                 action="review.batch",
                 target=f"service:{self.service}",
                 service=self.service,

@@ -30,6 +30,7 @@ from shipway.errors import (
     ShipwayError,
     StoreError,
 )
+from shipway.govern.pii import Redactor
 from shipway.manifest import CacheSpec, FallbackStep, GuardsSpec, StopSpec
 from shipway.metrics import ServiceMetrics
 from shipway.models.predictor import Predictions, Row
@@ -126,7 +127,7 @@ class GuardChain:
         output_check: OutputCheck | None = None,
         fallbacks: list[Fallback] | None = None,
         cache: CacheSpec | None = None,
-        redact: Redact | None = None,
+        redact: Redactor | None = None,
         stop: StopSpec | None = None,
     ) -> None:
         self.service = service
@@ -141,7 +142,8 @@ class GuardChain:
         self.cache_ttl = cache.ttl_s
         wants_cache = cache.ttl_s > 0 or any(f.step.kind == "cache" for f in self.fallbacks)
         self.cache = AnswerCache(cache.max_entries) if wants_cache else None
-        self.redact: Redact = redact or _same
+        self.redactor = redact if redact else None
+        self.redact: Redact = self.redactor or _same
         self.stop = stop or StopSpec()
         self.deadlines = Deadlines()
 
@@ -209,7 +211,11 @@ class GuardChain:
         for route, res in zip(routes, results, strict=True):
             if not isinstance(res, BaseException):
                 continue
-            msg = res.message if isinstance(res, ShipwayError) else f"{type(res).__name__}: {res}"
+            if isinstance(res, ShipwayError):
+                code, msg = res.code, res.message
+            else:
+                code, msg = "model_error", f"{type(res).__name__}: {res}"
+            msg = f"{code}: {self.scrub(msg, [values[k] for k in route.rows])}"
             if not isinstance(res, ModelUnavailable | ServiceStopped):
                 self.metrics.model_errors.labels(str(route.lane.version), "model_error").inc()
             for k in route.rows:
@@ -265,13 +271,22 @@ class GuardChain:
             raise res
         return res
 
-    def _failed(self, lane: Lane, exc: ShipwayError, reasons: list[str]) -> None:
+    def scrub(self, text: str, rows: Sequence[Row]) -> str:
+        """Error text with the raw values of personal fields of ``rows`` treated (PII)."""
+        if self.redactor is None:
+            return text
+        names = self.names
+        return self.redactor.scrub(text, [dict(zip(names, r, strict=True)) for r in rows])
+
+    def _failed(
+        self, lane: Lane, exc: ShipwayError, reasons: list[str], rows: Sequence[Row]
+    ) -> None:
         version = str(lane.version)
         self.metrics.model_errors.labels(version, exc.code).inc()
         breaker = lane.breaker
         if breaker is not None and breaker.failure():
             self.metrics.breaker_opened.labels(version).inc()
-        reasons.append(f"{lane.name}: {exc.message}")
+        reasons.append(f"{lane.name}: {self.scrub(exc.message, rows)}")
 
     async def _guarded(
         self, lane: Lane, rows: list[Row], record: Any, reasons: list[str]
@@ -289,7 +304,7 @@ class GuardChain:
             except StoreError:
                 raise
             except ModelError as exc:
-                self._failed(lane, exc, reasons)
+                self._failed(lane, exc, reasons, rows)
                 if attempt < g.retries and is_retryable(exc):
                     self.metrics.retries.labels(str(lane.version)).inc()
                     await asyncio.sleep(backoff_s(attempt, g.backoff_ms, g.backoff_max_ms))
@@ -427,7 +442,7 @@ class GuardChain:
                 except StoreError:
                     raise
                 except ModelError as exc:
-                    self._failed(lane, exc, reasons)
+                    self._failed(lane, exc, reasons, rows)
                     continue
                 if lane.breaker is not None:
                     lane.breaker.success()

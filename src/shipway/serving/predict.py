@@ -56,12 +56,17 @@ class PredictPath:
         self.review = review
         self.metrics = metrics
         self.partial = contract.spec.on_bad_rows == "partial"
+        self._fields = frozenset(contract.names)
         self._violation_children: dict[tuple[str, str], Any] = {}
 
     def _count_violations(self, fields: list[dict[str, Any]], bad_rows: int) -> None:
+        """Violations by field and rule. Only contract fields become label values: a field
+        name a caller made up counts as ``(unknown)``, so callers cannot grow /metrics."""
         self.metrics.rejected_rows.inc(bad_rows)
+        known = self._fields
         for v in fields:
-            key = (str(v["field"]), v["rule"])
+            f = v["field"]
+            key = (f if f in known else "(row)" if f is None else "(unknown)", v["rule"])
             c = self._violation_children.get(key)
             if c is None:
                 c = self._violation_children[key] = self.metrics.contract_violations.labels(*key)

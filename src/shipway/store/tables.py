@@ -179,6 +179,8 @@ feedback = Table(
     Column("ts", Float, nullable=False),
     Column("actor", String(128), nullable=False),
     Column("source", String(32), nullable=False),
+    Column("rank", Integer, nullable=False, server_default="1"),
+    Column("role", String(32), nullable=True),
 )
 Index("ix_feedback_decision", feedback.c.decision_id, feedback.c.revision, unique=True)
 
