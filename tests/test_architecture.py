@@ -131,7 +131,7 @@ def test_v2_decisions_record_the_authenticated_caller(
     admin_auth = {"Authorization": f"Bearer {admin}"}
     v2_decision = server.client.get(f"/v1/decisions/{did}", headers=admin_auth).json()
     v1_decision = server.client.get(f"/v1/decisions/{one['id']}", headers=admin_auth).json()
-    assert v2_decision["caller"] == v1_decision["caller"] == "predictor-key"
+    assert v2_decision["caller"] == v1_decision["caller"] == "key:predictor-key"
 
 
 def test_rate_limits_are_keyed_as_the_manifest_says(

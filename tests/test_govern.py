@@ -318,7 +318,7 @@ def test_audit_records_state_changes_and_cli_verify_names_the_broken_row(
     assert actions.count("key.create") == len(ROLES)
     assert actions[-2:] == ["rollout.stop", "rollout.resume"]
     stop_event = orjson.loads(listed[-2])
-    assert stop_event["actor"] == "approver-key" and stop_event["reason"] == "incident 42"
+    assert stop_event["actor"] == "key:approver-key" and stop_event["reason"] == "incident 42"
     ok = cli("audit", "verify", "-m", str(manifest))
     assert ok.returncode == 0 and f"{len(actions)} events" in ok.stdout
     db = sqlite3.connect(workspace / ".shipway" / "shipway.db")
@@ -489,7 +489,7 @@ def test_stop_switch_answers_the_declared_safe_behaviour(
 def test_production_mode_refuses_a_missing_or_default_secret(workspace: Path) -> None:
     manifest = workspace / "shipway.yaml"
     base = {**os.environ, "SHIPWAY_DATABASE_URL": "", "SHIPWAY_DEV_MODE": ""}
-    for secret, says in (("", "no server secret"), ("changeme", "is a default")):
+    for secret, says in (("", "no server secret"), ("changeme", "well-known default")):
         res = subprocess.run(
             [sys.executable, "-m", "shipway", "serve", str(manifest), "--port", str(free_port())],
             env={**base, "SHIPWAY_SECRET_KEY": secret},

@@ -409,4 +409,4 @@ def test_alert_actions_pause_a_canary_through_the_rollout(
     assert server.client.get("/v1/review/stats").json()["queues"]["alerts"]["depth"] == 20
     assert server.client.get("/v1/rollout").json()["state"]["canary"] is None
     history = server.client.get("/v1/rollout/history").json()["events"]
-    assert history[-1]["actor"] == "shipway-monitor" and history[-1]["action"] == "rollback-canary"
+    assert history[-1]["actor"] == "system:monitor" and history[-1]["action"] == "rollback-canary"

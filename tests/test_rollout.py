@@ -29,7 +29,7 @@ NO_DB = {"SHIPWAY_DATABASE_URL": ""}
 
 
 def cli(*args: str) -> tuple[int, str, str]:
-    res = run_cli(*args, env=NO_DB)
+    res = run_cli(*args, env={**NO_DB, "COLUMNS": "200"})
     return res.returncode, res.stdout, res.stderr
 
 
@@ -376,6 +376,6 @@ def test_automatic_steps_when_checks_pass(svc: dict[str, Any], pilot: Pilot, sta
                 break
     assert state["canary_percent"] == 100, state
     history = server.client.get("/v1/rollout/history").json()["events"]
-    autos = [e for e in history if e["actor"] == "shipway-auto"]
+    autos = [e for e in history if e["actor"] == "system:auto-step"]
     assert [e["after"]["canary_percent"] for e in autos] == [50, 100]
     assert state["champion"] == 1  # promotion stays a human decision
