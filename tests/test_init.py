@@ -223,3 +223,52 @@ def test_serve_refuses_a_tampered_artifact(pilot: Pilot, tmp_path: Path) -> None
     res = run_cli("serve", str(tmp_path / "shipway.yaml"), "--port", "1", "--dev", env=NO_DB)
     assert res.returncode != 0
     assert "refusing to load it" in " ".join(res.stderr.split())
+
+
+def test_the_commands_init_prints_reach_an_authenticated_monitored_service(
+    pilot: Pilot, tmp_path: Path
+) -> None:
+    """init's closing commands, pasted into a shell as printed (on a free port), serve the
+    pilot with authentication on and alert rules loaded."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    from tests.conftest import free_port
+
+    res = run_cli(
+        "init",
+        "--model",
+        str(pilot.model),
+        "--data",
+        str(pilot.data),
+        "--target",
+        pilot.target,
+        "--name",
+        "pasted",
+        cwd=tmp_path,
+        env={"SHIPWAY_DATABASE_URL": ""},
+    )
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    start = lines.index("Next, to serve it with authentication on (copy and paste):")
+    commands = [line.strip() for line in lines[start + 1 :] if line.startswith("  ")]
+    assert len(commands) == 6  # secret, admin key, predictor key, serve, wait, first request
+    port = str(free_port())
+    script = "\n".join(c.replace("8000", port) for c in commands) + "\nkill %1; wait\n"
+    env = {
+        **os.environ,
+        "SHIPWAY_DATABASE_URL": "",
+        "SHIPWAY_DEV_MODE": "",
+        "SHIPWAY_API_KEY": "",
+        "SHIPWAY_SECRET_KEY": "",
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+    }
+    out = subprocess.run(
+        ["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180
+    )
+    decision = re.search(r'\{"id":.*\}', out.stdout)
+    assert decision is not None, out.stdout + out.stderr
+    assert '"route":"champion"' in decision.group(0)
+    assert "authentication on" in out.stderr and "3 alert rules" in out.stderr

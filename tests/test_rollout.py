@@ -276,6 +276,12 @@ def test_canary_steps_promote_and_rollback_under_load(
         assert code == 0, err + out
         assert "canary v2 at 50%" in out
         _applied(server, 2)
+        deadline = time.monotonic() + 60  # promotion needs this step's checks to pass too
+        while time.monotonic() < deadline:
+            status = json.loads(cli("rollout", "status", "--json", "-m", m)[1])
+            if status["canary"]["ready"]:
+                break
+            time.sleep(0.5)
         assert cli("rollout", "promote", "-m", m, "--reason", "better")[0] == 0
         assert _applied(server, 3) < 3.0
         t3 = time.monotonic() + 0.2  # requests already in flight may finish on the old plan

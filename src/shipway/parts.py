@@ -45,7 +45,12 @@ class ServiceParts:
         self.store = store
         self.metrics = ServiceMetrics(self.name)
         self.registry = Registry(store)
-        self.rollout = Rollout(store, manifest, self.registry)
+        self.rollout = Rollout(
+            store,
+            manifest,
+            self.registry,
+            blocking_alerts=lambda: self.monitor.alerts.firing(("pause_canary", "rollback")),
+        )
         self.keys = Keys(store.engine)
         self.review = ReviewQueue(store.engine, self.name, manifest.review, manifest.output)
         self.outbox = Outbox(store.engine, self.name, metrics=self.metrics)

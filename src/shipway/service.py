@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import hashlib
 import io
 import logging
 import threading
@@ -62,10 +63,19 @@ ROLLOUT_POLL_S = 0.25
 KEYS_POLL_S = 0.25
 #: How often the outbox looks for notifications to deliver (seconds).
 OUTBOX_POLL_S = 0.5
+#: How often the manifest file is looked at for edits (seconds).
+MANIFEST_POLL_S = 2.0
 #: How often review SLAs are checked (seconds).
 REVIEW_SWEEP_S = 2.0
 #: Lanes no plan uses any more are stopped after this long (in-flight requests finish first).
 LANE_GRACE_S = 30.0
+
+
+def _file_digest(path: Path) -> str | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
 
 
 def reference_rows(store: Store, mv: ModelVersion, names: list[str], n: int = 64) -> list[Any]:
@@ -215,6 +225,7 @@ class Service(ServiceParts):
         self._publish(self.state)
         self._refresh_lock = threading.Lock()
         self.scheduler = Scheduler(store.engine, self.name, metrics=self.metrics)
+        self._manifest_digest = _file_digest(location.manifest_path)
         self._schedule()
 
     def make_lane(self, version: int | None, predictor: Predictor, name: str = "") -> Lane:
@@ -326,6 +337,49 @@ class Service(ServiceParts):
         prev = self.state.previous_champion
         self.lanes.retire_unused(in_use, {prev} if prev is not None else set(), time.monotonic())
 
+    # -- what a starting server says ---------------------------------------------------------
+
+    def startup_notes(self) -> list[tuple[str, str]]:
+        """(level, line) pairs a starting server prints: what it serves, how callers
+        authenticate, what it watches, and anything that differs from what the manifest says."""
+        m = self.manifest
+        st = self.state
+        notes: list[tuple[str, str]] = []
+        if self.dev_mode:
+            notes.append(("warn", "authentication is OFF (development mode)"))
+        else:
+            oidc = " and OIDC tokens" if m.auth.oidc is not None else ""
+            notes.append(("info", f"authentication on: API keys{oidc}"))
+        notes.append(
+            (
+                "info",
+                f"{len(m.monitor.alerts)} alert rules, {len(m.review.policies)} review policies, "
+                f"{len(m.guards.fallback)} fallback steps; scheduled: "
+                + ", ".join(t["task"] for t in self.scheduler.status()),
+            )
+        )
+        if st.champion != m.model.version:
+            notes.append(
+                (
+                    "warn",
+                    f"the store's champion is v{st.champion} (set by 'shipway rollout'), the "
+                    f"manifest names v{m.model.version}: v{st.champion} answers",
+                )
+            )
+        if st.stopped:
+            notes.append(("warn", f"the stop switch is on: {st.stop_reason}"))
+        return notes
+
+    def _watch_manifest(self) -> None:
+        digest = _file_digest(self.location.manifest_path)
+        if digest != self._manifest_digest and digest is not None:
+            self._manifest_digest = digest
+            log.warning(
+                "%s changed on disk; restart shipway serve to apply it (run 'shipway validate' "
+                "first)",
+                self.location.manifest_path,
+            )
+
     # -- periodic work ---------------------------------------------------------------------
 
     def _schedule(self) -> None:
@@ -343,6 +397,7 @@ class Service(ServiceParts):
         if oidc is not None and oidc.remote is not None:
             add(Task("jwks", 1.0, oidc.remote.maintain))
         add(Task("outbox", OUTBOX_POLL_S, self.outbox.deliver_due))
+        add(Task("manifest", MANIFEST_POLL_S, self._watch_manifest))
         if m.review.policies:
             add(Task("review-sla", REVIEW_SWEEP_S, self.sweep_reviews))
         if m.retention.decisions is not None or m.retention.shadow_decisions is not None:

@@ -72,6 +72,26 @@ class MetricsMiddleware:
             self.metrics.observe_http(path, status, time.perf_counter() - t0)
 
 
+_FORMISH = (b"application/x-www-form-urlencoded", b"text/plain", b"")
+
+
+class JsonBodies:
+    """Control routes read their bodies as JSON whatever Content-Type says, as the ingress
+    does: ``curl -d '{...}'`` sends a form type, and a body that is JSON should not be refused
+    for its label. Only form and plain-text labels (or none) are relabelled."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] in ("POST", "PUT", "PATCH", "DELETE"):
+            headers = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
+            ctype = next((v for k, v in scope["headers"] if k == b"content-type"), b"")
+            if ctype.split(b";")[0].strip().lower() in _FORMISH:
+                scope = {**scope, "headers": [*headers, (b"content-type", b"application/json")]}
+        await self.app(scope, receive, send)
+
+
 async def _shipway_error(_req: Request, exc: Exception) -> Response:
     assert isinstance(exc, ShipwayError)
     return shipway_error_response(exc)
@@ -149,6 +169,7 @@ def create_app(service: Service, *, manage_lifecycle: bool = True) -> ASGIApp:
 
     app.openapi = openapi  # type: ignore[method-assign]
     static = frozenset(p for r in app.router.routes if "{" not in (p := getattr(r, "path", "{")))
+    app.add_middleware(JsonBodies)
     app.add_middleware(AccessMiddleware, service=service)
     app.add_middleware(MetricsMiddleware, service=service, static_paths=static)
     return Ingress(app, service)

@@ -12,10 +12,10 @@ from typing import Annotated, Any
 
 import orjson
 import typer
-from rich.console import Console
 
 from shipway import __version__
 from shipway.cli.access import cli_principal
+from shipway.cli.lifecycle import console as cli_console
 from shipway.errors import ShipwayError
 from shipway.govern.roles import ADMIN, READ_INPUTS
 from shipway.settings import Settings
@@ -37,8 +37,8 @@ rollout_app = typer.Typer(
 )
 app.add_typer(rollout_app, name="rollout")
 
-console = Console(stderr=True, soft_wrap=True)
-out = Console(soft_wrap=True)
+console = cli_console(stderr=True)
+out = cli_console()
 
 
 def _actor(settings: Settings) -> str:
@@ -146,7 +146,31 @@ def init(
     out.print(f"  model version {res.version} registered ({m.model.uri})")
     scores = ", ".join(f"{k}={v:.4f}" for k, v in res.metrics.items())
     out.print(f"  holdout ({res.holdout_rows} of {res.rows} rows): {scores}")
-    out.print(f"Next: [bold]shipway serve {res.manifest_path}[/]")
+    rules = ", ".join(f"{r.name} ({r.when})" for r in m.monitor.alerts)
+    out.print(
+        f"  monitoring: alert rules {rules}; add monitor.webhooks to be told", highlight=False
+    )
+    out.print(next_steps(res.manifest_path, res.example), highlight=False, markup=False)
+
+
+def next_steps(manifest: Path, example: dict[str, Any]) -> str:
+    """The commands from a fresh init to an authenticated, monitored service, ready to paste."""
+    m = str(manifest)
+    body = orjson.dumps({"inputs": example}).decode().replace("'", "'\\''")
+    create = f"shipway keys create -m {m} --name"
+    return "\n".join(
+        [
+            "Next, to serve it with authentication on (copy and paste):",
+            '  export SHIPWAY_SECRET_KEY=$(python -c "import secrets; '
+            'print(secrets.token_hex(32))")',
+            f"  export SHIPWAY_API_KEY=$({create} admin --role admin | tail -1)",
+            f"  PREDICT_KEY=$({create} app --role predictor | tail -1)",
+            f"  shipway serve -m {m} --port 8000 &",
+            "  until curl -sf localhost:8000/readyz >/dev/null; do sleep 0.5; done",
+            '  curl -s localhost:8000/v1/predict -H "Authorization: Bearer $PREDICT_KEY" '
+            f"-d '{body}'",
+        ]
+    )
 
 
 def _read_endpoint(path: Path) -> Any:
@@ -230,6 +254,9 @@ def serve(
         f"http://{host}:{port}  (docs: /docs, metrics: /metrics)",
         highlight=False,
     )
+    for level, line in service.startup_notes():
+        style = "[yellow]warning:[/] " if level == "warn" else "  "
+        console.print(style + line, highlight=False)
     config = uvicorn.Config(
         create_app(service),
         host=host,
@@ -245,6 +272,44 @@ def serve(
     server.run()
     if not server.started:
         raise typer.Exit(1)
+
+
+@app.command()
+def validate(
+    manifest_arg: ManifestPositional = None,
+    manifest: ManifestOption = None,
+    dev: Annotated[
+        bool, typer.Option("--dev", help="Check as development mode (no secret needed).")
+    ] = False,
+) -> None:
+    """Check a manifest the way serve does, without serving: the file (every problem with its
+    line), the store, the secret, and every model it names loads. Exit 1 on any problem, for CI.
+
+    Loading a model runs its code: validate only manifests whose models you trust.
+    """
+    from shipway.errors import ManifestError
+    from shipway.service import Service
+
+    path = _manifest_path(manifest_arg, manifest)
+    settings = Settings(dev_mode=True) if dev else Settings()
+    try:
+        service = Service.open(path, settings)
+    except ManifestError as exc:
+        for problem in exc.problems or [exc.message]:
+            console.print(f"[bold red]error:[/] {problem}", highlight=False)
+        raise typer.Exit(1) from None
+    except ShipwayError as exc:
+        raise fail(exc.message) from None
+    try:
+        out.print(
+            f"[green]valid[/]: {path} serves [bold]{service.name}[/] with model "
+            f"v{service.router.champion.version}",
+            highlight=False,
+        )
+        for level, line in service.startup_notes():
+            out.print(("[yellow]warning:[/] " if level == "warn" else "  ") + line, highlight=False)
+    finally:
+        service.close()
 
 
 def _parse_since(text: str | None) -> float | None:

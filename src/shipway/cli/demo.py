@@ -13,6 +13,7 @@ import os
 import random
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -196,10 +197,31 @@ def replay(
             time.sleep(0.002)
 
 
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def run_demo(*, duration: float | None, port: int, workdir: Path | None, console: Console) -> int:
     from shipway.lifecycle.onboard import init_service
     from shipway.settings import Settings
 
+    if not _port_free(port):
+        taken, port = port, _free_port()
+        console.print(
+            f"port {taken} is taken on 127.0.0.1; the demo uses port {port} instead "
+            "(choose one with --port)"
+        )
     tmp = None
     if workdir is None:
         tmp = tempfile.TemporaryDirectory(prefix="shipway-demo-")

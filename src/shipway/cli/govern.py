@@ -62,7 +62,7 @@ def keys_create(
         )
     err.print(
         f"Created key [bold]{info.id}[/] for {name!r} with role {role}"
-        + (f", expires {when(info.expires_at)} UTC" if info.expires_at else "")
+        + (f", expires {when(info.expires_at)}" if info.expires_at else "")
         + ". It is shown once; store it now:",
         highlight=False,
     )
@@ -139,7 +139,9 @@ def audit_list(
     for col in ("seq", "time (UTC)", "actor", "action", "target", "reason"):
         t.add_column(col)
     for e in events:
-        t.add_row(str(e["seq"]), when(e["ts"]), e["actor"], e["action"], e["target"], e["reason"])
+        t.add_row(
+            str(e["seq"]), when(e["ts"], ""), e["actor"], e["action"], e["target"], e["reason"]
+        )
     out.print(t)
 
 
@@ -238,4 +240,4 @@ def retention_purge(manifest: ManifestArg = Path("shipway.yaml")) -> None:
         out.print("No retention is set in the manifest (retention.decisions); nothing removed.")
         return
     for name, n in res["removed"].items():
-        out.print(f"removed {n} rows from {name} older than {when(res['older_than'][name])} UTC")
+        out.print(f"removed {n} rows from {name} older than {when(res['older_than'][name])}")

@@ -7,6 +7,8 @@ second (it polls the plan's generation), so no restart is needed.
 from __future__ import annotations
 
 import contextlib
+import os
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,8 +27,17 @@ from shipway.settings import Settings
 if TYPE_CHECKING:
     from shipway.parts import ServiceParts
 
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
+
+def console(stderr: bool = False) -> Console:
+    """A console for the CLI: the terminal's width, or 160 columns (or $COLUMNS) when the
+    output is a pipe or a file, so tables are not folded at 80."""
+    stream = sys.stderr if stderr else sys.stdout
+    width = None if stream.isatty() else int(os.environ.get("COLUMNS") or 160)
+    return Console(stderr=stderr, soft_wrap=True, width=width)
+
+
+out = console()
+err = console(stderr=True)
 
 ManifestArg = Annotated[
     Path, typer.Option("--manifest", "-m", help="The service's manifest (or its folder).")

@@ -43,7 +43,7 @@ def _f(v: Any, digits: int = 4) -> str:
 def print_report(r: dict[str, Any]) -> None:
     out.print(
         f"[bold]{r['service']}[/] model v{r.get('model_version')}: window "
-        f"{when(r.get('window_start'))} .. {when(r.get('window_end'))} UTC, "
+        f"{when(r.get('window_start'), '')} .. {when(r.get('window_end'))}, "
         f"{r['n']} decisions"
     )
     ops = r.get("operations") or {}
@@ -104,6 +104,11 @@ def print_report(r: dict[str, Any]) -> None:
         out.print("performance: no feedback labels in this window")
     for a in r.get("alerts") or []:
         out.print(f"alert [bold]{a['rule']}[/]: {a['status']}")
+    for p in r.get("alerts_pending") or []:
+        note = "" if p["counted"] else " (this window overlaps the last one counted)"
+        out.print(
+            f"alert [bold]{p['rule']}[/]: pending, {p['windows']} of {p['for']} windows{note}"
+        )
 
 
 @monitor_app.command("run")
@@ -167,7 +172,7 @@ def alerts_list(
             )
             for a in e["detail"].get("actions", [])
         )
-        t.add_row(when(e["ts"]), e["rule"], e["status"], acts)
+        t.add_row(when(e["ts"], ""), e["rule"], e["status"], acts)
     out.print(t)
 
 

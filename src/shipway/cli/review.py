@@ -16,6 +16,11 @@ from shipway.settings import Settings
 HELP = "[a]pprove, [o]verride, [e]scalate, [q]uit"
 
 
+def _shown(v: object) -> str:
+    """A value as JSON writes it (null, true), as reviewers read values in the API."""
+    return orjson.dumps(v).decode() if v is None or isinstance(v, bool) else str(v)
+
+
 def register(app: typer.Typer) -> None:
     app.command("review")(review)
 
@@ -46,10 +51,11 @@ def review(
                 f"{item['queue']}, priority {item['priority']})"
             )
             for k, v in item["inputs"].items():
-                out.print(f"  {k}: {v}")
+                out.print(f"  {k}: {_shown(v)}", highlight=False)
             out.print(
-                f"  model v{item['model_version']} answered [bold]{item['output']}[/] "
-                f"with confidence {item['confidence']}"
+                f"  model v{_shown(item['model_version'])} answered "
+                f"[bold]{_shown(item['output'])}[/] with confidence {_shown(item['confidence'])}",
+                highlight=False,
             )
             choice = typer.prompt(HELP, default="a").strip().lower()[:1]
             if choice == "q":

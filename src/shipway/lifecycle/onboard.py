@@ -20,9 +20,11 @@ from shipway.errors import InputError, ModelError, ShipwayError
 from shipway.lifecycle.evaluate import LOWER_IS_BETTER, score
 from shipway.manifest import (
     MANIFEST_FILENAME,
+    AlertRule,
     EndpointSpec,
     Manifest,
     ModelRef,
+    MonitorSpec,
     OutputSpec,
     QualitySpec,
     ServiceSpec,
@@ -47,6 +49,28 @@ class InitResult:
     metrics: dict[str, Any]
     holdout_rows: int
     rows: int
+    example: dict[str, Any]
+    """One row of the pilot's inputs, for the first request a user sends."""
+
+
+#: How far below the holdout accuracy (or above its MAE) the proposed quality alert fires.
+QUALITY_MARGIN = 0.05
+
+
+def proposed_monitoring(kind: str, metrics: dict[str, Any]) -> MonitorSpec:
+    """The monitoring ``init`` writes: errors, input drift and quality against the pilot's own
+    holdout score, each notifying (add a webhook to be told; until then alerts are recorded)."""
+    alerts = [
+        AlertRule(name="errors", when="n >= 50 and error_rate > 0.05"),
+        AlertRule(name="input-drift", when="drift_share > 0.3", **{"for": 2}),
+    ]
+    if kind == "classification" and "accuracy" in metrics:
+        floor = round(max(0.0, metrics["accuracy"] - QUALITY_MARGIN), 4)
+        alerts.append(AlertRule(name="quality", when=f"labeled >= 200 and accuracy < {floor}"))
+    elif kind == "regression" and "mae" in metrics:
+        ceiling = round(metrics["mae"] * (1 + 5 * QUALITY_MARGIN), 6)
+        alerts.append(AlertRule(name="quality", when=f"labeled >= 200 and mae > {ceiling}"))
+    return MonitorSpec(alerts=alerts)
 
 
 def read_data(path: Path) -> pd.DataFrame:
@@ -268,6 +292,7 @@ def _init_service(
         output=output,
         quality=QualitySpec(holdout_fraction=holdout_fraction, metrics=thresholds_from(metrics)),
         endpoint=endpoint if source.kind == "http" else None,
+        monitor=proposed_monitoring(output.kind, metrics),
     )
     location = Location.of(manifest, manifest_path.resolve(), settings)
     store = open_service_store(location, manifest)
@@ -309,7 +334,10 @@ def _init_service(
         f"# widened by {range_margin:.0%} of its span. Edit freely; 'shipway serve' validates it.\n"
     )
     manifest_path.write_text(header + dump_manifest(manifest), encoding="utf-8")
-    return InitResult(manifest_path, manifest, mv.version, metrics, len(hold_idx), len(frame))
+    example = {k: _plain(v) for k, v in features.iloc[0].items() if not pd.isna(v)}
+    return InitResult(
+        manifest_path, manifest, mv.version, metrics, len(hold_idx), len(frame), example
+    )
 
 
 def _plain(v: Any) -> Any:

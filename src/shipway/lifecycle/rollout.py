@@ -99,12 +99,36 @@ def _gate_passed(mv: ModelVersion) -> tuple[bool, list[str]]:
 
 
 class Rollout:
-    def __init__(self, store: Store, manifest: Manifest, registry: Registry | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        manifest: Manifest,
+        registry: Registry | None = None,
+        blocking_alerts: Callable[[], list[str]] | None = None,
+    ) -> None:
         self.store = store
         self.manifest = manifest
         self.service = manifest.service.name
         self.spec = manifest.rollout
         self.registry = registry or Registry(store)
+        self.blocking_alerts = blocking_alerts
+        """Alert rules firing now whose actions would stop a canary (handed in by the
+        composition, so rollout does not read the monitor's tables)."""
+
+    def _check_alerts(self, move: str, force: bool, reason: str) -> bool:
+        """Refuse ``move`` while an alert that pauses canaries or rolls back is firing (an
+        approver may force it, with a reason). True when forced past one."""
+        firing = self.blocking_alerts() if self.blocking_alerts is not None else []
+        if not firing:
+            return False
+        if not force:
+            raise Conflict(
+                f"cannot {move} while alert {', '.join(firing)} is firing (it pauses canaries "
+                "or rolls back); resolve it, or --force with a reason"
+            )
+        if not reason.strip():
+            raise InputError("--force needs a reason (--reason)")
+        return True
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -355,6 +379,7 @@ class Rollout:
         if version == st.champion:
             raise Conflict(f"version {version} is already the champion")
         forced = self._check_gate(mv, "take canary traffic", force, reason)
+        forced = self._check_alerts("start a canary", force, reason) or forced
         pct = self.spec.steps[0] if percent is None else percent
         if not 0 < pct <= 100:
             raise InputError(f"--percent must be in (0, 100], not {pct}")
@@ -400,6 +425,18 @@ class Rollout:
             raise Conflict("no canary to promote: start one with 'shipway rollout canary'")
         mv = self._version(st.canary)
         forced = self._check_gate(mv, "become champion", force, reason)
+        forced = self._check_alerts("promote", force, reason) or forced
+        report = self.canary_report(st)
+        if not report.ready:
+            if not force:
+                failed = "; ".join(c.detail for c in report.checks if not c.passed)
+                raise Conflict(
+                    f"the canary has not passed its step checks ({failed}); promote needs them, "
+                    "or --force with a reason from an approver"
+                )
+            if not reason.strip():
+                raise InputError("--force needs a reason (--reason)")
+            forced = True
         after = replace(
             st,
             champion=st.canary,

@@ -42,14 +42,17 @@ class AlertBook:
         self.rules = [(r, Expression(r.when)) for r in spec.alerts]
         self.actions = actions
 
-    def _state(self, rule: str) -> tuple[int, bool, float | None] | None:
+    def _state(self, rule: str) -> tuple[int, bool, float | None, float | None] | None:
         with self.engine.connect() as conn:
             row = conn.execute(
-                select(alert_state.c.consecutive, alert_state.c.firing, alert_state.c.since).where(
-                    alert_state.c.service == self.service, alert_state.c.rule == rule
-                )
+                select(
+                    alert_state.c.consecutive,
+                    alert_state.c.firing,
+                    alert_state.c.since,
+                    alert_state.c.window_end,
+                ).where(alert_state.c.service == self.service, alert_state.c.rule == rule)
             ).first()
-        return None if row is None else (int(row[0]), bool(row[1]), row[2])
+        return None if row is None else (int(row[0]), bool(row[1]), row[2], row[3])
 
     def _save(
         self,
@@ -59,8 +62,14 @@ class AlertBook:
         firing: bool,
         since: float | None,
         new: bool,
+        window_end: float | None,
     ) -> None:
-        values = {"consecutive": consecutive, "firing": firing, "since": since}
+        values = {
+            "consecutive": consecutive,
+            "firing": firing,
+            "since": since,
+            "window_end": window_end,
+        }
         if new:
             conn.execute(insert(alert_state).values(service=self.service, rule=rule, **values))
         else:
@@ -85,6 +94,19 @@ class AlertBook:
         ids = enqueue_all(conn, self.service, "alert", self.spec.webhooks, payload)
         return {"action": "notify", "queued": ids}
 
+    def firing(self, actions: tuple[str, ...]) -> list[str]:
+        """Rules firing now whose actions include any of ``actions``."""
+        wanted = {r.name for r in self.spec.alerts if set(r.do) & set(actions)}
+        if not wanted:
+            return []
+        with self.engine.connect() as conn:
+            names = conn.execute(
+                select(alert_state.c.rule).where(
+                    alert_state.c.service == self.service, alert_state.c.firing.is_(True)
+                )
+            ).scalars()
+            return sorted(n for n in names if n in wanted)
+
     def _payload(
         self, rule: Any, status: str, ctx: dict[str, Any], result: dict[str, Any]
     ) -> dict[str, Any]:
@@ -101,20 +123,34 @@ class AlertBook:
         }
 
     def evaluate(self, ctx: dict[str, Any], result: dict[str, Any]) -> list[dict[str, Any]]:
-        """Advance every rule by one window; returns the transitions (fired or resolved)."""
+        """Advance every rule by one window; returns the transitions (fired or resolved).
+
+        A window counts towards a rule's ``for`` only when it does not overlap the last window
+        that counted (it starts at or after that one's end), so running the monitor again over
+        the same decisions a few seconds later does not fire a ``for: 2`` rule. Rules that
+        hold but have not fired yet are listed in ``result["alerts_pending"]``.
+        """
         out = []
+        pending = []
+        start, end = result.get("window_start"), result.get("window_end")
         for rule, expr in self.rules:
             holds = expr.test(ctx)
             st = self._state(rule.name)
-            consecutive, firing, since = st if st is not None else (0, False, None)
-            consecutive = consecutive + 1 if holds else 0
+            consecutive, firing, since, last_end = st if st is not None else (0, False, None, None)
+            fresh = last_end is None or start is None or start >= last_end
+            if not holds:
+                consecutive, last_end = 0, None
+            elif fresh:
+                consecutive, last_end = consecutive + 1, end
             if holds and not firing and consecutive >= rule.for_:
                 payload = self._payload(rule, "firing", ctx, result)
                 done = self._act(rule)
                 with self.engine.begin() as conn:
                     if "notify" in rule.do:
                         done.insert(rule.do.index("notify"), self._notify(conn, payload))
-                    self._save(conn, rule.name, consecutive, True, time.time(), st is None)
+                    self._save(
+                        conn, rule.name, consecutive, True, time.time(), st is None, last_end
+                    )
                     self._record(conn, rule.name, "firing", {**payload, "actions": done})
                 log.warning("alert %s firing: %s", rule.name, rule.when)
                 out.append({"rule": rule.name, "status": "firing", "actions": done})
@@ -122,13 +158,23 @@ class AlertBook:
                 payload = self._payload(rule, "resolved", ctx, result)
                 with self.engine.begin() as conn:
                     done = [self._notify(conn, payload)] if "notify" in rule.do else []
-                    self._save(conn, rule.name, 0, False, None, st is None)
+                    self._save(conn, rule.name, 0, False, None, st is None, None)
                     self._record(conn, rule.name, "resolved", {**payload, "actions": done})
                 log.warning("alert %s resolved", rule.name)
                 out.append({"rule": rule.name, "status": "resolved", "actions": done})
             else:
+                if holds and not firing:
+                    pending.append(
+                        {
+                            "rule": rule.name,
+                            "windows": consecutive,
+                            "for": rule.for_,
+                            "counted": fresh,
+                        }
+                    )
                 with self.engine.begin() as conn:
-                    self._save(conn, rule.name, consecutive, firing, since, st is None)
+                    self._save(conn, rule.name, consecutive, firing, since, st is None, last_end)
+        result["alerts_pending"] = pending
         return out
 
     def raise_in(self, conn: Connection, rule: str, detail: dict[str, Any]) -> None:

@@ -205,6 +205,7 @@ alert_state = Table(
     Column("consecutive", Integer, nullable=False),
     Column("firing", Boolean, nullable=False),
     Column("since", Float, nullable=True),
+    Column("window_end", Float, nullable=True),
 )
 
 alert_events = Table(

@@ -1,0 +1,238 @@
+"""What a newcomer hits taking a pilot to a service: rules init proposes, `for` over distinct
+windows, validate and manifest changes, JSON bodies on every route, canary and promote guarded
+by alerts and step checks, the demo on a busy port, and the CLI's output."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from shipway.manifest import load_manifest
+from tests.conftest import Pilot, free_port, run_cli
+
+NO_DB = {"SHIPWAY_DATABASE_URL": ""}
+
+
+def _edit(manifest: Path, **sections: Any) -> None:
+    spec = yaml.safe_load(manifest.read_text())
+    for key, value in sections.items():
+        if isinstance(value, dict) and isinstance(spec.get(key), dict):
+            spec[key].update(value)
+        else:
+            spec[key] = value
+    manifest.write_text(yaml.safe_dump(spec, sort_keys=False))
+
+
+def test_init_proposes_monitoring_from_the_pilots_own_score(workspace: Path) -> None:
+    """3: error, drift and quality rules; the quality floor is the holdout accuracy less 0.05."""
+    from shipway.models import Registry
+    from shipway.settings import Settings
+    from shipway.store.location import Location, open_service_store
+
+    manifest = workspace / "shipway.yaml"
+    m = load_manifest(manifest)
+    rules = {r.name: r for r in m.monitor.alerts}
+    assert set(rules) == {"errors", "input-drift", "quality"}
+    store = open_service_store(Location.of(m, manifest.resolve(), Settings(database_url=None)))
+    try:
+        holdout = Registry(store).get("cancer", 1).metrics["holdout"]["accuracy"]
+    finally:
+        store.close()
+    floor = float(rules["quality"].when.rsplit("<", 1)[1])
+    assert floor == round(holdout - 0.05, 4)
+    assert all("notify" in r.do for r in rules.values()) and m.monitor.webhooks == []
+
+
+def test_for_counts_distinct_windows_and_the_report_shows_pending_rules(
+    workspace: Path, pilot: Pilot, start_server: Any
+) -> None:
+    """4: running the monitor twice over the same decisions does not fire a `for: 2` rule."""
+    manifest = workspace / "shipway.yaml"
+    _edit(
+        manifest,
+        monitor={
+            "schedule": False,
+            "window": "1h",
+            "min_rows": 1,
+            "alerts": [{"name": "busy", "when": "n >= 1", "for": 2}],
+        },
+    )
+    server = start_server(manifest, NO_DB)
+    for row in pilot.rows[:5]:
+        server.client.post("/v1/predict", json={"inputs": row})
+    first = server.client.post("/v1/monitor/run").json()
+    second = server.client.post("/v1/monitor/run").json()
+    assert first["alerts"] == [] and second["alerts"] == []
+    assert second["alerts_pending"] == [{"rule": "busy", "windows": 1, "for": 2, "counted": False}]
+    report = run_cli("monitor", "report", "-m", str(manifest), env=NO_DB)
+    assert "busy[/]" not in report.stdout and "pending, 1 of 2 windows" in report.stdout
+
+
+def test_validate_names_problems_and_a_server_says_what_differs(
+    workspace: Path, pilot: Pilot, start_server: Any
+) -> None:
+    """5: validate exits 1 with every problem and its line; serve warns when the manifest
+    changes on disk and when the store's champion is not the manifest's version."""
+    manifest = workspace / "shipway.yaml"
+    ok = run_cli("validate", "-m", str(manifest), "--dev", env=NO_DB)
+    assert ok.returncode == 0 and "valid" in ok.stdout
+    text = manifest.read_text()
+    manifest.write_text(text.replace("  window: 1h", "  window: 1 hour\n  colour: blue"))
+    bad = run_cli("validate", "-m", str(manifest), "--dev", env=NO_DB)
+    assert bad.returncode == 1
+    assert bad.stderr.count("shipway.yaml:") >= 2 and "colour" in bad.stderr
+    manifest.write_text(text)
+    assert (
+        run_cli(
+            "models",
+            "add",
+            "--model",
+            "python:tests.pilots.rules:predict",
+            "-m",
+            str(manifest),
+            env=NO_DB,
+        ).returncode
+        == 0
+    )
+    assert (
+        run_cli(
+            "rollout",
+            "canary",
+            "2",
+            "--percent",
+            "50",
+            "--force",
+            "--reason",
+            "t",
+            "-m",
+            str(manifest),
+            env=NO_DB,
+        ).returncode
+        == 0
+    )
+    server = start_server(manifest, NO_DB)
+    for row in pilot.rows[:30]:
+        server.client.post("/v1/predict", json={"inputs": row})
+    promoted = run_cli(
+        "rollout", "promote", "--force", "--reason", "t", "-m", str(manifest), env=NO_DB
+    )
+    assert promoted.returncode == 0, promoted.stderr
+    manifest.write_text(text + "\n# edited\n")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and "changed on disk" not in server.output():
+        time.sleep(0.2)
+    assert "changed on disk; restart" in server.output()
+    again = start_server(manifest, NO_DB)
+    assert "the store's champion is v2" in again.output()
+
+
+def test_every_json_route_reads_json_whatever_its_content_type(
+    workspace: Path, pilot: Pilot, start_server: Any
+) -> None:
+    """7: curl -d sends a form Content-Type; a JSON body is read as JSON on every route."""
+    manifest = workspace / "shipway.yaml"
+    _edit(manifest, review={"policies": [{"name": "all", "sample": 1.0}]})
+    server = start_server(manifest, NO_DB)
+    form = {"content-type": "application/x-www-form-urlencoded"}
+    d = server.client.post(
+        "/v1/predict", content=json.dumps({"inputs": pilot.rows[0]}), headers=form
+    )
+    assert d.status_code == 200
+    item = server.client.get("/v1/review/next").json()
+    r = server.client.post(
+        f"/v1/review/{item['id']}", content=json.dumps({"action": "approve"}), headers=form
+    )
+    assert r.status_code == 200, r.text
+    r = server.client.post("/v1/rollout/shadow", content=json.dumps({"version": 1}), headers=form)
+    assert r.status_code in (200, 409), r.text  # read as JSON (the champion cannot shadow)
+
+
+def test_canary_and_promote_respect_alerts_and_step_checks(
+    workspace: Path, pilot: Pilot, start_server: Any
+) -> None:
+    """8: no canary while a pausing alert fires; no promotion before the step's checks pass
+    (an approver may force either, with a reason)."""
+    manifest = workspace / "shipway.yaml"
+    _edit(
+        manifest,
+        rollout={"min_requests": 20},
+        monitor={
+            "schedule": False,
+            "min_rows": 1,
+            "alerts": [{"name": "guard", "when": "n >= 1 and n < 3", "do": ["pause_canary"]}],
+        },
+    )
+    added = run_cli("models", "add", "--model", str(pilot.model), "-m", str(manifest), env=NO_DB)
+    assert added.returncode == 0 and "gate: passed" in added.stdout, added.stdout
+    server = start_server(manifest, NO_DB)
+    c = server.client
+    c.post("/v1/predict", json={"inputs": pilot.rows[0]})
+    assert [a["status"] for a in c.post("/v1/monitor/run").json()["alerts"]] == ["firing"]
+    blocked = c.post("/v1/rollout/canary", json={"version": 2, "percent": 5})
+    assert blocked.status_code == 409 and "guard is firing" in blocked.json()["error"]["message"]
+    forced = c.post(
+        "/v1/rollout/canary",
+        json={"version": 2, "percent": 5, "force": True, "reason": "fix is in v2"},
+    )
+    assert forced.status_code == 200, forced.text
+    held = c.post("/v1/rollout/promote", json={"reason": "looks fine"})
+    assert held.status_code == 409 and "guard is firing" in held.json()["error"]["message"]
+    for row in pilot.rows[1:6]:
+        c.post("/v1/predict", json={"inputs": row})
+    second = c.post("/v1/monitor/run").json()
+    assert [a["status"] for a in second["alerts"]] == ["resolved"], (
+        second["n"],
+        second.get("alerts_pending"),
+    )
+    early = c.post("/v1/rollout/promote", json={"reason": "looks fine"})
+    assert early.status_code == 409 and "step checks" in early.json()["error"]["message"]
+    done = c.post("/v1/rollout/promote", json={"reason": "hotfix", "force": True})
+    assert done.status_code == 200, done.text
+
+
+def test_the_demo_moves_off_a_busy_port(tmp_path: Path) -> None:
+    """12: a taken port is said and another used, not a connection traceback."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        taken = s.getsockname()[1]
+        res = run_cli(
+            "demo",
+            "--duration",
+            "8",
+            "--port",
+            str(taken),
+            "--workdir",
+            str(tmp_path / "demo"),
+            timeout=180,
+        )
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    assert f"port {taken} is taken" in res.stdout and "Traceback" not in res.stderr
+
+
+def test_cli_output_reads_cleanly(workspace: Path) -> None:
+    """13: one UTC, tables at full width when piped, nulls shown as null."""
+    manifest = workspace / "shipway.yaml"
+    made = run_cli(
+        "keys",
+        "create",
+        "--name",
+        "k",
+        "--role",
+        "viewer",
+        "--expires",
+        "1d",
+        "-m",
+        str(manifest),
+        env=NO_DB,
+    )
+    assert made.returncode == 0 and "UTC UTC" not in made.stderr and " UTC" in made.stderr
+    listed = run_cli("models", "list", "-m", str(manifest), env={**NO_DB, "COLUMNS": ""})
+    widest = max(len(line) for line in listed.stdout.splitlines())
+    assert widest > 80 and "…" not in listed.stdout
+    _ = free_port
