@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from shipway.manifest import load_manifest
@@ -236,3 +237,147 @@ def test_cli_output_reads_cleanly(workspace: Path) -> None:
     widest = max(len(line) for line in listed.stdout.splitlines())
     assert widest > 80 and "…" not in listed.stdout
     _ = free_port
+
+
+# -- a pilot with an id, a date and missing numerics ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def churn(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The churn pilot, initialised with nothing but its model, data and target."""
+    from tests.pilots.churn import write
+
+    folder = tmp_path_factory.mktemp("churn")
+    data, model = write(folder)
+    res = run_cli(
+        "init", "--model", str(model), "--data", str(data), "--target", "churn",
+        cwd=folder, env=NO_DB,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    return {"dir": folder, "data": data, "model": model, "init": res.stdout}
+
+
+def _churn_rows(n: int, seed: int) -> list[dict[str, Any]]:
+    from tests.pilots.churn import generate
+
+    frame = generate(n, seed).drop(columns=["churn"])
+    frame["customer_id"] += 1_000_000  # customers the pilot never saw
+    frame["signup_date"] = "2027-03-01"  # and a date far from the pilot's
+    rows = frame.astype(object).where(frame.notna(), None).to_dict("records")
+    return [{k: v for k, v in r.items() if v is not None} for r in rows]
+
+
+def test_ids_and_dates_are_logged_but_not_drift_tested(
+    churn: dict[str, Any], start_server: Any, tmp_path: Path
+) -> None:
+    """1: init says which fields it made ids and metadata; the date is validated as a date;
+    the monitor tests the features only, though every id and date is new."""
+    assert "id fields" in churn["init"] and "customer_id" in churn["init"]
+    assert "metadata fields" in churn["init"] and "signup_date" in churn["init"]
+    manifest = churn["dir"] / "shipway.yaml"
+    fields = {f.name: f for f in load_manifest(manifest).contract.inputs}
+    assert (fields["customer_id"].role, fields["customer_id"].type) == ("id", "int")
+    assert (fields["signup_date"].role, fields["signup_date"].type) == ("metadata", "datetime")
+    assert fields["monthly_charges"].nullable and fields["tenure_months"].role == "feature"
+
+    copy = tmp_path / "shipway.yaml"
+    copy.write_text(manifest.read_text())
+    _edit(copy, monitor={"schedule": False, "window": "1h", "min_rows": 50, "alerts": []})
+    spec = yaml.safe_load(copy.read_text())
+    spec["storage"] = {"path": str(churn["dir"] / ".shipway")}
+    copy.write_text(yaml.safe_dump(spec, sort_keys=False))
+    server = start_server(copy, NO_DB)
+    rows = _churn_rows(300, seed=31)
+    r = server.client.post("/v1/predict", json={"inputs": rows})
+    assert r.status_code == 200, r.text
+    assert all(d["output"] in ("yes", "no") for d in r.json()["decisions"])
+
+    bad = dict(rows[0], signup_date="2025-02-30")
+    r = server.client.post("/v1/predict", json={"inputs": bad})
+    assert r.status_code == 422
+    assert [(f["field"], f["rule"]) for f in r.json()["error"]["fields"]] == [
+        ("signup_date", "type")
+    ]
+
+    drift = server.client.post("/v1/monitor/run").json()["drift"]
+    assert set(drift["features"]) == {"tenure_months", "contract", "monthly_charges"}
+    assert drift["drifted"] == []
+
+
+def test_roles_can_be_chosen_and_unknown_names_are_refused(
+    churn: dict[str, Any], tmp_path: Path
+) -> None:
+    """1: --feature, --id and --meta override what init decides; a name that is not a column
+    is refused with the flag and the file named."""
+    res = run_cli(
+        "init", "--model", str(churn["model"]), "--data", str(churn["data"]),
+        "--target", "churn", "--dir", str(tmp_path), "--meta", "customer_id",
+        "--feature", "signup_date", env=NO_DB,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    fields = {f.name: f for f in load_manifest(tmp_path / "shipway.yaml").contract.inputs}
+    assert fields["customer_id"].role == "metadata" and fields["signup_date"].role == "feature"
+
+    res = run_cli(
+        "init", "--model", str(churn["model"]), "--data", str(churn["data"]),
+        "--target", "churn", "--dir", str(tmp_path / "x"), "--id", "account", env=NO_DB,
+    )  # fmt: skip
+    assert res.returncode == 1
+    assert "--id names no input column of churn.csv: ['account']" in res.stderr
+
+
+def test_unseen_categories_follow_on_unseen(
+    churn: dict[str, Any], start_server: Any, tmp_path: Path
+) -> None:
+    """9: an unseen category is refused by default; with on_unseen: warn it is answered (the
+    pipeline ignores unknown levels) and counted in /metrics."""
+    manifest = churn["dir"] / "shipway.yaml"
+    row = dict(_churn_rows(1, seed=32)[0], contract="weekly")
+    server = start_server(manifest, NO_DB)
+    r = server.client.post("/v1/predict", json={"inputs": row})
+    assert r.status_code == 422 and r.json()["error"]["fields"][0]["field"] == "contract"
+    server.stop()
+
+    spec = yaml.safe_load(manifest.read_text())
+    for f in spec["contract"]["inputs"]:
+        if f["name"] == "contract":
+            f["on_unseen"] = "warn"
+    copy = tmp_path / "shipway.yaml"
+    spec["storage"] = {"path": str(churn["dir"] / ".shipway")}
+    copy.write_text(yaml.safe_dump(spec, sort_keys=False))
+    server = start_server(copy, NO_DB)
+    r = server.client.post("/v1/predict", json={"inputs": [row, row]})
+    assert r.status_code == 200 and r.json()["decisions"][0]["output"] in ("yes", "no")
+    metrics = server.client.get("/metrics").text
+    assert 'shipway_unseen_values_total{field="contract"} 2.0' in metrics
+
+
+def test_a_model_fitted_on_arrays_gets_only_its_features(
+    churn: dict[str, Any], start_server: Any, tmp_path: Path
+) -> None:
+    """1: a model without column names is given the feature fields alone, in contract order;
+    ids and metadata stay in the log."""
+    import joblib
+    import numpy as np
+    import pandas as pd
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    frame = pd.read_csv(churn["data"])
+    x = frame[["tenure_months", "monthly_charges"]].to_numpy()
+    model = HistGradientBoostingClassifier(max_iter=30).fit(x, frame["churn"])
+    joblib.dump(model, tmp_path / "arrays.joblib")
+    res = run_cli(
+        "init", "--model", str(tmp_path / "arrays.joblib"), "--data", str(churn["data"]),
+        "--target", "churn", "--dir", str(tmp_path), "--meta", "contract", env=NO_DB,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    server = start_server(tmp_path / "shipway.yaml", NO_DB)
+    rows = _churn_rows(20, seed=33)
+    got = [
+        d["output"]
+        for d in server.client.post("/v1/predict", json={"inputs": rows}).json()["decisions"]
+    ]
+    want = model.predict(
+        np.array([[r["tenure_months"], r.get("monthly_charges", np.nan)] for r in rows])
+    ).tolist()
+    assert got == want

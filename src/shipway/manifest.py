@@ -82,7 +82,12 @@ def _expression(text: str) -> str:
 #: A condition in Shipway's expression language, parsed (and refused) at load.
 Condition = Annotated[str, AfterValidator(_expression)]
 
-FieldType = Literal["int", "float", "bool", "category", "string"]
+FieldType = Literal["int", "float", "bool", "category", "string", "datetime"]
+#: What a field is for: a model input (drift-tested), an identifier (logged, a canary key and a
+#: join key for labels, never drift-tested) or metadata (logged, never drift-tested). Ids and
+#: metadata reach the model only when it names them (a scikit-learn model fitted on a frame
+#: that held them).
+FieldRole = Literal["feature", "id", "metadata"]
 Scalar = str | int | float | bool
 
 
@@ -114,7 +119,27 @@ class InputField(_Model):
     """One input column of the data contract."""
 
     name: str = Field(..., min_length=1, description="Field name as callers send it.")
-    type: FieldType = Field(..., description="int, float, bool, category or string.")
+    type: FieldType = Field(
+        ...,
+        description="int, float, bool, category, string, or datetime (ISO 8601 text, such "
+        "as 2026-01-31 or 2026-01-31T12:00:00Z).",
+    )
+    role: FieldRole = Field(
+        "feature",
+        description=(
+            "feature (a model input, drift-tested), id (logged; a canary key and the key that "
+            "labels can be joined on; never drift-tested) or metadata (logged; never "
+            "drift-tested). Ids and metadata reach the model only when it names them."
+        ),
+    )
+    on_unseen: Literal["reject", "allow", "warn"] = Field(
+        "reject",
+        description=(
+            "category fields: a value outside `values` is refused (reject, 422), answered "
+            "(allow), or answered and counted in /metrics and the monitor (warn), for models "
+            "that handle unseen categories."
+        ),
+    )
     nullable: bool = Field(False, description="Whether null (missing value) is allowed.")
     min: float | None = Field(None, description="Smallest allowed value (int and float).")
     max: float | None = Field(None, description="Largest allowed value (int and float).")
@@ -132,6 +157,8 @@ class InputField(_Model):
             raise ValueError(f"values apply to category fields, not {self.type}")
         if self.type == "category" and not self.values:
             raise ValueError("a category field needs a non-empty list of values")
+        if self.type != "category" and self.on_unseen != "reject":
+            raise ValueError(f"on_unseen applies to category fields, not {self.type}")
         if self.min is not None and self.max is not None and self.min > self.max:
             raise ValueError(f"min ({self.min}) is greater than max ({self.max})")
         return self

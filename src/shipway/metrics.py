@@ -93,6 +93,12 @@ class ServiceMetrics:
             ["field", "rule"],
             registry=r,
         )
+        self.unseen_values = Counter(
+            "shipway_unseen_values",
+            "Category values outside the contract's list, answered (on_unseen: warn), by field.",
+            ["field"],
+            registry=r,
+        )
         self.rejected_rows = Counter(
             "shipway_rejected_rows",
             "Rows refused for breaking the contract.",

@@ -10,6 +10,7 @@ The CLI's ``serve``, the HTTP app and the tests all get a Service the same way:
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import hashlib
 import io
@@ -39,8 +40,8 @@ from shipway.govern.roles import system_actor
 from shipway.jobs import Scheduler, Task
 from shipway.lifecycle.rollout import RolloutState
 from shipway.manifest import Manifest
-from shipway.models import ModelVersion, Predictor, Registry, SklearnPredictor
-from shipway.models.predictor import FunctionPredictor, import_callable
+from shipway.models import ModelVersion, Predictor, Registry
+from shipway.models.predictor import FunctionPredictor, for_fields, import_callable, probe
 from shipway.parts import ServiceParts
 from shipway.review.explain import explain
 from shipway.review.queue import Policies, ReviewLog
@@ -88,6 +89,10 @@ def reference_rows(store: Store, mv: ModelVersion, names: list[str], n: int = 64
     return list(zip(*cols, strict=True))
 
 
+def _function_predictor(fn: Any, names: list[str], _numeric: bool) -> Predictor:
+    return FunctionPredictor(fn, names)
+
+
 def load_predictor(
     store: Store, registry: Registry, mv: ModelVersion, manifest: Manifest
 ) -> Predictor:
@@ -98,9 +103,9 @@ def load_predictor(
         endpoint=manifest.endpoint,
         timeout_s=manifest.guards.timeout_ms / 1000.0,
     )
-    if isinstance(predictor, SklearnPredictor):
+    if hasattr(predictor, "probe"):
         names = [f.name for f in manifest.contract.inputs]
-        predictor.probe(reference_rows(store, mv, names))
+        probe(predictor, reference_rows(store, mv, names))
     return predictor
 
 
@@ -252,7 +257,9 @@ class Service(ServiceParts):
                     fn = import_callable(step.model)
                 except ModelError as exc:
                     raise ConfigError(f"{where}.model: {exc.message}") from None
-                predictor: Predictor = FunctionPredictor(fn, self.contract.names)
+                predictor: Predictor = for_fields(
+                    functools.partial(_function_predictor, fn), self.manifest.contract.inputs
+                )
                 out.append(Fallback(step, self.make_lane(None, predictor, step.route)))
             elif step.kind == "version":
                 assert step.version is not None

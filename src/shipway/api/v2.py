@@ -58,6 +58,7 @@ _FIELD_TYPE = {
     "bool": "BOOL",
     "category": "BYTES",
     "string": "BYTES",
+    "datetime": "BYTES",
 }
 
 

@@ -106,6 +106,35 @@ def init(
             ),
         ),
     ] = None,
+    ids: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--id",
+            help=(
+                "A column that identifies rows (repeatable): logged, a canary and label-join "
+                "key, never drift-tested, given to the model only if it names it. Unique "
+                "whole-number columns named like *_id and unique text columns are made ids "
+                "without it."
+            ),
+        ),
+    ] = None,
+    metadata: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--meta",
+            help=(
+                "A column to log but not drift-test (repeatable), given to the model only if it "
+                "names it. ISO 8601 date columns are made metadata without it."
+            ),
+        ),
+    ] = None,
+    features: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--feature",
+            help="A column the model reads, whatever it looks like (repeatable).",
+        ),
+    ] = None,
 ) -> None:
     """Write shipway.yaml from a pilot and register it as model version 1.
 
@@ -134,11 +163,23 @@ def init(
                 range_margin=range_margin,
                 actor="cli:" + _actor(settings),
                 force=force,
+                ids=ids or (),
+                metadata=metadata or (),
+                features=features or (),
             )
     except ShipwayError as exc:
         raise fail(exc.message) from None
     m = res.manifest
     out.print(f"[green]Wrote[/] {res.manifest_path}")
+    for role in ("id", "metadata"):
+        chosen = [n for n, r in res.roles.items() if r == role]
+        if chosen:
+            out.print(
+                f"  {role} fields (logged, never drift-tested, given to the model only if it "
+                f"names them): {', '.join(chosen)}; to decide otherwise pass --feature, --id or "
+                "--meta NAME",
+                highlight=False,
+            )
     out.print(
         f"  service [bold]{m.service.name}[/]: {len(m.contract.inputs)} inputs, "
         f"{m.output.kind}" + (f" with labels {m.output.labels}" if m.output.labels else "")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import re
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -58,9 +60,81 @@ def infer_field(name: str, s: pd.Series, range_margin: float = 0.1) -> InputFiel
     return InputField(name=name, type="string", nullable=nullable)
 
 
-def infer_contract(frame: pd.DataFrame, range_margin: float = 0.1) -> ContractSpec:
-    """A contract that the whole of ``frame`` satisfies."""
-    return ContractSpec(inputs=[infer_field(str(c), frame[c], range_margin) for c in frame.columns])
+_ID_NAME = re.compile(r"(^|[_\s-])(id|uuid|guid|key|number|no)$", re.IGNORECASE)
+
+
+def looks_like_id(name: str, s: pd.Series) -> bool:
+    """A column that names rows rather than describes them: no two rows share a value, it has
+    no gaps, and it is whole numbers or text (with a name like ``customer_id`` for numbers)."""
+    nonnull = s.dropna()
+    if len(nonnull) < 10 or len(nonnull) != len(s) or nonnull.nunique() != len(nonnull):
+        return False
+    if pd.api.types.is_integer_dtype(s.dtype):
+        return bool(_ID_NAME.search(name))
+    if pd.api.types.is_object_dtype(s.dtype) or pd.api.types.is_string_dtype(s.dtype):
+        return not looks_like_datetime(s)
+    return False
+
+
+def looks_like_datetime(s: pd.Series) -> bool:
+    """Text whose every value is an ISO 8601 date or date and time."""
+    if not (pd.api.types.is_object_dtype(s.dtype) or pd.api.types.is_string_dtype(s.dtype)):
+        return False
+    sample = s.dropna().astype(str).head(200)
+    if sample.empty:
+        return False
+    from shipway.contract.validate import is_datetime
+
+    return all(is_datetime(v) for v in sample)
+
+
+@dataclass(frozen=True)
+class Roles:
+    """Fields ``init`` was told (or decided) are ids, metadata or features."""
+
+    ids: tuple[str, ...] = ()
+    metadata: tuple[str, ...] = ()
+    features: tuple[str, ...] = ()
+
+
+def infer_contract(
+    frame: pd.DataFrame, range_margin: float = 0.1, roles: Roles | None = None
+) -> ContractSpec:
+    """A contract that the whole of ``frame`` satisfies. Columns that look like row ids become
+    ``role: id``, ISO 8601 text becomes ``type: datetime, role: metadata``, unless ``roles``
+    says otherwise."""
+    roles = roles or Roles()
+    fields = []
+    for c in frame.columns:
+        name, s = str(c), frame[c]
+        forced = name in roles.features
+        if looks_like_datetime(s) and not forced:
+            f = InputField(
+                name=name, type="datetime", nullable=bool(s.isna().any()), role="metadata"
+            )
+        else:
+            f = infer_field(name, s, range_margin)
+        if name in roles.ids or (
+            not forced
+            and name not in roles.metadata
+            and f.role == "feature"
+            and looks_like_id(name, s)
+        ):
+            f = f.model_copy(
+                update={
+                    "role": "id",
+                    "values": None,
+                    "min": None,
+                    "max": None,
+                    "type": "int" if f.type in ("int", "float") else "string",
+                }
+            )
+        elif name in roles.metadata:
+            f = f.model_copy(update={"role": "metadata"})
+        elif forced:
+            f = f.model_copy(update={"role": "feature"})
+        fields.append(f)
+    return ContractSpec(inputs=fields)
 
 
 def column_stats(s: pd.Series, kind: str) -> dict[str, Any]:
@@ -87,4 +161,12 @@ def column_stats(s: pd.Series, kind: str) -> dict[str, Any]:
     return out
 
 
-__all__ = ["MAX_CATEGORIES", "column_stats", "infer_contract", "infer_field"]
+__all__ = [
+    "MAX_CATEGORIES",
+    "Roles",
+    "column_stats",
+    "infer_contract",
+    "infer_field",
+    "looks_like_datetime",
+    "looks_like_id",
+]

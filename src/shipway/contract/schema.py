@@ -6,15 +6,25 @@ from typing import Any
 
 from shipway.manifest import ContractSpec, InputField
 
-_JSON_TYPE = {"int": "integer", "float": "number", "bool": "boolean", "string": "string"}
+_JSON_TYPE = {
+    "int": "integer",
+    "float": "number",
+    "bool": "boolean",
+    "string": "string",
+    "datetime": "string",
+}
 
 
 def field_schema(f: InputField) -> dict[str, Any]:
     s: dict[str, Any] = {}
-    if f.type == "category":
+    if f.type == "category" and f.on_unseen == "reject":
         s["enum"] = list(f.values or [])
+    elif f.type == "category":
+        s["examples"] = list(f.values or [])
     else:
         s["type"] = _JSON_TYPE[f.type]
+    if f.type == "datetime":
+        s["format"] = "date-time"
     if f.min is not None:
         s["minimum"] = f.min
     if f.max is not None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from datetime import datetime
 from operator import itemgetter
 from typing import Any
 
@@ -35,7 +36,19 @@ _EXPECTED_TYPE = {
     "bool": "boolean",
     "category": "one of the declared values",
     "string": "string",
+    "datetime": "a date and time (ISO 8601, e.g. 2026-01-31 or 2026-01-31T12:00:00Z)",
 }
+
+
+def is_datetime(v: Any) -> bool:
+    """An ISO 8601 date or date and time, as text."""
+    if type(v) is not str or not 8 <= len(v) <= 40:
+        return False
+    try:
+        datetime.fromisoformat(v)
+    except ValueError:
+        return False
+    return True
 
 
 class _Missing:
@@ -95,6 +108,8 @@ class _FieldRule:
             return t is bool
         if self.type == "string":
             return t is str
+        if self.type == "datetime":
+            return is_datetime(v)
         # category: the value's type must be one the declared values use (True is not 1)
         return t in self._allowed_types or (t is int and float in self._allowed_types)
 
@@ -145,6 +160,8 @@ class _FieldRule:
                     "expected": f"<= {_fmt(self.hi)}",
                 }
         elif self.allowed is not None and v not in self.allowed:
+            if self.spec.on_unseen != "reject":
+                return None  # answered; counted by the caller when on_unseen is warn
             return {
                 "row": row,
                 "field": self.name,
@@ -214,6 +231,11 @@ class _FieldRule:
         elif self.type == "string":
             if not (pa.types.is_string(typ) or pa.types.is_large_string(typ)):
                 masks.append(pa.array(np.ones(len(col), dtype=bool)))
+        elif self.type == "datetime":
+            values = col.to_pylist()
+            masks.append(pa.array([v is not None and not is_datetime(v) for v in values]))
+        elif self.spec.on_unseen != "reject":
+            pass  # unseen categories are answered
         else:  # category
             value_set = pa.array(sorted(self.allowed or (), key=str))
             try:
@@ -245,6 +267,9 @@ class RecordsResult:
     good: list[int]
     violations: list[Violation] = field(default_factory=list)
     bad_rows: set[int] = field(default_factory=set)
+    unseen: dict[str, int] = field(default_factory=dict)
+    """Values outside a category field's ``values`` that were answered (``on_unseen: warn``),
+    by field."""
 
 
 @dataclass
@@ -269,7 +294,7 @@ def _fast_check(rules: list[_FieldRule]) -> Any:
     and sets of declared values passed in by name, nothing taken from a request.
     """
     lines = ["def ok(v):"]
-    env: dict[str, Any] = {"isfinite": math.isfinite}
+    env: dict[str, Any] = {"isfinite": math.isfinite, "is_datetime": is_datetime}
     for i, r in enumerate(rules):
         x = f"v[{i}]"
         test: list[str] = []
@@ -281,6 +306,8 @@ def _fast_check(rules: list[_FieldRule]) -> Any:
             test.append(f"type({x}) is bool")
         elif r.type == "string":
             test.append(f"type({x}) is str")
+        elif r.type == "datetime":
+            test.append(f"is_datetime({x})")
         if r.numeric:
             if r.lo is not None:
                 test.append(f"{float(r.lo)!r} <= {x}")
@@ -316,6 +343,11 @@ class Contract:
         self._single = len(self.names) == 1
         self.reject_unknown = spec.unknown_fields == "reject"
         self._row_ok = _fast_check(self.rules)
+        self._warn = [
+            (i, r.name, r.allowed)
+            for i, r in enumerate(self.rules)
+            if r.spec.on_unseen == "warn" and r.allowed is not None
+        ]
 
     # -- records -----------------------------------------------------------------------------
 
@@ -399,7 +431,14 @@ class Contract:
             rows = [rows[k] for k in keep]
             idx = [idx[k] for k in keep]
             violations.sort(key=lambda v: v["row"])  # stable: per row, structural first
-        return RecordsResult(values=rows, good=idx, violations=violations, bad_rows=bad)
+        unseen: dict[str, int] = {}
+        for i, name, allowed in self._warn:
+            n = sum(1 for r in rows if r[i] is not None and r[i] not in allowed)
+            if n:
+                unseen[name] = n
+        return RecordsResult(
+            values=rows, good=idx, violations=violations, bad_rows=bad, unseen=unseen
+        )
 
     # -- tables ------------------------------------------------------------------------------
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import io
 import shutil
 import tempfile
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from shipway.contract import Contract, column_stats, infer_contract
+from shipway.contract.infer import Roles
 from shipway.errors import InputError, ModelError, ShipwayError
 from shipway.lifecycle.evaluate import LOWER_IS_BETTER, score
 from shipway.manifest import (
@@ -31,7 +32,8 @@ from shipway.manifest import (
     Threshold,
     dump_manifest,
 )
-from shipway.models import Registry, SklearnPredictor
+from shipway.models import Registry
+from shipway.models.predictor import probe
 from shipway.models.registry import model_params
 from shipway.models.sources import detect, open_predictor
 from shipway.settings import Settings
@@ -51,6 +53,8 @@ class InitResult:
     rows: int
     example: dict[str, Any]
     """One row of the pilot's inputs, for the first request a user sends."""
+    roles: dict[str, str] = field(default_factory=dict)
+    """Fields init made ids or metadata (name -> role), for the user to check."""
 
 
 #: How far below the holdout accuracy (or above its MAE) the proposed quality alert fires.
@@ -140,6 +144,9 @@ def init_service(
     force: bool = False,
     endpoint: EndpointSpec | None = None,
     authorize: Callable[[Any], str] | None = None,
+    ids: Sequence[str] = (),
+    metadata: Sequence[str] = (),
+    features: Sequence[str] = (),
 ) -> InitResult:
     """Infer the contract, score the pilot on a holdout, register version 1, write the manifest.
 
@@ -161,6 +168,9 @@ def init_service(
             force=force,
             endpoint=endpoint,
             authorize=authorize,
+            ids=ids,
+            metadata=metadata,
+            features=features,
         )
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -181,6 +191,9 @@ def _init_service(
     force: bool = False,
     endpoint: EndpointSpec | None = None,
     authorize: Callable[[Any], str] | None = None,
+    ids: Sequence[str] = (),
+    metadata: Sequence[str] = (),
+    features: Sequence[str] = (),
 ) -> InitResult:
     from shipway.store.location import Location, open_service_store
 
@@ -197,7 +210,7 @@ def _init_service(
     if len(frame) < 10:
         raise InputError(f"{data_path.name} has {len(frame)} rows; init needs at least 10")
     frame.columns = [str(c) for c in frame.columns]
-    features = frame.drop(columns=[target])
+    feature_frame = frame.drop(columns=[target])
     y = frame[target]
     if y.isna().any():
         raise InputError(f"target column {target!r} has {int(y.isna().sum())} empty values")
@@ -206,25 +219,43 @@ def _init_service(
     if manifest_path.exists() and not force:
         raise InputError(f"{manifest_path} already exists; pass --force to overwrite it")
 
-    contract_spec = infer_contract(features, range_margin=range_margin)
-    names = [f.name for f in contract_spec.inputs]
-    numeric = all(f.type in ("int", "float", "bool") for f in contract_spec.inputs)
+    for flag, named in (("--id", ids), ("--meta", metadata), ("--feature", features)):
+        unknown = [n for n in named if n not in frame.columns or n == target]
+        if unknown:
+            raise InputError(f"{flag} names no input column of {data_path.name}: {unknown}")
+    overlap = sorted({*ids, *metadata} & set(features)) + sorted(set(ids) & set(metadata))
+    if overlap:
+        raise InputError(f"a field has one role; named twice with --id/--meta/--feature: {overlap}")
 
-    # -- load the pilot -----------------------------------------------------------------------
+    contract_spec = infer_contract(
+        feature_frame,
+        range_margin=range_margin,
+        roles=Roles(tuple(ids), tuple(metadata), tuple(features)),
+    )
+    names = [f.name for f in contract_spec.inputs]
+
+    # -- load the pilot: it gets the features, and any id or metadata field it reads -----------
     source = detect(model)
-    predictor, obj = open_predictor(source, names, None, numeric, scratch, endpoint=endpoint)
+    predictor, obj = open_predictor(source, contract_spec.inputs, None, scratch, endpoint=endpoint)
     params: dict[str, Any] = model_params(obj) if obj is not None else {}
 
-    all_rows = _rows(features)
-    if isinstance(predictor, SklearnPredictor):
-        predictor.probe(all_rows[:64])
+    all_rows = _rows(feature_frame)
+    probe(predictor, all_rows[:64])
     try:
         pred_all = predictor.predict(all_rows)
     except ShipwayError:
         raise
     except Exception as exc:
+        given = [f.name for f in contract_spec.inputs if f.role == "feature"]
+        wants = getattr(obj, "n_features_in_", None)
+        hint = (
+            f"; it reads {wants} columns and was given {len(given)} features "
+            f"({', '.join(given)}): name the others with --meta or --id"
+            if isinstance(wants, int) and wants != len(given)
+            else ""
+        )
         raise ModelError(
-            f"the model cannot predict on {data_path.name}: {type(exc).__name__}: {exc}"
+            f"the model cannot predict on {data_path.name}: {type(exc).__name__}: {exc}{hint}"
         ) from None
 
     classes = getattr(predictor, "classes", None)
@@ -240,19 +271,14 @@ def _init_service(
     y_hold = [_plain(v) for v in y.iloc[hold_idx].tolist()]
     pred_hold = [pred_all.outputs[i] for i in hold_idx]
     proba = None
-    if isinstance(predictor, SklearnPredictor) and predictor.has_proba and is_classification:
-        hold_rows = [all_rows[i] for i in hold_idx]
-        x = (
-            predictor._array(hold_rows)
-            if predictor.native_input == "numpy"
-            else predictor._frame(hold_rows)
-        )
-        proba = np.asarray(predictor.model.predict_proba(x))
+    proba_of = getattr(predictor, "predict_proba", None)
+    if proba_of is not None and classes is not None and is_classification:
+        proba = proba_of([all_rows[i] for i in hold_idx])
     metrics = score(output.kind, y_hold, pred_hold, proba, list(output.labels or []))
 
     # -- check the data passes its own contract -----------------------------------------------
     checked = Contract(contract_spec).validate_table(
-        pa.Table.from_pandas(features, preserve_index=False)
+        pa.Table.from_pandas(feature_frame, preserve_index=False)
     )
     if checked.bad_count:  # pragma: no cover - inference guarantees this; a bug if not
         raise ShipwayError(
@@ -263,7 +289,12 @@ def _init_service(
     reference: dict[str, Any] = {
         "rows": len(frame),
         "holdout_rows": len(hold_idx),
-        "inputs": {f.name: column_stats(features[f.name], f.type) for f in contract_spec.inputs},
+        "inputs": {
+            f.name: column_stats(feature_frame[f.name], f.type)
+            if f.role == "feature"
+            else {"role": f.role, "n": len(feature_frame)}
+            for f in contract_spec.inputs
+        },
     }
     out_series = pd.Series(pred_all.outputs)
     reference["output"] = column_stats(
@@ -271,7 +302,7 @@ def _init_service(
     )
     if any(c is not None for c in pred_all.confidence):
         reference["confidence"] = column_stats(pd.Series(pred_all.confidence, dtype=float), "float")
-    ref_frame = features.copy()
+    ref_frame = feature_frame.copy()
     ref_frame["__output__"] = [
         str(o) if output.kind == "classification" else o for o in pred_all.outputs
     ]
@@ -334,9 +365,16 @@ def _init_service(
         f"# widened by {range_margin:.0%} of its span. Edit freely; 'shipway serve' validates it.\n"
     )
     manifest_path.write_text(header + dump_manifest(manifest), encoding="utf-8")
-    example = {k: _plain(v) for k, v in features.iloc[0].items() if not pd.isna(v)}
+    example = {k: _plain(v) for k, v in feature_frame.iloc[0].items() if not pd.isna(v)}
     return InitResult(
-        manifest_path, manifest, mv.version, metrics, len(hold_idx), len(frame), example
+        manifest_path,
+        manifest,
+        mv.version,
+        metrics,
+        len(hold_idx),
+        len(frame),
+        example,
+        roles={f.name: f.role for f in contract_spec.inputs if f.role != "feature"},
     )
 
 

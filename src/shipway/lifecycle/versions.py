@@ -13,7 +13,7 @@ from shipway.lifecycle.evaluate import GateResult, evaluate, gate, holdout
 from shipway.lifecycle.rollout import Rollout
 from shipway.manifest import Manifest
 from shipway.models import ModelVersion, Registry
-from shipway.models.predictor import SklearnPredictor
+from shipway.models.predictor import probe
 from shipway.models.registry import model_params
 from shipway.store import Store
 from shipway.store.artifacts import sha256_file
@@ -77,8 +77,7 @@ def add_version(
         )
     except ModelError as exc:
         raise ModelError(f"refused: {exc.message}") from None
-    if isinstance(predictor, SklearnPredictor):
-        predictor.probe(rows[:64])
+    probe(predictor, rows[:64])
     try:
         metrics = evaluate(predictor, manifest.output, rows, y)
     except ShipwayError as exc:
@@ -90,8 +89,7 @@ def add_version(
         endpoint=manifest.endpoint,
         timeout_s=manifest.guards.timeout_ms / 1000.0,
     )
-    if isinstance(champ_pred, SklearnPredictor):
-        champ_pred.probe(rows[:64])
+    probe(champ_pred, rows[:64])
     champion_metrics = evaluate(champ_pred, manifest.output, rows, y)
     result = gate(manifest, metrics, champion_metrics)
 

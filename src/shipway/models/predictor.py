@@ -8,12 +8,17 @@ output and one confidence per row. Loaders turn a model reference into a predict
   files from sources you trust.
 * ``python:module:function`` — a callable that takes a list of input dicts and returns a list of
   outputs, or a list of ``{"output": ..., "confidence": ...}`` dicts.
+
+A model is given the contract's ``role: feature`` fields, plus any id or metadata field it
+names itself (a scikit-learn model fitted on a frame that held them); other ids and metadata
+are logged and checked but never reach it. :func:`for_fields` builds that view once, at load.
 """
 
 from __future__ import annotations
 
 import importlib
 import io
+import operator
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -71,9 +76,7 @@ class SklearnPredictor:
         if fitted is not None:
             missing = [str(f) for f in fitted if str(f) not in self.feature_names]
             if missing:
-                raise ModelError(
-                    f"the model needs features the contract does not have: {missing[:5]}"
-                )
+                raise NeedsFields(missing)
             pos = {n: i for i, n in enumerate(self.feature_names)}
             self._order = [pos[str(f)] for f in fitted]
         self._numeric = numeric
@@ -164,6 +167,103 @@ class FunctionPredictor:
         return Predictions(outputs, conf)
 
 
+class NeedsFields(ModelError):
+    """The model reads columns it was not given (perhaps fields with role id or metadata)."""
+
+    def __init__(self, names: Sequence[str]) -> None:
+        self.names = list(names)
+        super().__init__(f"the model needs features the contract does not have: {self.names[:5]}")
+
+
+@dataclass(frozen=True)
+class ModelInputs:
+    """The fields a model is given: names (contract order), their positions in a validated row
+    (None when the model takes the whole row) and whether all of them are numeric."""
+
+    names: list[str]
+    positions: list[int] | None
+    numeric: bool
+
+    @classmethod
+    def of(cls, fields: Sequence[Any], reads: Sequence[str] = ()) -> ModelInputs:
+        """The ``role: feature`` fields and those named in ``reads``, in contract order."""
+        chosen = [
+            (i, f)
+            for i, f in enumerate(fields)
+            if getattr(f, "role", "") == "feature" or f.name in reads
+        ]
+        if not chosen:
+            raise ModelError(
+                "the contract has no role: feature field, so the model would be given nothing"
+            )
+        positions = [i for i, _ in chosen]
+        return cls(
+            names=[f.name for _, f in chosen],
+            positions=None if len(positions) == len(fields) else positions,
+            numeric=all(f.type in ("int", "float", "bool") for _, f in chosen),
+        )
+
+
+class Projected:
+    """A predictor fed only some fields of each row (its features); everything else about it is
+    the inner predictor's."""
+
+    def __init__(self, inner: Any, positions: Sequence[int]) -> None:
+        self.inner = inner
+        if len(positions) == 1:
+            only = positions[0]
+            self._take: Callable[[Row], Row] = lambda r: (r[only],)
+        else:
+            self._take = operator.itemgetter(*positions)
+
+    def _rows(self, rows: Sequence[Row]) -> list[Row]:
+        take = self._take
+        return [take(r) for r in rows]
+
+    def predict(self, rows: Sequence[Row]) -> Predictions:
+        return self.inner.predict(self._rows(rows))
+
+    def predict_proba(self, rows: Sequence[Row]) -> Any:
+        method = getattr(self.inner, "predict_proba", None)
+        return None if method is None else method(self._rows(rows))
+
+    def probe(self, rows: Sequence[Row]) -> None:
+        method = getattr(self.inner, "probe", None)
+        if method is not None:
+            method(self._rows(rows))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def for_fields(make: Callable[[list[str], bool], Any], fields: Sequence[Any]) -> Any:
+    """``make(names, numeric)`` for the model's fields, projected when it takes fewer than all.
+
+    The model gets the feature fields; if it then names id or metadata fields it reads
+    (:class:`NeedsFields`), it is made again with those added.
+    """
+    inputs = ModelInputs.of(fields)
+    try:
+        inner = make(inputs.names, inputs.numeric)
+    except NeedsFields as exc:
+        known = {f.name for f in fields}
+        if not set(exc.names) <= known:
+            raise ModelError(
+                "the model needs features the contract does not have: "
+                f"{[n for n in exc.names if n not in known][:5]}"
+            ) from None
+        inputs = ModelInputs.of(fields, reads=exc.names)
+        inner = make(inputs.names, inputs.numeric)
+    return inner if inputs.positions is None else Projected(inner, inputs.positions)
+
+
+def probe(predictor: Any, rows: Sequence[Row]) -> None:
+    """Let a predictor that can choose its input format (scikit-learn) choose it on ``rows``."""
+    method = getattr(predictor, "probe", None)
+    if method is not None:
+        method(rows)
+
+
 def import_callable(ref: str) -> Callable[..., Any]:
     """``python:package.module:function`` → the function."""
     body = ref.removeprefix("python:")
@@ -197,10 +297,15 @@ def load_sklearn_bytes(data: bytes) -> Any:
 
 __all__ = [
     "FunctionPredictor",
+    "ModelInputs",
+    "NeedsFields",
     "Predictions",
     "Predictor",
+    "Projected",
     "Row",
     "SklearnPredictor",
+    "for_fields",
     "import_callable",
     "load_sklearn_bytes",
+    "probe",
 ]

@@ -23,6 +23,7 @@ from shipway.models.predictor import (
     FunctionPredictor,
     Predictor,
     SklearnPredictor,
+    for_fields,
     import_callable,
     load_sklearn_bytes,
 )
@@ -263,28 +264,34 @@ class Registry:
         Versions served over HTTP (flavor ``http``) are called as the manifest's ``endpoint``
         section says, with ``timeout_s`` per call.
         """
-        names = [f.name for f in contract.inputs]
-        if mv.flavor == "python":
-            return FunctionPredictor(import_callable(mv.uri), names)
-        if mv.flavor == "http":
-            from shipway.models.endpoints import endpoint_predictor
-
-            return endpoint_predictor(mv.uri, endpoint, names, timeout_s)
-        if not mv.artifact_sha256:
+        if mv.flavor not in ("python", "http") and not mv.artifact_sha256:
             raise ModelError(f"model version {mv.version} has no artifact digest")
-        data = self.store.artifacts.read_verified(mv.artifact_sha256)
-        numeric = all(f.type in ("int", "float", "bool") for f in contract.inputs)
-        if mv.flavor == "sklearn":
-            return SklearnPredictor(load_sklearn_bytes(data), names, numeric)
-        if mv.flavor == "onnx":
-            from shipway.models.formats import OnnxPredictor
 
-            return OnnxPredictor(data, names, labels)
-        if mv.flavor == "mlflow":
-            from shipway.models.formats import load_mlflow, unpack_directory
+        loaded: list[Any] = []
 
-            return load_mlflow(unpack_directory(data), names, labels, numeric)
-        raise ModelError(f"unknown model flavor {mv.flavor!r} for version {mv.version}")
+        def make(names: list[str], numeric: bool) -> Predictor:
+            if mv.flavor == "python":
+                return FunctionPredictor(import_callable(mv.uri), names)
+            if mv.flavor == "http":
+                from shipway.models.endpoints import endpoint_predictor
+
+                return endpoint_predictor(mv.uri, endpoint, names, timeout_s)
+            data = self.store.artifacts.read_verified(mv.artifact_sha256 or "")
+            if mv.flavor == "sklearn":
+                if not loaded:  # made twice when the model reads an id or metadata field
+                    loaded.append(load_sklearn_bytes(data))
+                return SklearnPredictor(loaded[0], names, numeric)
+            if mv.flavor == "onnx":
+                from shipway.models.formats import OnnxPredictor
+
+                return OnnxPredictor(data, names, labels)
+            if mv.flavor == "mlflow":
+                from shipway.models.formats import load_mlflow, unpack_directory
+
+                return load_mlflow(unpack_directory(data), names, labels, numeric)
+            raise ModelError(f"unknown model flavor {mv.flavor!r} for version {mv.version}")
+
+        return for_fields(make, contract.inputs)
 
 
 __all__ = ["ModelVersion", "Registry", "model_params", "sklearn_uri"]

@@ -23,6 +23,7 @@ from shipway.models.predictor import (
     FunctionPredictor,
     Predictor,
     SklearnPredictor,
+    for_fields,
     import_callable,
     load_sklearn_bytes,
 )
@@ -64,36 +65,44 @@ def detect(model: str) -> ModelSource:
 
 def open_predictor(
     source: ModelSource,
-    names: Sequence[str],
+    fields: Sequence[Any],
     labels: Sequence[Any] | None,
-    numeric: bool,
     scratch: Path,
     *,
     endpoint: Any = None,
     timeout_s: float = 30.0,
 ) -> tuple[Predictor, Any]:
     """A predictor for a source that is not registered yet (``init`` scores its pilot with
-    it), and the loaded estimator for scikit-learn files (None otherwise)."""
-    if source.kind == "python":
-        return FunctionPredictor(import_callable(source.text), names), None
-    if source.kind == "http":
-        from shipway.models.endpoints import endpoint_predictor
+    it), given the contract's feature ``fields``, and the loaded estimator for scikit-learn
+    files (None otherwise)."""
+    obj: list[Any] = [None]
 
-        return endpoint_predictor(source.text, endpoint, names, timeout_s), None
-    if source.kind == "onnx":
-        from shipway.models.formats import OnnxPredictor
+    def make(names: list[str], numeric: bool) -> Predictor:
+        if source.kind == "python":
+            return FunctionPredictor(import_callable(source.text), names)
+        if source.kind == "http":
+            from shipway.models.endpoints import endpoint_predictor
 
+            return endpoint_predictor(source.text, endpoint, names, timeout_s)
+        if source.kind == "onnx":
+            from shipway.models.formats import OnnxPredictor
+
+            assert source.path is not None
+            return OnnxPredictor(source.path.read_bytes(), names, labels)
+        if source.kind == "mlflow":
+            from shipway.models.formats import fetch_mlflow_uri, load_mlflow
+
+            folder = (
+                fetch_mlflow_uri(source.text, scratch / "mlflow") if source.remote else source.path
+            )
+            assert folder is not None
+            return load_mlflow(folder, names, labels, numeric)
         assert source.path is not None
-        return OnnxPredictor(source.path.read_bytes(), names, labels), None
-    if source.kind == "mlflow":
-        from shipway.models.formats import fetch_mlflow_uri, load_mlflow
+        if obj[0] is None:
+            obj[0] = load_sklearn_bytes(source.path.read_bytes())
+        return SklearnPredictor(obj[0], names, numeric)
 
-        folder = fetch_mlflow_uri(source.text, scratch / "mlflow") if source.remote else source.path
-        assert folder is not None
-        return load_mlflow(folder, names, labels, numeric), None
-    assert source.path is not None
-    obj = load_sklearn_bytes(source.path.read_bytes())
-    return SklearnPredictor(obj, names, numeric), obj
+    return for_fields(make, fields), obj[0]
 
 
 __all__ = ["KINDS", "ModelSource", "detect", "open_predictor"]

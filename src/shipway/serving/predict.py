@@ -98,6 +98,9 @@ class PredictPath:
                 )
             rejected = checked.violations
 
+        if checked.unseen:
+            for name, n in checked.unseen.items():
+                self.metrics.unseen_values.labels(name).inc(n)
         router = self.router  # one plan for the whole request, even if a swap happens now
         chain = self.chain
         values = checked.values
