@@ -61,18 +61,30 @@ def infer_field(name: str, s: pd.Series, range_margin: float = 0.1) -> InputFiel
 
 
 _ID_NAME = re.compile(r"(^|[_\s-])(id|uuid|guid|key|number|no)$", re.IGNORECASE)
+_ID_CAMEL = re.compile(r"[a-z0-9](Id|ID|Uuid|UUID|Guid|GUID|Key|No|Number)$")  # customerId
+_UUID = re.compile(r"^[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}$", re.I)
+
+
+def _id_named(name: str) -> bool:
+    return bool(_ID_NAME.search(name) or _ID_CAMEL.search(name))
 
 
 def looks_like_id(name: str, s: pd.Series) -> bool:
     """A column that names rows rather than describes them: no two rows share a value, it has
-    no gaps, and it is whole numbers or text (with a name like ``customer_id`` for numbers)."""
+    no gaps, and it is whole numbers or text named like ``customer_id``, or UUIDs. Unique
+    text with any other name (free text, e-mail addresses, names) stays an input: a model
+    may read it, and ``--id`` says otherwise."""
     nonnull = s.dropna()
     if len(nonnull) < 10 or len(nonnull) != len(s) or nonnull.nunique() != len(nonnull):
         return False
     if pd.api.types.is_integer_dtype(s.dtype):
-        return bool(_ID_NAME.search(name))
+        return bool(_id_named(name))
     if pd.api.types.is_object_dtype(s.dtype) or pd.api.types.is_string_dtype(s.dtype):
-        return not looks_like_datetime(s)
+        if looks_like_datetime(s):
+            return False
+        if _id_named(name):
+            return True
+        return all(_UUID.match(str(v)) for v in nonnull.head(200))
     return False
 
 
