@@ -113,6 +113,27 @@ def run_cli(
     )
 
 
+def run_pasted(
+    commands: list[str], cwd: Path, timeout: float = 180
+) -> subprocess.CompletedProcess[str]:
+    """Shell commands run as a user pastes them (``8000`` moved to a free port), with the
+    ``shipway`` of this environment on PATH and no Shipway settings inherited; any server
+    they start in the background is stopped at the end."""
+    port = str(free_port())
+    script = "\n".join(c.replace("8000", port) for c in commands) + "\nkill %1; wait\n"
+    env = {
+        **os.environ,
+        "SHIPWAY_DATABASE_URL": "",
+        "SHIPWAY_DEV_MODE": "",
+        "SHIPWAY_API_KEY": "",
+        "SHIPWAY_SECRET_KEY": "",
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+    }
+    return subprocess.run(
+        ["bash", "-c", script], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
 class Server:
     """A real ``shipway serve`` process on 127.0.0.1.
 

@@ -230,12 +230,9 @@ def test_the_commands_init_prints_reach_an_authenticated_monitored_service(
 ) -> None:
     """init's closing commands, pasted into a shell as printed (on a free port), serve the
     pilot with authentication on and alert rules loaded."""
-    import os
     import re
-    import subprocess
-    import sys
 
-    from tests.conftest import free_port
+    from tests.conftest import run_pasted
 
     res = run_cli(
         "init",
@@ -255,19 +252,7 @@ def test_the_commands_init_prints_reach_an_authenticated_monitored_service(
     start = lines.index("Next, to serve it with authentication on (copy and paste):")
     commands = [line.strip() for line in lines[start + 1 :] if line.startswith("  ")]
     assert len(commands) == 6  # secret, admin key, predictor key, serve, wait, first request
-    port = str(free_port())
-    script = "\n".join(c.replace("8000", port) for c in commands) + "\nkill %1; wait\n"
-    env = {
-        **os.environ,
-        "SHIPWAY_DATABASE_URL": "",
-        "SHIPWAY_DEV_MODE": "",
-        "SHIPWAY_API_KEY": "",
-        "SHIPWAY_SECRET_KEY": "",
-        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-    }
-    out = subprocess.run(
-        ["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180
-    )
+    out = run_pasted(commands, tmp_path)
     decision = re.search(r'\{"id":.*\}', out.stdout)
     assert decision is not None, out.stdout + out.stderr
     assert '"route":"champion"' in decision.group(0)
