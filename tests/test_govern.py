@@ -395,7 +395,7 @@ def test_retention_purge_removes_exactly_what_is_past_it(database_url: str, tmp_
     from shipway.decisions import DecisionLog
     from shipway.govern.retention import purge
     from shipway.manifest import RetentionSpec
-    from shipway.store.tables import decisions
+    from shipway.store.tables import decisions, rejections
 
     store = open_store(database_url, tmp_path / "art")
     now = time.time()
@@ -437,16 +437,28 @@ def test_retention_purge_removes_exactly_what_is_past_it(database_url: str, tmp_
         )
     finally:
         log.stop()
+    with store.engine.begin() as conn:  # refused requests, 5 and 40 days old
+        conn.execute(
+            rejections.insert(),
+            [
+                {"ts": now - a * day, "service": "svc", "request_id": f"r{a}", "rule": "range"}
+                for a in (5, 40)
+            ],
+        )
     try:
         res = purge(store.engine, "svc", RetentionSpec(decisions="30d"), actor="t", now=now)
-        assert res["removed"] == {"decisions": 3}
+        assert res["removed"] == {"decisions": 3, "rejections": 1}
+        with store.engine.connect() as conn:
+            kept = list(conn.execute(select(rejections.c.request_id)).scalars())
+            assert kept == ["r5"]
         with store.engine.connect() as conn:
             left = set(conn.execute(select(decisions.c.id)).scalars())
             assert left == {"d0", "d1", "d2", "other"}  # another service keeps its own
             assert conn.execute(select(func.count()).select_from(decisions)).scalar() == 4
         event = audit.events(store.engine, newest_first=True, limit=1)[0]
         assert event["action"] == "retention.purge" and event["after"]["removed"] == {
-            "decisions": 3
+            "decisions": 3,
+            "rejections": 1,
         }
     finally:
         store.close()

@@ -381,3 +381,157 @@ def test_a_model_fitted_on_arrays_gets_only_its_features(
         np.array([[r["tenure_months"], r.get("monthly_charges", np.nan)] for r in rows])
     ).tolist()
     assert got == want
+
+
+def _init_churn(churn: dict[str, Any], folder: Path, env: dict[str, str]) -> Path:
+    res = run_cli(
+        "init", "--model", str(churn["model"]), "--data", str(churn["data"]),
+        "--target", "churn", "--dir", str(folder), env=env,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    manifest = folder / "shipway.yaml"
+    _edit(manifest, monitor={"schedule": False, "window": "1h", "min_rows": 1000, "alerts": []})
+    return manifest
+
+
+def test_labels_keyed_by_a_business_id_join_the_newest_decision(
+    churn: dict[str, Any], start_server: Any, tmp_path: Path, database_url: str
+) -> None:
+    """6: feedback import --key customer_id (and {"key": ...} over HTTP) labels the newest
+    decision that carried the key; an unknown key refuses the file, naming it, unless
+    --skip-unmatched; a --key that is not the id field is refused."""
+    env = {"SHIPWAY_DATABASE_URL": database_url}
+    manifest = _init_churn(churn, tmp_path, env)
+    server = start_server(manifest, env)
+    rows = _churn_rows(3, seed=34)
+    first = server.client.post("/v1/predict", json={"inputs": rows}).json()["decisions"]
+    # the same customer again, its id sent as 1000042.0: the file's 1000042 still finds it
+    again_row = dict(rows[0], customer_id=float(rows[0]["customer_id"]))
+    again = server.client.post("/v1/predict", json={"inputs": again_row}).json()
+    a, b, c = (r["customer_id"] for r in rows)
+
+    truth = tmp_path / "truth.csv"
+    truth.write_text(f"customer_id,label\n{a},yes\n{b},no\n999,yes\n")
+    refused = run_cli("feedback", "import", str(truth), "--key", "customer_id",
+                      "-m", str(manifest), env=env)  # fmt: skip
+    assert refused.returncode == 1
+    assert "key breaks 'unknown_key'" in refused.stderr and "nothing was stored" in refused.stderr
+    done = run_cli("feedback", "import", str(truth), "--key", "customer_id",
+                   "--skip-unmatched", "-m", str(manifest), env=env)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "stored 2 labels" in done.stdout and "1 keys named no decision" in done.stdout
+    wrong = run_cli("feedback", "import", str(truth), "--key", "tenure_months",
+                    "-m", str(manifest), env=env)  # fmt: skip
+    assert wrong.returncode == 1 and "which is customer_id" in wrong.stderr
+
+    r = server.client.post(
+        "/v1/feedback", json={"feedback": [{"key": a, "label": "no"}, {"key": c, "label": "no"}]}
+    )
+    assert r.status_code == 201, r.text
+    stored = r.json()["stored"]
+    # a's newest decision is the second request's, and the file labelled it first
+    assert (stored[0]["id"], stored[0]["revision"]) == (again["id"], 2)
+    assert (stored[1]["id"], stored[1]["revision"]) == (first[2]["id"], 1)
+    time.sleep(1.1)  # the newest decision for a is now older than the window asked for
+    r = server.client.post(
+        "/v1/feedback", json={"feedback": [{"key": a, "label": "no"}], "within": "1s"}
+    )
+    assert r.status_code == 422 and r.json()["error"]["fields"][0]["rule"] == "unknown_key"
+
+
+def test_refused_requests_are_kept_and_counted_after_a_restart(
+    churn: dict[str, Any], start_server: Any, tmp_path: Path, database_url: str
+) -> None:
+    """10: each refused row is stored with its field and rule; the monitor's figures come from
+    the store, so a new process reports them; a value sent under an unknown name is not kept."""
+    env = {"SHIPWAY_DATABASE_URL": database_url}
+    manifest = _init_churn(churn, tmp_path, env)
+    server = start_server(manifest, env)
+    row = _churn_rows(1, seed=35)[0]
+    assert server.client.post("/v1/predict", json={"inputs": row}).status_code == 200
+    bad_date = dict(row, signup_date="someday")
+    assert server.client.post("/v1/predict", json={"inputs": bad_date}).status_code == 422
+    extra = dict(row, email="someone@example.com")
+    assert server.client.post("/v1/predict", json={"inputs": [row, extra]}).status_code == 422
+    nul = dict(row, contract="two\x00year")  # PostgreSQL text cannot hold NUL
+    assert server.client.post("/v1/predict", json={"inputs": nul}).status_code == 422
+    server.stop()
+
+    server = start_server(manifest, env)
+    ops = server.client.post("/v1/monitor/run").json()["operations"]
+    assert ops["rejected"] == 3 and ops["rejected_requests"] == 3
+    assert ops["contract_violations"] == {
+        "signup_date:type": 1,
+        "(unknown):unknown_field": 1,
+        "contract:category": 1,
+    }
+    assert ops["n"] == 1 and ops["rejected_share"] == 3 / 4
+    server.stop()
+    report = run_cli("monitor", "report", "-m", str(manifest), env=env)
+    assert "refused: 3 rows in 3 requests (share 0.7500)" in report.stdout, report.stderr
+
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(database_url)
+    with engine.connect() as conn:
+        kept = {f: v for f, v in conn.execute(text("SELECT field, value FROM rejections"))}
+    engine.dispose()
+    assert kept == {"signup_date": '"someday"', "email": None, "contract": '"two\\u0000year"'}
+
+
+def test_probabilities_on_request(churn: dict[str, Any], start_server: Any) -> None:
+    """11: "return": ["probabilities"] adds {label: p} per row, summing to 1 and agreeing with
+    the answer's confidence; an unknown ask is a 400 naming it."""
+    manifest = churn["dir"] / "shipway.yaml"
+    server = start_server(manifest, NO_DB)
+    rows = _churn_rows(5, seed=36)
+    plain = server.client.post("/v1/predict", json={"inputs": rows}).json()["decisions"]
+    assert all("probabilities" not in d for d in plain)
+    r = server.client.post("/v1/predict", json={"inputs": rows, "return": ["probabilities"]})
+    assert r.status_code == 200, r.text
+    for d in r.json()["decisions"]:
+        p = d["probabilities"]
+        assert set(p) == {"no", "yes"} and abs(sum(p.values()) - 1) < 1e-9
+        assert p[d["output"]] == d["confidence"] == max(p.values())
+    for wrong in (["shap"], [{}], "probabilities"):
+        r = server.client.post("/v1/predict", json={"inputs": rows[0], "return": wrong})
+        message = r.json()["error"]["message"]
+        assert r.status_code == 400 and '"return" must be a list of' in message, wrong
+
+
+def test_a_real_pilot_is_onboarded_with_the_commands_init_prints(tmp_path: Path) -> None:
+    """Acceptance: the churn pilot (an id, a date, missing charges, a pipeline fitted on all of
+    them) goes from its files to an authenticated, monitored service with init and the six
+    commands it prints, nothing else; the first request carries the id and the date."""
+    import re
+
+    from tests.conftest import run_pasted
+    from tests.pilots.churn import write
+
+    data, model = write(tmp_path)
+    res = run_cli(
+        "init", "--model", str(model), "--data", str(data), "--target", "churn",
+        cwd=tmp_path, env=NO_DB,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    start = lines.index("Next, to serve it with authentication on (copy and paste):")
+    commands = [line.strip() for line in lines[start + 1 :] if line.startswith("  ")]
+    assert len(commands) == 6  # secret, admin key, predictor key, serve, wait, first request
+    assert "customer_id" in commands[-1] and "signup_date" in commands[-1]
+    # A probe after the pasted commands (not part of the onboarding): a request with no key.
+    probe = (
+        'echo "anonymous=$(curl -s -o /dev/null -w "%{http_code}" localhost:8000/v1/predict'
+        ' -d \'{"inputs": {}}\')"'
+    )
+    out = run_pasted([*commands, probe], tmp_path)
+    log = out.stdout + out.stderr
+    decision = re.search(r'\{"id":"[^"]+","output":"(yes|no)"[^\n]*\}', out.stdout)
+    assert decision is not None, log
+    assert '"route":"champion"' in decision.group(0)
+    assert "anonymous=401" in out.stdout, log
+    assert "authentication on" in out.stderr and "3 alert rules" in out.stderr, log
+    export = run_cli("decisions", "export", "--format", "jsonl", cwd=tmp_path, env=NO_DB)
+    logged = [json.loads(line) for line in export.stdout.splitlines()]
+    assert len(logged) == 1, export.stderr
+    assert {"customer_id", "signup_date"} <= set(logged[0]["inputs"])

@@ -164,6 +164,10 @@ class InputField(_Model):
         return self
 
 
+#: Input field settings younger than the contract digest, with their defaults.
+_LATER_FIELD_DEFAULTS = {"role": "feature", "on_unseen": "reject"}
+
+
 class ContractSpec(_Model):
     """The data contract every request and every ingested batch must satisfy."""
 
@@ -189,9 +193,22 @@ class ContractSpec(_Model):
         return self
 
     def digest(self) -> str:
-        """sha256 of the canonical contract, used to tie model versions to a contract."""
-        canon = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        """sha256 of the canonical contract, used to tie model versions to a contract.
+
+        Settings added after a contract format was first stored are left out at their default,
+        so a contract written before them keeps its digest."""
+        spec = self.model_dump(mode="json")
+        for f in spec["inputs"]:
+            for name, default in _LATER_FIELD_DEFAULTS.items():
+                if f.get(name) == default:
+                    del f[name]
+        canon = json.dumps(spec, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canon.encode()).hexdigest()
+
+    @property
+    def key_field(self) -> str | None:
+        """The first ``role: id`` field: its value is the key labels can be joined on."""
+        return next((f.name for f in self.inputs if f.role == "id"), None)
 
 
 class OutputSpec(_Model):
@@ -360,6 +377,14 @@ class ServingSpec(_Model):
     batching: BatchingSpec = Field(default_factory=BatchingSpec, description="Micro-batching.")
     limits: LimitsSpec = Field(default_factory=LimitsSpec, description="Rate and load limits.")
     cache: CacheSpec = Field(default_factory=CacheSpec, description="Response cache.")
+    return_probabilities: bool = Field(
+        False,
+        description=(
+            "Answer every classification row with its class probabilities "
+            '(`"probabilities": {label: p}`), as if each request asked with '
+            '`"return": ["probabilities"]`.'
+        ),
+    )
 
 
 class RolloutSpec(_Model):
@@ -631,7 +656,9 @@ class StopSpec(_Model):
 class RetentionSpec(_Model):
     """How long records are kept; a purge inside ``shipway serve`` removes older ones."""
 
-    decisions: Duration | None = Field(None, description="Decisions, e.g. '400d' (unset: forever).")
+    decisions: Duration | None = Field(
+        None, description="Decisions and refused requests, e.g. '400d' (unset: forever)."
+    )
     shadow_decisions: Duration | None = Field(None, description="Shadow answers, e.g. '90d'.")
     interval: Duration = Field(
         Duration("1h"), description="How often the purge runs inside shipway serve."
@@ -656,6 +683,8 @@ ALERT_FIGURES = frozenset(
         "p99_ms",
         "fallback_share",
         "cost",
+        "rejected",
+        "rejected_share",
         "drift_share",
         "drifted",
         "drifted_features",

@@ -250,16 +250,6 @@ class ServiceMetrics:
         key = (route, str(version))
         d[key] = d.get(key, 0) + n
 
-    def violations_by_field(self) -> dict[str, float]:
-        """Contract violations counted by this process, as ``field:rule`` → count."""
-        out: dict[str, float] = {}
-        for metric in self.contract_violations.collect():
-            for sample in metric.samples:
-                if sample.name.endswith("_total"):
-                    key = f"{sample.labels['field']}:{sample.labels['rule']}"
-                    out[key] = sample.value
-        return out
-
     def publish_monitor(self, ctx: dict[str, object], result: dict[str, object]) -> None:
         for name, value in ctx.items():
             if isinstance(value, bool):

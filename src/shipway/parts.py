@@ -9,6 +9,7 @@ predict path, authentication, the scheduler's tasks) on top.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from shipway.decisions import labels
 from shipway.errors import ModelError, NotFound
 from shipway.govern import audit
 from shipway.govern.keys import Keys
+from shipway.govern.pii import Redactor
 from shipway.govern.retention import purge
 from shipway.govern.roles import LABEL, Principal
 from shipway.lifecycle.rollout import Rollout, alert_actions
@@ -98,13 +100,38 @@ class ServiceParts:
 
     # -- operations every face offers ---------------------------------------------------------
 
+    def key_join(self, within_s: float | None = None) -> labels.KeyJoin:
+        """How labels given by key find their decision here (see ``decisions/labels.py``)."""
+        field = self.manifest.contract.key_field
+        since = time.time() - (labels.KEY_WINDOW_S if within_s is None else within_s)
+        treatment = self.manifest.pii.get(field) if field is not None else None
+        if treatment in ("drop", "mask"):
+            return labels.KeyJoin(
+                field,
+                since=since,
+                refused=f"the log keeps {field} {(treatment == 'drop' and 'dropped') or 'masked'} "
+                "(pii); only the hash treatment keeps values that can be joined",
+            )
+        treat = None
+        if treatment == "hash":
+            assert field is not None
+            treat = Redactor({field: "hash"}, self.settings.secret()).keyed_hash
+        return labels.KeyJoin(field, treat=treat, since=since)
+
     def record_feedback(
-        self, items: list[Any], principal: Principal, *, source: str = "api"
+        self,
+        items: list[Any],
+        principal: Principal,
+        *,
+        source: str = "api",
+        within_s: float | None = None,
+        skip_unmatched: bool = False,
     ) -> list[dict[str, Any]]:
         """Labels for logged decisions (every item checked; nothing stored if one is bad).
 
         A principal that may label (labeler, reviewer, admin) labels any decision; one that
-        may only predict labels the decisions its own requests made, at the lowest rank."""
+        may only predict labels the decisions its own requests made, at the lowest rank.
+        Items may name their decision by ``id`` or by ``key`` (the contract's id field)."""
         labeler = principal.can(LABEL)
         return labels.record_feedback(
             self.store.engine,
@@ -116,6 +143,11 @@ class ServiceParts:
             rank=labels.RANK_LABELER if labeler else labels.RANK_CALLER,
             role=",".join(sorted(principal.roles)) or None,
             owner=None if labeler else principal.actor,
+            # the join needs the secret for a hashed id: only build it when keys are given
+            join=self.key_join(within_s)
+            if any(isinstance(it, dict) and "key" in it for it in items)
+            else None,
+            skip_unmatched=skip_unmatched,
         )
 
     def purge(self, actor: str) -> dict[str, Any]:

@@ -23,7 +23,9 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from shipway.contract import Contract
-from shipway.decisions import DecisionLog, ShadowLog, queries
+from shipway.decisions import DecisionLog, RejectionLog, ShadowLog, queries
+from shipway.decisions.ids import new_id
+from shipway.decisions.records import rejection_rows
 from shipway.errors import (
     ConfigError,
     Conflict,
@@ -182,8 +184,14 @@ class Service(ServiceParts):
         self.dev_mode = settings.dev_mode
         secret = settings.secret()  # refuses to start without a real secret outside dev mode
         self.secret_key = secret
-        self.log = DecisionLog(store.engine, max_batch=manifest.serving.decision_log.max_batch)
+        self.log = DecisionLog(
+            store.engine,
+            max_batch=manifest.serving.decision_log.max_batch,
+            key_field=manifest.contract.key_field,
+        )
         self.shadow_log = ShadowLog(store.engine)
+        self.rejection_log = RejectionLog(store.engine)
+        self.return_probabilities = manifest.serving.return_probabilities
         self.review_log = ReviewLog(store.engine)
         self.lanes = Lanes(self)
         self.started = False
@@ -226,6 +234,7 @@ class Service(ServiceParts):
                 self.name, self.contract.names, Policies(manifest.review), self.review_log
             ),
             metrics=self.metrics,
+            on_rejected=self._log_rejections,
         )
         self._publish(self.state)
         self._refresh_lock = threading.Lock()
@@ -443,6 +452,20 @@ class Service(ServiceParts):
                 )
                 self.refresh()
 
+    async def _log_rejections(self, violations: list[dict[str, Any]], caller: str | None) -> None:
+        """Keep a refused request's violations in the store, treated as the log treats
+        personal fields (the caller hears the 422 once they are committed)."""
+        rows = rejection_rows(
+            new_id(),
+            time.time(),
+            self.name,
+            caller,
+            violations,
+            frozenset(self.contract.names),
+            self.redactor.treated if self.redactor else None,
+        )
+        await self.rejection_log.write(rows)
+
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
@@ -450,6 +473,7 @@ class Service(ServiceParts):
             return
         self.log.start()
         self.shadow_log.start()
+        self.rejection_log.start()
         self.review_log.start()
         self.started = True
         self.lanes.start_all()
@@ -476,6 +500,7 @@ class Service(ServiceParts):
                 fb.lane.stop()
         self.log.stop()
         self.shadow_log.stop()
+        self.rejection_log.stop()
         self.review_log.stop()
         self.metrics.model_loaded.set(0)
         self.close()
@@ -491,10 +516,17 @@ class Service(ServiceParts):
         headers: Any = None,
         *,
         allow_partial: bool = True,
+        probabilities: bool = False,
     ) -> dict[str, Any]:
-        """Validate, answer and log parsed rows (the ingress has parsed and limited them)."""
+        """Validate, answer and log parsed rows (the ingress has parsed and limited them);
+        class probabilities when asked for or when the manifest always returns them."""
         return await self.predict_path.run(
-            records, single, caller, headers, allow_partial=allow_partial
+            records,
+            single,
+            caller,
+            headers,
+            allow_partial=allow_partial,
+            probabilities=probabilities or self.return_probabilities,
         )
 
     def admit(self, keys: Any) -> None:

@@ -16,6 +16,7 @@ does each of these steps once, inline. Everything else goes to the control app u
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -39,6 +40,7 @@ from shipway.errors import (
     ShipwayError,
 )
 from shipway.govern.roles import DEV, ROLES, Principal
+from shipway.manifest import Duration
 from shipway.service import Service
 
 log = logging.getLogger("shipway.api")
@@ -243,14 +245,31 @@ def parse_json(body: bytes) -> Any:
 # -- the routes --------------------------------------------------------------------------------
 
 
+#: What a predict request may ask for beyond each row's output and confidence.
+RETURNABLE = frozenset({"probabilities"})
+
+
 async def predict_v1(ing: Ingress, call: Call) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
-    """``{"inputs": {...}}`` (one row) or ``{"inputs": [{...}, ...]}`` (a batch)."""
+    """``{"inputs": {...}}`` (one row) or ``{"inputs": [{...}, ...]}`` (a batch), optionally
+    with ``"return": ["probabilities"]``."""
     payload = parse_json(call.body)
     if type(payload) is not dict or "inputs" not in payload:
         raise BadRequest('the body must be a JSON object with an "inputs" field')
+    probabilities = False
     if len(payload) > 1:
-        extra = sorted(payload.keys() - {"inputs"})
-        raise BadRequest(f'unknown top-level field(s): {extra}; only "inputs" is read')
+        extra = sorted(payload.keys() - {"inputs", "return"})
+        if extra:
+            raise BadRequest(
+                f'unknown top-level field(s): {extra}; only "inputs" and "return" are read'
+            )
+        wanted = payload["return"]
+        if type(wanted) is not list or any(
+            type(w) is not str or w not in RETURNABLE for w in wanted
+        ):
+            raise BadRequest(
+                f'"return" must be a list of {sorted(RETURNABLE)}, not {str(wanted)[:80]}'
+            )
+        probabilities = "probabilities" in wanted
     inputs = payload["inputs"]
     if type(inputs) is dict:
         records, single = [inputs], True
@@ -261,29 +280,55 @@ async def predict_v1(ing: Ingress, call: Call) -> tuple[int, bytes, list[tuple[b
         records, single = inputs, False
     else:
         raise BadRequest('"inputs" must be an object (one row) or a list of objects (a batch)')
-    result = await ing.service.predict(records, single, call.caller, call.headers)
+    result = await ing.service.predict(
+        records, single, call.caller, call.headers, probabilities=probabilities
+    )
     status = 202 if result.get("status") == "pending_review" else 200
     return status, _dumps(result), list(_JSON)
 
 
+_FEEDBACK_OPTIONS = ("within", "skip_unmatched")
+
+
 async def feedback(ing: Ingress, call: Call) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
-    """``{"id", "label"}`` or ``{"feedback": [{"id", "label"}, ...]}``."""
+    """``{"id" | "key", "label"}`` or ``{"feedback": [{...}, ...]}``; with items given by
+    ``key`` (the contract's id field), optional ``"within": "30d"`` (how far back to look for
+    the decision) and ``"skip_unmatched": true`` (store the rest when a key names none)."""
     payload = parse_json(call.body)
     if isinstance(payload, dict) and "feedback" in payload:
         items = payload["feedback"]
-    elif isinstance(payload, dict) and "id" in payload:
-        items = [payload]
+    elif isinstance(payload, dict) and ("id" in payload or "key" in payload):
+        items = [{k: v for k, v in payload.items() if k not in _FEEDBACK_OPTIONS}]
     else:
-        raise BadRequest('send {"id": ..., "label": ...} or {"feedback": [{...}, ...]}')
+        raise BadRequest(
+            'send {"id": ..., "label": ...}, {"key": ..., "label": ...} or '
+            '{"feedback": [{...}, ...]}'
+        )
     if not isinstance(items, list):
-        raise BadRequest('"feedback" must be a list of {"id", "label"} objects')
+        raise BadRequest('"feedback" must be a list of {"id" or "key", "label"} objects')
     ing.check_rows(len(items), ing.max_feedback_rows, "serving.max_feedback_rows")
+    within_s = None
+    within = payload.get("within")
+    if within is not None:
+        if not isinstance(within, str):
+            raise BadRequest('"within" must be a duration such as "30d" or "12h"')
+        within_s = Duration(within).seconds  # InputError names the problem
+    skip = payload.get("skip_unmatched", False)
+    if not isinstance(skip, bool):
+        raise BadRequest('"skip_unmatched" must be true or false')
     p = call.principal
     if p.kind == "dev":  # development mode: the actor the caller names, with every role
         name = call.headers.get("x-shipway-actor") or "development"
         p = Principal(name, DEV.roles, kind="dev")
-    stored = await run_in_threadpool(ing.service.record_feedback, items, p)
-    return 201, _dumps({"stored": stored}), list(_JSON)
+    stored = await run_in_threadpool(
+        functools.partial(
+            ing.service.record_feedback, items, p, within_s=within_s, skip_unmatched=skip
+        )
+    )
+    body: dict[str, Any] = {"stored": stored}
+    if skip:
+        body["unmatched"] = len(items) - len(stored)
+    return 201, _dumps(body), list(_JSON)
 
 
 async def infer_v2(ing: Ingress, call: Call) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:

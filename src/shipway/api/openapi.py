@@ -56,6 +56,11 @@ def ingress_openapi(schema: dict[str, Any], manifest: Manifest) -> None:
             "confidence": {"type": ["number", "null"]},
             "model_version": {"type": "integer"},
             "route": {"type": "string", "description": "Who answered: champion, ..."},
+            "probabilities": {
+                "type": ["object", "null"],
+                "additionalProperties": {"type": "number"},
+                "description": 'Class probabilities by label, when asked with "return".',
+            },
         },
     }
     comps["PredictRequest"] = {
@@ -73,7 +78,12 @@ def ingress_openapi(schema: dict[str, Any], manifest: Manifest) -> None:
                         "items": {"$ref": "#/components/schemas/InputRecord"},
                     },
                 ]
-            }
+            },
+            "return": {
+                "type": "array",
+                "items": {"enum": ["probabilities"]},
+                "description": "Extra answers per row: probabilities (class probabilities).",
+            },
         },
     }
     comps["BatchResponse"] = {
@@ -124,12 +134,31 @@ def ingress_openapi(schema: dict[str, Any], manifest: Manifest) -> None:
         }
     }
     label = _output_schema(manifest)
-    item = {
+    key = manifest.contract.key_field
+    item: dict[str, Any] = {
         "type": "object",
         "required": ["id", "label"],
         "additionalProperties": False,
         "properties": {"id": {"type": "string", "description": "A decision id."}, "label": label},
     }
+    if key is not None:
+        item = {
+            "oneOf": [
+                item,
+                {
+                    "type": "object",
+                    "required": ["key", "label"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "key": {
+                            "description": f"A {key}: labels the newest decision carrying it "
+                            "within the window (30 days unless within says otherwise)."
+                        },
+                        "label": label,
+                    },
+                },
+            ]
+        }
     comps["FeedbackItem"] = item
     schema["paths"]["/v1/feedback"] = {
         "post": {
@@ -158,7 +187,17 @@ def ingress_openapi(schema: dict[str, Any], manifest: Manifest) -> None:
                                             "minItems": 1,
                                             "maxItems": manifest.serving.max_feedback_rows,
                                             "items": {"$ref": "#/components/schemas/FeedbackItem"},
-                                        }
+                                        },
+                                        "within": {
+                                            "type": "string",
+                                            "description": "Items given by key: how far back "
+                                            "the decision may be (e.g. 30d).",
+                                        },
+                                        "skip_unmatched": {
+                                            "type": "boolean",
+                                            "description": "Items given by key: store the "
+                                            "rest when a key names no decision.",
+                                        },
                                     },
                                 },
                             ]

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from shipway.cli.access import cli_principal
 from shipway.cli.lifecycle import ManifestArg, _opened, out, when
+from shipway.errors import InputError
 from shipway.govern.roles import LABEL, OPERATE
 from shipway.settings import Settings
 
@@ -54,6 +55,14 @@ def print_report(r: dict[str, Any]) -> None:
             for k in ("error_rate", "p50_ms", "p95_ms", "p99_ms", "fallback_share", "cost")
         )
     )
+    if ops.get("rejected"):
+        worst = sorted((ops.get("contract_violations") or {}).items(), key=lambda kv: -kv[1])
+        out.print(
+            f"refused: {ops['rejected']} rows in {ops.get('rejected_requests')} requests "
+            f"(share {_f(ops.get('rejected_share'))}); by field:rule "
+            + ", ".join(f"{k} {v}" for k, v in worst[:5]),
+            highlight=False,
+        )
     drift = r.get("drift")
     if drift:
         t = Table(
@@ -178,17 +187,61 @@ def alerts_list(
 
 @feedback_app.command("import")
 def feedback_import(
-    file: Annotated[Path, typer.Argument(help="CSV or Parquet with columns id and label.")],
+    file: Annotated[
+        Path, typer.Argument(help="CSV or Parquet with columns id (or the --key column) and label.")
+    ],
     manifest: ManifestArg = Path("shipway.yaml"),
+    key: Annotated[
+        str | None,
+        typer.Option(
+            "--key",
+            help=(
+                "Join on this column instead of decision ids: the contract's first role: id "
+                "field (for example customer_id). Each key labels the newest decision carrying "
+                "it logged within --within."
+            ),
+        ),
+    ] = None,
+    within: Annotated[
+        str, typer.Option(help="With --key: how far back a decision may be, e.g. 30d or 12h.")
+    ] = "30d",
+    skip_unmatched: Annotated[
+        bool,
+        typer.Option(
+            "--skip-unmatched",
+            help="With --key: store the labels whose key names a decision and count the rest "
+            "(by default one unmatched key refuses the whole file).",
+        ),
+    ] = False,
 ) -> None:
-    """Attach delayed ground truth to logged decisions (joined on the decision id)."""
+    """Attach delayed ground truth to logged decisions, joined on the decision id or, with
+    --key, on a business id."""
     from shipway.decisions.labels import read_file
+    from shipway.manifest import Duration
 
     with _opened(manifest) as parts:
+        within_s = Duration(within).seconds  # a bad duration exits 1 naming the problem
+        if key is not None and key != parts.manifest.contract.key_field:
+            field = parts.manifest.contract.key_field
+            raise InputError(
+                f"--key {key}: labels join on the contract's first role: id field, "
+                + (f"which is {field}" if field else "and the contract has none")
+            )
         who = cli_principal(parts.store, Settings(), LABEL, "feedback import")
-        stored = parts.record_feedback(read_file(file), who, source="file")
+        items = read_file(file, key)
+        stored = parts.record_feedback(
+            items, who, source="file", within_s=within_s, skip_unmatched=skip_unmatched
+        )
     revised = sum(1 for s in stored if s["revision"] > 1)
-    out.print(f"stored {len(stored)} labels ({revised} revisions of earlier labels)")
+    skipped = len(items) - len(stored)
+    out.print(
+        f"stored {len(stored)} labels ({revised} revisions of earlier labels)"
+        + (
+            f"; {skipped} keys named no decision within {within} and were skipped"
+            if skipped
+            else ""
+        )
+    )
 
 
 @outbox_app.command("list")

@@ -13,13 +13,19 @@ Labels carry who gave them, with which role, and a rank: a reviewer's outcome
 (:data:`RANK_LABELER`), which outranks a caller's own feedback (:data:`RANK_CALLER`); the
 label that counts is the newest of the highest rank, so a caller cannot overwrite a reviewer.
 A caller may label only the decisions its own requests made (``owner``).
+
+Labels usually arrive keyed by a business id rather than by decision id: an item
+``{"key": ..., "label": ...}`` is joined on the contract's first ``role: id`` field (its
+:class:`KeyJoin`): the key names the newest decision of the service logged since the join's
+``since`` (30 days back unless the caller says otherwise) that carries that value.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +33,7 @@ import orjson
 from sqlalchemy import Connection, Engine, func, insert, select
 
 from shipway.decisions import queries
+from shipway.decisions.records import key_text
 from shipway.errors import FeedbackInvalid, InputError
 from shipway.manifest import OutputSpec
 from shipway.store.tables import feedback
@@ -55,9 +62,73 @@ def normalise_label(label: Any, output: OutputSpec) -> Any:
     return label
 
 
+#: How far back a label given by key looks for the decision it belongs to, by default.
+KEY_WINDOW_S = 30 * 86400.0
+
+
+@dataclass(frozen=True)
+class KeyJoin:
+    """How labels given by ``key`` find their decision: the id field whose value the log
+    keeps as the key, how a raw value becomes the stored one (a keyed hash for a ``hash``
+    personal field), and the earliest decision time that counts."""
+
+    field: str | None
+    treat: Callable[[Any], Any] | None = None
+    since: float = 0.0
+    refused: str | None = None
+    """Why keys cannot be joined for this service (no id field, a masked id), if so."""
+
+
+def _resolve_keys(
+    conn: Connection,
+    service: str,
+    items: list[Any],
+    join: KeyJoin | None,
+    owner: str | None = None,
+) -> list[dict[str, Any]]:
+    """Give every ``{"key", "label"}`` item the id of its decision (in place); problems for
+    keys that name none. With ``owner``, only decisions that caller made are looked at."""
+    wanted = [(i, it) for i, it in enumerate(items) if isinstance(it, dict) and "key" in it]
+    if not wanted:
+        return []
+    if join is None or join.field is None or join.refused:
+        why = (join.refused if join is not None else None) or (
+            "the contract has no role: id field to join labels on"
+        )
+        raise InputError(f"labels given by key cannot be joined: {why}")
+    stored: dict[int, str] = {}
+    for i, it in wanted:
+        raw = key_text(it["key"])  # as the log keeps it: "42" for 42.0, no NUL, 128 chars
+        if raw is not None:
+            treated = key_text(join.treat(raw) if join.treat is not None else raw)
+            if treated is not None:
+                stored[i] = treated
+    found = queries.latest_by_key(conn, service, stored.values(), join.since, caller=owner)
+    problems = []
+    for i, it in wanted:
+        did = found.get(stored.get(i, ""))
+        if did is None:
+            it["_unmatched"] = True
+            problems.append(
+                {
+                    "row": i,
+                    "field": "key",
+                    "rule": "unknown_key",
+                    "value": it["key"],
+                    "expected": f"the {join.field} of a decision of {service} logged since "
+                    f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(join.since))}",
+                }
+            )
+        else:
+            it["id"] = did
+    return problems
+
+
 def _problems(items: Sequence[Any], output: OutputSpec) -> list[dict[str, Any]]:
     problems: list[dict[str, Any]] = []
     for i, it in enumerate(items):
+        if isinstance(it, dict) and it.get("_unmatched"):
+            continue
         if not isinstance(it, dict) or "id" not in it or "label" not in it:
             problems.append(
                 {
@@ -65,7 +136,7 @@ def _problems(items: Sequence[Any], output: OutputSpec) -> list[dict[str, Any]]:
                     "field": None,
                     "rule": "shape",
                     "value": None,
-                    "expected": 'an object {"id": ..., "label": ...}',
+                    "expected": 'an object {"id": ..., "label": ...} or {"key": ..., "label": ...}',
                 }
             )
             continue
@@ -98,20 +169,35 @@ def record(
     rank: int = RANK_CALLER,
     role: str | None = None,
     owner: str | None = None,
+    join: KeyJoin | None = None,
+    skip_unmatched: bool = False,
 ) -> list[dict[str, Any]]:
-    """Store labels in ``conn``'s transaction; returns ``[{"id", "revision"}]`` in order.
+    """Store labels in ``conn``'s transaction; returns ``[{"id", "revision"}]`` in order
+    (with ``key`` for items given by key).
 
-    With ``owner``, only decisions whose caller is ``owner`` may be labelled. Raises
+    With ``owner``, only decisions whose caller is ``owner`` may be labelled. Items given by
+    ``key`` are joined as ``join`` says; with ``skip_unmatched``, keys that name no decision
+    are left out (and counted by the caller) instead of refusing the batch. Raises
     :class:`FeedbackInvalid` (nothing stored) when any item is bad.
     """
     if not items:
         raise InputError("no feedback given")
-    problems = _problems(items, output)
-    ids = [str(it["id"]) for it in items if isinstance(it, dict) and "id" in it]
+    items = [dict(it) if isinstance(it, dict) else it for it in items]
+    key_problems = _resolve_keys(conn, service, items, join, owner)
+    if skip_unmatched and key_problems:
+        key_problems = []  # unmatched items stay in place (rows keep their numbers), unstored
+        if all(isinstance(it, dict) and it.get("_unmatched") for it in items):
+            return []
+    problems = key_problems + _problems(items, output)
+    ids = [
+        str(it["id"])
+        for it in items
+        if isinstance(it, dict) and "id" in it and not it.get("_unmatched")
+    ]
     known = queries.known_ids(conn, service, ids)
     callers = queries.callers(conn, known) if owner is not None else {}
     for i, it in enumerate(items):
-        if not (isinstance(it, dict) and "id" in it):
+        if not (isinstance(it, dict) and "id" in it) or it.get("_unmatched"):
             continue
         did = str(it["id"])
         if did not in known:
@@ -150,12 +236,12 @@ def record(
             select(feedback.c.decision_id, func.max(feedback.c.revision))
             .where(feedback.c.decision_id.in_(ids))
             .group_by(feedback.c.decision_id)
-        )
-        .tuples()
-        .all()
+        ).all()
     )
     rows, out = [], []
     for it in items:
+        if it.get("_unmatched"):
+            continue
         did = str(it["id"])
         rev = int(current.get(did) or 0) + 1
         current[did] = rev
@@ -172,7 +258,7 @@ def record(
                 "role": role,
             }
         )
-        out.append({"id": did, "revision": rev})
+        out.append({"id": did, "revision": rev, **({"key": it["key"]} if "key" in it else {})})
     conn.execute(insert(feedback), rows)
     return out
 
@@ -188,6 +274,8 @@ def record_feedback(
     rank: int = RANK_CALLER,
     role: str | None = None,
     owner: str | None = None,
+    join: KeyJoin | None = None,
+    skip_unmatched: bool = False,
 ) -> list[dict[str, Any]]:
     """:func:`record` in a transaction of its own."""
     with engine.begin() as conn:
@@ -201,6 +289,8 @@ def record_feedback(
             rank=rank,
             role=role,
             owner=owner,
+            join=join,
+            skip_unmatched=skip_unmatched,
         )
 
 
@@ -222,32 +312,39 @@ def latest(engine: Engine, ids: Iterable[str]) -> dict[str, Any]:
     return {k: orjson.loads(v[1]) for k, v in out.items()}
 
 
-def read_file(path: Path) -> list[dict[str, Any]]:
-    """``id`` and ``label`` columns from CSV or Parquet."""
+def read_file(path: Path, key: str | None = None) -> list[dict[str, Any]]:
+    """Labels from CSV or Parquet: columns ``id`` and ``label``, or, with ``key``, the column
+    of that name (a business id) and ``label``."""
     import pandas as pd
 
     if not path.exists():
         raise InputError(f"feedback file {path} does not exist")
+    col = key or "id"
     if path.suffix.lower() in (".parquet", ".pq"):
         frame = pd.read_parquet(path)
     else:
-        frame = pd.read_csv(path, dtype={"id": str})
-    missing = [c for c in ("id", "label") if c not in frame.columns]
+        frame = pd.read_csv(path, dtype={col: str})
+    missing = [c for c in (col, "label") if c not in frame.columns]
     if missing:
-        raise InputError(f"{path.name} needs the columns id and label (missing: {missing})")
+        raise InputError(f"{path.name} needs the columns {col} and label (missing: {missing})")
     out = []
-    for rec in frame[["id", "label"]].to_dict("records"):
+    for rec in frame[[col, "label"]].to_dict("records"):
         label = rec["label"]
         if hasattr(label, "item"):
             label = label.item()
-        out.append({"id": str(rec["id"]), "label": label})
+        value = rec[col]
+        if hasattr(value, "item"):
+            value = value.item()
+        out.append({"key" if key else "id": str(value), "label": label})
     return out
 
 
 __all__ = [
+    "KEY_WINDOW_S",
     "RANK_CALLER",
     "RANK_LABELER",
     "RANK_REVIEW",
+    "KeyJoin",
     "label_problem",
     "latest",
     "normalise_label",

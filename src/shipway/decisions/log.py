@@ -7,12 +7,14 @@ committed by the group-commit writer of ``store/writer.py``. Reading the log is
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import orjson
 from sqlalchemy import Engine
 
-from shipway.store.tables import decisions, shadow_decisions
+from shipway.decisions.records import key_text
+from shipway.store.tables import decisions, rejections, shadow_decisions
 from shipway.store.writer import GroupCommitWriter
 
 DecisionRow = dict[str, Any]
@@ -36,6 +38,7 @@ _DECISION_COLUMNS = (
     "error",
     "reason",
     "cost",
+    "label_key",
 )
 _SHADOW_COLUMNS = (
     "decision_id",
@@ -49,7 +52,8 @@ _SHADOW_COLUMNS = (
 )
 
 
-def _decision_params(r: DecisionRow) -> tuple[Any, ...]:
+def _decision_params(r: DecisionRow, key_field: str | None = None) -> tuple[Any, ...]:
+    key = r["inputs"].get(key_field) if key_field is not None else None
     return (
         r["id"],
         r["ts"],
@@ -64,6 +68,7 @@ def _decision_params(r: DecisionRow) -> tuple[Any, ...]:
         r.get("error"),
         r.get("reason"),
         r.get("cost"),
+        key_text(key),
     )
 
 
@@ -82,17 +87,61 @@ def _shadow_params(r: dict[str, Any]) -> tuple[Any, ...]:
 
 
 class DecisionLog(GroupCommitWriter):
-    """Every decision (answered, or failed with ``error`` set), committed before replying."""
+    """Every decision (answered, or failed with ``error`` set), committed before replying.
 
-    def __init__(self, engine: Engine, *, max_batch: int = 512) -> None:
+    With ``key_field`` (the contract's first ``role: id`` field), each row also carries that
+    field's value as the log holds it, the key labels can be joined on."""
+
+    def __init__(
+        self, engine: Engine, *, max_batch: int = 512, key_field: str | None = None
+    ) -> None:
         super().__init__(
             engine,
             decisions,
             _DECISION_COLUMNS,
-            _decision_params,
+            functools.partial(_decision_params, key_field=key_field),
             max_batch=max_batch,
             what="decision",
             noun="decisions",
+        )
+
+
+def _rejection_params(r: dict[str, Any]) -> tuple[Any, ...]:
+    return (
+        r["ts"],
+        r["service"],
+        r["request_id"],
+        r.get("caller"),
+        r.get("row"),
+        r.get("field"),
+        r["rule"],
+        r.get("value"),
+        r.get("expected"),
+    )
+
+
+class RejectionLog(GroupCommitWriter):
+    """Rows the contract refused, one row per violation (see ``records.rejection_rows``)."""
+
+    def __init__(self, engine: Engine, *, max_batch: int = 512) -> None:
+        super().__init__(
+            engine,
+            rejections,
+            (
+                "ts",
+                "service",
+                "request_id",
+                "caller",
+                "row_index",
+                "field",
+                "rule",
+                "value",
+                "expected",
+            ),
+            _rejection_params,
+            max_batch=max_batch,
+            what="rejection",
+            noun="rows",
         )
 
 
@@ -111,4 +160,4 @@ class ShadowLog(GroupCommitWriter):
         )
 
 
-__all__ = ["DecisionLog", "DecisionRow", "ShadowLog"]
+__all__ = ["DecisionLog", "DecisionRow", "RejectionLog", "ShadowLog"]

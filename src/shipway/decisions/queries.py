@@ -1,5 +1,5 @@
 """Every read of the decision log, and its purge: the one module that queries the tables
-``decisions`` and ``shadow_decisions``.
+``decisions``, ``shadow_decisions`` and ``rejections``.
 
 Monitor windows, canary figures, shadow agreement, id lookups, the review join, exports and
 retention all call these functions instead of writing SQL against the tables, so a change to
@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 from sqlalchemy import Connection, Engine, Select, delete, desc, func, select
 
-from shipway.store.tables import decisions, shadow_decisions
+from shipway.store.tables import decisions, rejections, shadow_decisions
 
 _loads = orjson.loads
 
@@ -24,6 +24,7 @@ _loads = orjson.loads
 def _decode(row: Any) -> dict[str, Any]:
     d = {str(k): v for k, v in row.items()}
     d.pop("seq", None)
+    d.pop("label_key", None)  # an index column: the value is in the inputs
     if "inputs" in d:
         d["inputs"] = _loads(d["inputs"])
     if "output" in d:
@@ -112,9 +113,7 @@ def callers(conn: Connection, ids: Iterable[str]) -> dict[str, str | None]:
         out.update(
             conn.execute(
                 select(decisions.c.id, decisions.c.caller).where(decisions.c.id.in_(chunk))
-            )
-            .tuples()
-            .all()
+            ).all()
         )
     return out
 
@@ -220,6 +219,49 @@ def shadow_pairs(engine: Engine, service: str, version: int, limit: int) -> list
     ]
 
 
+def latest_by_key(
+    conn: Connection, service: str, keys: Iterable[str], since: float, caller: str | None = None
+) -> dict[str, str]:
+    """For each key (the value of the contract's id field, as the log holds it), the id of the
+    newest answered decision of ``service`` logged at or after ``since`` that carries it (a
+    failed decision has no answer to score); with ``caller``, only that caller's decisions."""
+    keys = list(dict.fromkeys(keys))
+    best: dict[str, tuple[float, int, str]] = {}
+    for k in range(0, len(keys), 500):
+        chunk = keys[k : k + 500]
+        q = select(decisions.c.label_key, decisions.c.ts, decisions.c.seq, decisions.c.id).where(
+            decisions.c.service == service,
+            decisions.c.label_key.in_(chunk),
+            decisions.c.ts >= since,
+            decisions.c.error.is_(None),
+        )
+        if caller is not None:
+            q = q.where(decisions.c.caller == caller)
+        for key, ts, seq, did in conn.execute(q):
+            if key not in best or (ts, seq) > best[key][:2]:
+                best[key] = (ts, seq, did)
+    return {key: v[2] for key, v in best.items()}
+
+
+def rejection_figures(engine: Engine, service: str, start: float, end: float) -> dict[str, Any]:
+    """Refused requests in ``[start, end)``: how many requests and rows, and the violations by
+    ``field:rule`` (a field the contract does not know counts as ``(unknown)``)."""
+    q = select(
+        rejections.c.request_id, rejections.c.row_index, rejections.c.field, rejections.c.rule
+    ).where(rejections.c.service == service, rejections.c.ts >= start, rejections.c.ts < end)
+    requests: set[str] = set()
+    rows: set[tuple[str, Any]] = set()
+    by: dict[str, int] = {}
+    with engine.connect() as conn:
+        for rid, row, field, rule in conn.execute(q):
+            requests.add(rid)
+            rows.add((rid, row))
+            name = "(unknown)" if rule == "unknown_field" else field or "(row)"
+            key = f"{name}:{rule}"
+            by[key] = by.get(key, 0) + 1
+    return {"requests": len(requests), "rows": len(rows), "violations": by}
+
+
 def newest_answered(
     conn: Connection, service: str, limit: int, *, exclude: Select[Any] | None = None
 ) -> list[str]:
@@ -237,11 +279,12 @@ def purge(
     decisions_before: float | None = None,
     shadows_before: float | None = None,
 ) -> dict[str, int]:
-    """Delete decisions and shadow answers logged before the given times (in ``conn``'s
-    transaction, so the caller can record the purge beside it)."""
+    """Delete decisions (and refused requests) and shadow answers logged before the given times
+    (in ``conn``'s transaction, so the caller can record the purge beside it)."""
     removed: dict[str, int] = {}
     for name, table, cutoff in (
         ("decisions", decisions, decisions_before),
+        ("rejections", rejections, decisions_before),
         ("shadow_decisions", shadow_decisions, shadows_before),
     ):
         if cutoff is None:
@@ -259,8 +302,10 @@ __all__ = [
     "get",
     "iter_decisions",
     "known_ids",
+    "latest_by_key",
     "newest_answered",
     "purge",
+    "rejection_figures",
     "shadow_pairs",
     "view",
     "window",

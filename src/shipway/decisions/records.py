@@ -8,6 +8,7 @@ values and before anything is stored.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -46,6 +47,59 @@ def decision_row(
         "error": error,
         "cost": cost,
     }
+
+
+def key_text(v: Any) -> str | None:
+    """A label key as the log keeps it and looks it up: a whole float as its integer
+    (``42.0`` and ``"42"`` are one customer), no NUL characters, at most 128 characters;
+    ``None`` for a missing value."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return None
+    if isinstance(v, float) and v.is_integer():
+        v = int(v)
+    return str(v).replace("\x00", "\ufffd")[:128]
+
+
+def _clean(v: Any) -> Any:
+    return v.replace("\x00", "\ufffd") if isinstance(v, str) else v
+
+
+def rejection_rows(
+    request_id: str,
+    ts: float,
+    service: str,
+    caller: str | None,
+    violations: Sequence[dict[str, Any]],
+    fields: frozenset[str],
+    treat: Callable[[str, Any], Any] | None = None,
+) -> list[dict[str, Any]]:
+    """One row per contract violation of a refused request. A value is kept only for a field
+    the contract has (treated as the log treats personal fields), at most 200 characters; a
+    value sent under a name the contract does not know is never stored. Text loses NUL
+    characters, which PostgreSQL cannot store."""
+    import orjson
+
+    out = []
+    for v in violations:
+        name = v.get("field")
+        value = None
+        if name in fields and v.get("value") is not None:
+            raw = treat(name, v["value"]) if treat is not None else v["value"]
+            value = None if raw is None else orjson.dumps(raw, default=str).decode()[:200]
+        out.append(
+            {
+                "ts": ts,
+                "service": service,
+                "request_id": request_id,
+                "caller": caller,
+                "row": v.get("row"),
+                "field": None if name is None else _clean(str(name)[:128]),
+                "rule": _clean(str(v.get("rule"))[:32]),
+                "value": value,
+                "expected": None if v.get("expected") is None else _clean(str(v["expected"])[:500]),
+            }
+        )
+    return out
 
 
 def shadow_rows(
@@ -88,4 +142,4 @@ def shadow_rows(
     ]
 
 
-__all__ = ["Redact", "decision_row", "shadow_rows"]
+__all__ = ["Redact", "decision_row", "rejection_rows", "shadow_rows"]

@@ -42,6 +42,8 @@ class Redactor:
     def keyed_hash(self, v: Any) -> str | None:
         if v is None:
             return None
+        if isinstance(v, float) and v.is_integer():
+            v = int(v)  # 42.0 sent for an int field is the same value as 42
         return "hmac:" + hmac.new(self._key, str(v).encode(), hashlib.sha256).hexdigest()[:32]
 
     def treated(self, field: str, v: Any) -> Any:

@@ -19,7 +19,8 @@ def purge(
     now = time.time() if now is None else now
     cutoffs: dict[str, float] = {}
     if spec.decisions is not None:
-        cutoffs["decisions"] = now - spec.decisions.seconds
+        # refused requests are kept as long as the decisions they stand beside
+        cutoffs["decisions"] = cutoffs["rejections"] = now - spec.decisions.seconds
     if spec.shadow_decisions is not None:
         cutoffs["shadow_decisions"] = now - spec.shadow_decisions.seconds
     with engine.begin() as conn:

@@ -103,10 +103,10 @@ class OnnxPredictor:
                 float(p[lab]) if lab in p else float(max(p.values()))
                 for p, lab in zip(probs, labels, strict=True)
             ]
-        else:
-            arr = np.asarray(probs, dtype=np.float64)
-            conf = arr.max(axis=1).tolist()
-        return Predictions(labels, conf)
+            return Predictions(labels, conf, None, probs)
+        arr = np.asarray(probs, dtype=np.float64)
+        conf = arr.max(axis=1).tolist()
+        return Predictions(labels, conf, None, arr, self.classes)
 
 
 #: Python packages an MLflow model may need that Shipway's ``mlflow`` extra installs.
@@ -280,7 +280,9 @@ class MlflowPredictor:
         if self._proba_fn is None and self._proba_columns is not None:
             proba = self._proba(frame)
             idx = proba.argmax(axis=1)
-            return Predictions([classes[i] for i in idx.tolist()], proba.max(axis=1).tolist())
+            return Predictions(
+                [classes[i] for i in idx.tolist()], proba.max(axis=1).tolist(), None, proba, classes
+            )
         out = self.model.predict(frame)
         if hasattr(out, "to_numpy"):
             out = out.to_numpy()
@@ -291,7 +293,11 @@ class MlflowPredictor:
             # an undeclared array with one column per label: probabilities in label order
             idx = arr.argmax(axis=1)
             return Predictions(
-                [classes[i] for i in idx.tolist()], arr.max(axis=1).astype(float).tolist()
+                [classes[i] for i in idx.tolist()],
+                arr.max(axis=1).astype(float).tolist(),
+                None,
+                arr,
+                classes,
             )
         outputs = [_py(v) for v in arr.tolist()]
         if self._proba_fn is None:
@@ -301,7 +307,7 @@ class MlflowPredictor:
         conf: list[float | None] = [
             float(proba[r, col[o]]) if o in col else None for r, o in enumerate(outputs)
         ]
-        return Predictions(outputs, conf)
+        return Predictions(outputs, conf, None, proba, classes)
 
 
 def pack_directory(path: Path) -> bytes:

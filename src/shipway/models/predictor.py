@@ -42,6 +42,11 @@ class Predictions:
     confidence: list[float | None]
     cost: list[float] | None = None
     """Money spent per row (model endpoints that bill by token), when known."""
+    proba: Any = None
+    """Class probabilities when the model gives them: an (n, len(classes)) array in
+    ``classes`` order, or one ``{label: p}`` per row. Kept as the model returned them; turned
+    into JSON only for a caller who asks."""
+    classes: list[Any] | None = None
 
 
 class Predictor(Protocol):
@@ -122,7 +127,7 @@ class SklearnPredictor:
             classes = self.classes
             outputs = [classes[i] for i in idx.tolist()]
             conf = proba[np.arange(len(idx)), idx].tolist()
-            return Predictions(outputs, conf)
+            return Predictions(outputs, conf, None, proba, classes)
         out = np.asarray(self.model.predict(x)).tolist()
         return Predictions(out, [None] * len(out))
 
@@ -264,6 +269,19 @@ def probe(predictor: Any, rows: Sequence[Row]) -> None:
         method(rows)
 
 
+def probabilities(pred: Predictions, k: int) -> dict[str, float] | None:
+    """Row ``k``'s class probabilities as ``{label: p}`` (None when the model gave none)."""
+    proba = pred.proba
+    if proba is None:
+        return None
+    row = proba[k]
+    if isinstance(row, dict):
+        return {str(c): float(p) for c, p in row.items()}
+    if pred.classes is None:
+        return None
+    return {str(c): float(p) for c, p in zip(pred.classes, row, strict=False)}
+
+
 def import_callable(ref: str) -> Callable[..., Any]:
     """``python:package.module:function`` → the function."""
     body = ref.removeprefix("python:")
@@ -307,5 +325,6 @@ __all__ = [
     "for_fields",
     "import_callable",
     "load_sklearn_bytes",
+    "probabilities",
     "probe",
 ]

@@ -191,8 +191,17 @@ class Monitor:
             "by_route": _count(r["route"] for r in rows),
             "by_version": _count(str(r["model_version"]) for r in rows),
         }
-        if self.metrics is not None:
-            result["operations"]["contract_violations"] = self.metrics.violations_by_field()
+        # requests the contract refused, from the store (so restarts and replicas agree); a
+        # window of rows that holds no decision still counts the last `window` of refusals
+        since = win.start if win.start is not None else win.end - self.spec.window.seconds
+        refused = queries.rejection_figures(self.engine, self.service, since, win.end)
+        offered = n + refused["rows"]
+        result["operations"].update(
+            rejected=refused["rows"],
+            rejected_requests=refused["requests"],
+            rejected_share=refused["rows"] / offered if offered else None,
+            contract_violations=refused["violations"],
+        )
         # drift against the champion's reference
         champion = self.champion()
         result["model_version"] = champion
@@ -282,6 +291,8 @@ class Monitor:
                     "p99_ms",
                     "fallback_share",
                     "cost",
+                    "rejected",
+                    "rejected_share",
                 )
             },
             "drift_share": drift.get("drift_share") if drift else None,

@@ -105,6 +105,8 @@ class Answer:
     version: int | None
     outputs: list[Any]
     confidence: list[Any]
+    pred: Predictions | None = None
+    """The model's own answer (with its class probabilities), when a model answered."""
 
 
 @dataclass(frozen=True)
@@ -345,7 +347,7 @@ class GuardChain:
                 cache.put_many(rows, pred.outputs, pred.confidence, lane.version)
             if pred.cost is not None:
                 self.metrics.cost.inc(sum(c for c in pred.cost if c))
-            return Answer(positions, route.route, lane.version, pred.outputs, pred.confidence)
+            return Answer(positions, route.route, lane.version, pred.outputs, pred.confidence, pred)
         return await self._fall_back(positions, rows, reasons, ids, values, caller, t0)
 
     async def stopped(
@@ -447,7 +449,9 @@ class GuardChain:
                 if lane.breaker is not None:
                     lane.breaker.success()
                 self.metrics.fallbacks.labels(step.route).inc(n)
-                return Answer(positions, step.route, lane.version, pred.outputs, pred.confidence)
+                return Answer(
+                    positions, step.route, lane.version, pred.outputs, pred.confidence, pred
+                )
             if kind == "cache":
                 hit = self._from_cache(rows, step.max_age_s, None) if self.cache else None
                 if hit is None:

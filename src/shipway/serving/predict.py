@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from shipway.contract import Contract
 from shipway.decisions.ids import new_ids
 from shipway.errors import ContractViolation, ModelError, ShipwayError, StoreError
 from shipway.metrics import ServiceMetrics
+from shipway.models.predictor import probabilities as class_proba
 from shipway.serving.chain import GuardChain
 from shipway.serving.review_routing import ReviewRouting
 from shipway.serving.router import Route, Router
@@ -48,8 +49,10 @@ class PredictPath:
         shadows: Shadows,
         review: ReviewRouting,
         metrics: ServiceMetrics,
+        on_rejected: Callable[[list[dict[str, Any]], str | None], Awaitable[None]] | None = None,
     ) -> None:
         self.contract = contract
+        self.on_rejected = on_rejected
         self.router = router
         self.chain = chain
         self.shadows = shadows
@@ -80,8 +83,12 @@ class PredictPath:
         headers: Mapping[str, str] | None = None,
         *,
         allow_partial: bool = True,
+        probabilities: bool = False,
     ) -> dict[str, Any]:
         """Validate and answer parsed records (``single``: one object, not a batch).
+
+        With ``probabilities``, each answer carries ``probabilities`` (``{label: p}``, or null
+        where no model probabilities exist: a fallback's answer, a model without them).
 
         Every answered row is committed to the decision log (by the model's runner thread,
         together with the rest of its model batch, or by the guard chain for other answers)
@@ -92,6 +99,8 @@ class PredictPath:
         rejected: list[dict[str, Any]] = []
         if checked.violations:
             self._count_violations(checked.violations, len(checked.bad_rows))
+            if self.on_rejected is not None:
+                await self.on_rejected(checked.violations, caller)
             if single or not (self.partial and allow_partial) or not checked.values:
                 raise ContractViolation(
                     _violation_message(checked.violations, len(records)), checked.violations
@@ -143,6 +152,10 @@ class PredictPath:
                     "row": good[k],
                 }
             count(name, version, len(ans.rows))
+            if probabilities:
+                pred = ans.pred
+                for j, k in enumerate(ans.rows):
+                    out[k]["probabilities"] = None if pred is None else class_proba(pred, j)
         if router.stopped is not None:
             if chain.stop.behavior == "review":
                 await self.review.hold_all(out)

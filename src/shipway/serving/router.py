@@ -68,7 +68,12 @@ def _split(pred: Predictions, jobs: list[Job]) -> list[Predictions]:
     for job in jobs:
         end = start + len(job.rows)
         cost = pred.cost[start:end] if pred.cost is not None else None
-        out.append(Predictions(pred.outputs[start:end], pred.confidence[start:end], cost))
+        proba = pred.proba[start:end] if pred.proba is not None else None
+        out.append(
+            Predictions(
+                pred.outputs[start:end], pred.confidence[start:end], cost, proba, pred.classes
+            )
+        )
         start = end
     return out
 

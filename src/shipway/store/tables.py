@@ -69,8 +69,33 @@ decisions = Table(
     Column("error", Text, nullable=True),
     Column("reason", Text, nullable=True),
     Column("cost", Float, nullable=True),
+    # the value of the contract's first role: id field (as the log holds it), for labels that
+    # arrive keyed by a business id
+    Column("label_key", String(128), nullable=True),
 )
 Index("ix_decisions_service_ts", decisions.c.service, decisions.c.ts)
+Index("ix_decisions_service_key", decisions.c.service, decisions.c.label_key, decisions.c.ts)
+
+#: Rows refused for breaking the contract: one row per violation, so data-quality figures
+#: survive restarts and are shared by replicas. Values of personal fields are stored treated;
+#: values of fields the contract does not have are not stored at all.
+rejections = Table(
+    "rejections",
+    metadata,
+    Column(
+        "seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
+    Column("ts", Float, nullable=False),
+    Column("service", String(64), nullable=False),
+    Column("request_id", String(36), nullable=False),
+    Column("caller", String(128), nullable=True),
+    Column("row_index", Integer, nullable=True),
+    Column("field", String(128), nullable=True),
+    Column("rule", String(32), nullable=False),
+    Column("value", Text, nullable=True),
+    Column("expected", Text, nullable=True),
+)
+Index("ix_rejections_service_ts", rejections.c.service, rejections.c.ts)
 
 shadow_decisions = Table(
     "shadow_decisions",
@@ -323,6 +348,7 @@ __all__ = [
     "monitor_results",
     "outbox",
     "outbox_attempts",
+    "rejections",
     "review_items",
     "review_outcomes",
     "rollout_events",
