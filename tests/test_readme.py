@@ -71,3 +71,18 @@ def test_the_readme_quickstart_runs_as_written(tmp_path: Path) -> None:
     exported = (tmp_path / "decisions.csv").read_text().splitlines()
     assert len(exported) == 2 and "car" in exported[1], log  # a header and the one decision
     assert "valid: shipway.yaml serves loans with model v1" in out.stdout, log
+
+
+def test_the_readme_endpoint_example_is_a_valid_endpoint_section() -> None:
+    import yaml
+
+    from shipway.manifest import EndpointSpec
+    from shipway.models.endpoints import ChatPredictor
+
+    text = README.read_text()
+    block = re.search(r"```yaml\n# endpoint.yaml\n(.*?)```", text, re.S)
+    assert block is not None
+    spec = EndpointSpec.model_validate(yaml.safe_load(block.group(1)))
+    chat = ChatPredictor("https://llm.invalid/v1", spec, ["text"], 1.0, ["billing", "other"])
+    assert chat.template.render({"text": "x"}).startswith('Answer with one word, as in {"label"')
+    assert chat.reader.read("Billing.") == ("billing", None)

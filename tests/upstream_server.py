@@ -13,8 +13,11 @@ Routes:
   ``{"label": ..., "confidence": ...}`` as JSON content, with token usage (words).
 * ``POST /admin/mode`` with ``{"mode": ...}`` changes behaviour: ``ok``; ``slow`` (sleeps 3 s
   before answering); ``malformed`` (200 with a body that is not JSON); ``bad_label`` (answers
-  a label the service does not have); ``error`` (HTTP 500). ``GET /admin/count`` returns how
-  many model requests arrived.
+  a label the service does not have); ``error`` (HTTP 500); ``plain`` (chat answers are plain
+  text such as "Answer: Positive."); ``plain_flaky`` (plain, and every second chat answer is
+  "I cannot tell."). In every chat mode a text containing "unsure" is answered outside the
+  labels. ``GET /admin/count`` returns how many model requests arrived and the chat tokens
+  billed; ``GET /admin/last`` the last chat request body.
 """
 
 from __future__ import annotations
@@ -47,6 +50,10 @@ def corpus(n: int, seed: int) -> tuple[list[str], list[str]]:
 class State:
     mode = "ok"
     count = 0
+    chats = 0
+    prompt_tokens = 0
+    completion_tokens = 0
+    last: ClassVar[dict[str, Any]] = {}
     lock = threading.Lock()
     model: Any = None
     features: ClassVar[list[str]] = []
@@ -80,7 +87,16 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         if self.path == "/admin/count":
-            self._json(200, {"count": State.count})
+            self._json(
+                200,
+                {
+                    "count": State.count,
+                    "prompt_tokens": State.prompt_tokens,
+                    "completion_tokens": State.completion_tokens,
+                },
+            )
+        elif self.path == "/admin/last":
+            self._json(200, State.last)
         elif self.path == "/health":
             self._json(200, {"ok": True})
         else:
@@ -131,9 +147,21 @@ class Handler(BaseHTTPRequestHandler):
         proba = State.text_model.predict_proba([text])[0]
         classes = list(State.text_model.classes_)
         i = int(proba.argmax())
-        label = "maybe" if mode == "bad_label" else classes[i]
-        content = json.dumps({"label": label, "confidence": round(float(proba[i]), 6)})
+        label = "maybe" if mode == "bad_label" or "unsure" in text else classes[i]
+        with State.lock:
+            State.chats += 1
+            nth = State.chats
+            State.last = body
+        if mode == "plain_flaky" and nth % 2 == 0:
+            content = "I cannot tell."
+        elif mode in ("plain", "plain_flaky"):
+            content = f"Answer: {label.capitalize()}."
+        else:
+            content = json.dumps({"label": label, "confidence": round(float(proba[i]), 6)})
         prompt_tokens = sum(len(m["content"].split()) for m in body["messages"])
+        with State.lock:
+            State.prompt_tokens += prompt_tokens
+            State.completion_tokens += len(content.split())
         self._json(
             200,
             {

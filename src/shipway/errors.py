@@ -159,10 +159,15 @@ class Unavailable(ShipwayError):
 
 
 class ModelUnavailable(Unavailable):
-    """The model failed and no fallback step could answer; ``attempts`` says why each failed."""
+    """The model failed and no fallback step could answer; ``attempts`` says why each failed.
+
+    ``logged_rows`` are positions of the request answered (and logged) before the rest failed;
+    ``spent`` is what billed attempts at the failed positions cost."""
 
     code = "model_unavailable"
     retry_after = 1.0
+    logged_rows: frozenset[int] = frozenset()
+    spent: dict[int, Any] | None = None
 
 
 class Overloaded(Unavailable):

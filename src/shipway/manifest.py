@@ -437,6 +437,15 @@ class BreakerSpec(_Model):
     cooldown_s: float = Field(
         15.0, gt=0, description="How long it stays open before one trial call (half-open)."
     )
+    count_invalid: bool = Field(
+        False,
+        description=(
+            "Count a call whose answers fail the output checks as a failure. By default only "
+            "outages count (timeouts, connection errors, HTTP 5xx and 429, model exceptions): "
+            "an answer outside the labels falls back for its row, and is counted in "
+            "invalid_answer_rate, but the model keeps being called."
+        ),
+    )
 
 
 class OutputCheckSpec(_Model):
@@ -570,7 +579,35 @@ class EndpointSpec(_Model):
     prompt: str = Field(
         "",
         description=(
-            "chat: the user message, with {field} placeholders filled from the validated inputs."
+            "chat: the user message, with {field} placeholders filled from the validated inputs "
+            "(other braces, as in a JSON example, are kept as written; {{ and }} are literal "
+            "braces)."
+        ),
+    )
+    answer: Literal["json", "label", "regex"] = Field(
+        "json",
+        description=(
+            "chat: how the answer text is read. 'json': an object holding output_field (and "
+            "confidence_field) or a bare JSON value; 'label': the text matched to output.labels "
+            "(exact, then ignoring case and punctuation, then the first label word in it); "
+            "'regex': answer_pattern's named group 'output' (and 'confidence')."
+        ),
+    )
+    answer_pattern: str | None = Field(
+        None, description="chat, answer: regex: a regular expression with a group (?P<output>...)."
+    )
+    response_format: Literal["auto", "json_object", "none"] = Field(
+        "auto",
+        description=(
+            "chat: the response_format sent. 'auto': json_object when answer is json, nothing "
+            "otherwise; 'none': never sent (for servers that refuse it)."
+        ),
+    )
+    request: dict[str, Any] = Field(
+        default_factory=dict,
+        description=(
+            "chat: extra fields of every request body (stop, seed, top_p, ...); they cannot "
+            "replace model or messages."
         ),
     )
     temperature: float = Field(0.0, ge=0, le=2, description="chat: sampling temperature.")
@@ -585,6 +622,18 @@ class EndpointSpec(_Model):
     def _chat_has_prompt(self) -> EndpointSpec:
         if self.kind == "chat" and not self.prompt:
             raise ValueError("a chat endpoint needs a prompt")
+        if self.answer == "regex":
+            if not self.answer_pattern:
+                raise ValueError("answer: regex needs answer_pattern")
+            try:
+                rx = re.compile(self.answer_pattern)
+            except re.error as exc:
+                raise ValueError(f"answer_pattern is not a regular expression: {exc}") from None
+            if "output" not in rx.groupindex:
+                raise ValueError("answer_pattern needs a named group (?P<output>...)")
+        clash = sorted({"model", "messages"} & set(self.request))
+        if clash:
+            raise ValueError(f"endpoint.request cannot set {clash}: they come from the endpoint")
         return self
 
 
@@ -682,7 +731,9 @@ ALERT_FIGURES = frozenset(
         "p95_ms",
         "p99_ms",
         "fallback_share",
+        "invalid_answer_rate",
         "cost",
+        "shadow_cost",
         "rejected",
         "rejected_share",
         "drift_share",

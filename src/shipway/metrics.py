@@ -128,6 +128,12 @@ class ServiceMetrics:
             ["model_version"],
             registry=r,
         )
+        self.invalid_answers = Counter(
+            "shipway_invalid_answers",
+            "Model answers that failed the output checks (each such row fell back), by model.",
+            ["model_version"],
+            registry=r,
+        )
         self.fallbacks = Counter(
             "shipway_fallback_rows",
             "Rows answered by a fallback step, by route (fallback:NAME, cache, default).",
@@ -150,6 +156,12 @@ class ServiceMetrics:
         )
         self.cost = Counter(
             "shipway_cost", "Money spent on model calls (endpoint token prices).", registry=r
+        )
+        self.tokens = Counter(
+            "shipway_tokens",
+            "Tokens model endpoints billed (prompt, completion), every attempt included.",
+            ["kind"],
+            registry=r,
         )
         self.model_batch_rows = Histogram(
             "shipway_model_batch_rows",

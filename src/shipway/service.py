@@ -553,12 +553,13 @@ class Service(ServiceParts):
                 continue
             state = lane.breaker.state
             out[lane.name] = state
-            self.metrics.breaker_state.labels(str(lane.version)).set(BREAKER_CODES[state])
+            self.metrics.breaker_state.labels(lane.label).set(BREAKER_CODES[state])
         return out
 
     def readiness(self) -> dict[str, Any]:
-        """Ready when the model is loaded, the store answers and the champion can be called
-        (its breaker is not open, or a fallback step can answer without it)."""
+        """Ready when the model is loaded, the store answers and requests can be answered: the
+        champion can be called (its breaker is not open), or a fallback step can answer
+        without it. ``champion_callable`` says which, truthfully."""
         store_ok = self.store.ping()
         breakers = self.breakers()
         champion = self.router.champion
@@ -567,10 +568,11 @@ class Service(ServiceParts):
         checks = {
             "model_loaded": self.started,
             "store_reachable": store_ok,
-            "champion_callable": not champion_open or can_fall_back,
+            "champion_callable": not champion_open,
+            "answerable": not champion_open or can_fall_back,
         }
         return {
-            "ready": all(checks.values()),
+            "ready": checks["model_loaded"] and store_ok and checks["answerable"],
             "checks": checks,
             "service": self.name,
             "model_version": champion.version,

@@ -112,9 +112,9 @@ def init(
             "--id",
             help=(
                 "A column that identifies rows (repeatable): logged, a canary and label-join "
-                "key, never drift-tested, given to the model only if it names it. Unique "
-                "whole-number columns named like *_id and unique text columns are made ids "
-                "without it."
+                "key, never drift-tested, given to the model only if it names it. Columns "
+                "unique per row and named like customer_id, customerId or order_no (or holding "
+                "UUIDs) are made ids without it."
             ),
         ),
     ] = None,
@@ -135,6 +135,18 @@ def init(
             help="A column the model reads, whatever it looks like (repeatable).",
         ),
     ] = None,
+    max_score_rows: Annotated[
+        int,
+        typer.Option(
+            "--max-score-rows",
+            min=1,
+            help="HTTP models: score at most this many holdout rows (each is a billed call).",
+        ),
+    ] = 200,
+    concurrency: Annotated[
+        int,
+        typer.Option(min=1, help="HTTP models: calls in flight while scoring the holdout."),
+    ] = 8,
 ) -> None:
     """Write shipway.yaml from a pilot and register it as model version 1.
 
@@ -149,8 +161,20 @@ def init(
     if endpoint is not None:
         endpoint_spec = _read_endpoint(endpoint)
     try:
-        with console.status("Inferring the contract and scoring the pilot on a holdout..."):
+        with console.status(
+            "Inferring the contract and scoring the pilot on a holdout..."
+        ) as status:
+
+            def progress(done: int, total: int, cost: float) -> None:
+                status.update(
+                    f"Scoring the endpoint on the holdout: {done} of {total} rows, "
+                    f"{cost:.4f} spent in token prices"
+                )
+
             res = init_service(
+                max_score_rows=max_score_rows,
+                concurrency=concurrency,
+                progress=progress,
                 endpoint=endpoint_spec,
                 authorize=lambda store: cli_principal(store, settings, ADMIN, "init").actor,
                 model=model,
@@ -185,6 +209,8 @@ def init(
         f"{m.output.kind}" + (f" with labels {m.output.labels}" if m.output.labels else "")
     )
     out.print(f"  model version {res.version} registered ({m.model.uri})")
+    for note in res.notes:
+        out.print(f"  {note}", highlight=False)
     scores = ", ".join(f"{k}={v:.4f}" for k, v in res.metrics.items())
     out.print(f"  holdout ({res.holdout_rows} of {res.rows} rows): {scores}")
     rules = ", ".join(f"{r.name} ({r.when})" for r in m.monitor.alerts)
@@ -215,19 +241,12 @@ def next_steps(manifest: Path, example: dict[str, Any]) -> str:
 
 
 def _read_endpoint(path: Path) -> Any:
-    import yaml
-    from pydantic import ValidationError
+    from shipway.models.endpoints import read_endpoint_file
 
-    from shipway.manifest import EndpointSpec
-
-    if not path.exists():
-        raise fail(f"endpoint file {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        return EndpointSpec.model_validate(data.get("endpoint", data) if data else {})
-    except (yaml.YAMLError, ValidationError, AttributeError) as exc:
-        first = str(exc).splitlines()
-        raise fail(f"{path} is not a valid endpoint section: {' '.join(first[:3])}") from None
+        return read_endpoint_file(path)
+    except ShipwayError as exc:
+        raise fail(exc.message) from None
 
 
 #: The manifest as a positional argument, kept for compatibility beside -m/--manifest.
@@ -421,6 +440,10 @@ def decisions_export(
                 "latency_ms",
                 "caller",
                 "error",
+                "reason",
+                "cost",
+                "prompt_tokens",
+                "completion_tokens",
             ]
             input_names = [f.name for f in m.contract.inputs]
             writer = csv.writer(stream)

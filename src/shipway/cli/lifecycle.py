@@ -51,6 +51,14 @@ Force = Annotated[
 ]
 
 
+def _sha(endpoint: Any) -> str:
+    """A prompt's fingerprint, to tell versions' prompts apart (system and user messages)."""
+    import hashlib
+
+    text = f"{endpoint.system}\n---\n{endpoint.prompt}"
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 @contextlib.contextmanager
 def _opened(manifest: Path) -> Iterator[ServiceParts]:
     """The service's parts (no model loaded); a ShipwayError becomes a clear exit 1."""
@@ -100,8 +108,9 @@ def register(models_app: typer.Typer, rollout_app: typer.Typer) -> None:
             str,
             typer.Option(
                 "--model",
-                help="joblib file, .onnx file, MLflow folder or models:/ URI, or "
-                "python:module:function.",
+                help="joblib file, .onnx file, MLflow folder or models:/ URI, "
+                "python:module:function, or an http(s):// URL of a JSON model server or an "
+                "OpenAI-compatible chat endpoint.",
             ),
         ],
         manifest: ManifestArg = Path("shipway.yaml"),
@@ -110,16 +119,46 @@ def register(models_app: typer.Typer, rollout_app: typer.Typer) -> None:
             typer.Option(help="The data it was trained on (its digest is kept as lineage)."),
         ] = None,
         note: Annotated[str, typer.Option(help="A note kept with the version.")] = "",
+        endpoint: Annotated[
+            Path | None,
+            typer.Option(
+                "--endpoint",
+                help="HTTP models: a YAML file with the endpoint settings (kind, model, prompt, "
+                "answer, prices), registered with this version. Default: the champion's.",
+            ),
+        ] = None,
+        prompt_file: Annotated[
+            Path | None,
+            typer.Option(
+                "--prompt-file",
+                help="HTTP chat models: a text file whose content replaces the prompt.",
+            ),
+        ] = None,
     ) -> None:
-        """Register a new version: checked against the contract, scored beside the champion."""
+        """Register a new version: checked against the contract, scored beside the champion.
+
+        For an HTTP model the prompt, model name, parameters and prices are part of the
+        version, so a prompt change is shadowed, gated and rolled out like a new model."""
         from shipway.lifecycle.versions import add_version
+        from shipway.models.endpoints import read_endpoint_file
 
         settings = Settings()
         with _opened(manifest) as parts:
+            spec = read_endpoint_file(endpoint) if endpoint is not None else None
+            if prompt_file is not None and not prompt_file.exists():
+                raise ShipwayError(f"prompt file {prompt_file} does not exist")
+            prompt = prompt_file.read_text(encoding="utf-8") if prompt_file is not None else None
             actor = cli_principal(parts.store, settings, OPERATE, "models add").actor
             with err.status("Scoring the new version and the champion on the holdout..."):
                 res = add_version(
-                    parts.store, parts.manifest, model=model, data=data, note=note, actor=actor
+                    parts.store,
+                    parts.manifest,
+                    model=model,
+                    data=data,
+                    note=note,
+                    actor=actor,
+                    endpoint=spec,
+                    prompt=prompt,
                 )
             out.print(
                 f"[green]Registered[/] version {res.version.version} "
@@ -149,6 +188,9 @@ def register(models_app: typer.Typer, rollout_app: typer.Typer) -> None:
                 for v in versions:
                     d = v.to_dict()
                     d.pop("reference", None)
+                    ep = parts.registry.endpoint_of(v)
+                    if ep is not None:
+                        d["endpoint"] = {**ep.model_dump(mode="json"), "prompt_sha256": _sha(ep)}
                     rows.append(d)
                 print(orjson.dumps({"state": st.to_dict(), "models": rows}).decode())
                 return
@@ -165,10 +207,14 @@ def register(models_app: typer.Typer, rollout_app: typer.Typer) -> None:
                     role.append("shadow")
                 gate = v.metrics.get("gate")
                 gate_txt = "-" if not gate else ("passed" if gate["passed"] else "failed")
+                ep = parts.registry.endpoint_of(v)
+                flavor = v.flavor
+                if ep is not None and ep.kind == "chat":
+                    flavor += f" {ep.model}, prompt {_sha(ep)[:8]}"
                 t.add_row(
                     str(v.version),
                     ", ".join(role),
-                    v.flavor,
+                    flavor,
                     gate_txt,
                     _fmt_metrics(v.metrics.get("holdout", {})),
                     when(v.created_at),

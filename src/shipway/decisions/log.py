@@ -39,6 +39,8 @@ _DECISION_COLUMNS = (
     "reason",
     "cost",
     "label_key",
+    "prompt_tokens",
+    "completion_tokens",
 )
 _SHADOW_COLUMNS = (
     "decision_id",
@@ -49,6 +51,7 @@ _SHADOW_COLUMNS = (
     "confidence",
     "latency_ms",
     "error",
+    "cost",
 )
 
 
@@ -69,6 +72,8 @@ def _decision_params(r: DecisionRow, key_field: str | None = None) -> tuple[Any,
         r.get("reason"),
         r.get("cost"),
         key_text(key),
+        r.get("prompt_tokens"),
+        r.get("completion_tokens"),
     )
 
 
@@ -83,6 +88,7 @@ def _shadow_params(r: dict[str, Any]) -> tuple[Any, ...]:
         r.get("confidence"),
         r.get("latency_ms"),
         r.get("error"),
+        r.get("cost"),
     )
 
 

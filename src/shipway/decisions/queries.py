@@ -129,6 +129,9 @@ _WINDOW_COLUMNS = (
     decisions.c.latency_ms,
     decisions.c.error,
     decisions.c.cost,
+    decisions.c.reason,
+    decisions.c.prompt_tokens,
+    decisions.c.completion_tokens,
 )
 
 
@@ -199,6 +202,17 @@ class ShadowPair:
     served: Any
     shadow: Any
     error: str | None
+
+
+def shadow_cost(engine: Engine, service: str, start: float, end: float) -> float:
+    """What shadow calls in ``[start, end)`` cost (model endpoints' token prices)."""
+    q = select(func.sum(shadow_decisions.c.cost)).where(
+        shadow_decisions.c.service == service,
+        shadow_decisions.c.ts >= start,
+        shadow_decisions.c.ts < end,
+    )
+    with engine.connect() as conn:
+        return float(conn.execute(q).scalar() or 0.0)
 
 
 def shadow_pairs(engine: Engine, service: str, version: int, limit: int) -> list[ShadowPair]:

@@ -14,6 +14,10 @@ from typing import Any
 
 Redact = Callable[[dict[str, Any]], dict[str, Any]]
 
+#: How a decision's reason says a model's answer for its row could not be used, so the row
+#: fell back (``v1: invalid answer: ...``); the monitor counts these (``invalid_answer_rate``).
+INVALID_ANSWER = ": invalid answer: "
+
 
 def decision_row(
     decision_id: str,
@@ -30,8 +34,10 @@ def decision_row(
     reason: str | None = None,
     error: str | None = None,
     cost: float | None = None,
+    tokens: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
-    """One decision: answered (``output`` set) or failed (``error`` set, no output)."""
+    """One decision: answered (``output`` set) or failed (``error`` set, no output);
+    ``tokens`` are the prompt and completion tokens a model endpoint billed for it."""
     return {
         "id": decision_id,
         "ts": ts,
@@ -46,6 +52,8 @@ def decision_row(
         "reason": reason,
         "error": error,
         "cost": cost,
+        "prompt_tokens": tokens[0] if tokens is not None else None,
+        "completion_tokens": tokens[1] if tokens is not None else None,
     }
 
 
@@ -111,8 +119,10 @@ def shadow_rows(
     confidence: Sequence[Any] | None,
     latency_ms: float,
     error: str | None,
+    cost: Sequence[float] | None = None,
 ) -> list[dict[str, Any]]:
-    """A shadow version's answers (or its one error) for the decisions it shadowed."""
+    """A shadow version's answers (or its one error) for the decisions it shadowed, with what
+    each shadow call cost (a model endpoint's token prices)."""
     if outputs is None or confidence is None:
         return [
             {
@@ -137,9 +147,19 @@ def shadow_rows(
             "confidence": c,
             "latency_ms": latency_ms,
             "error": None,
+            "cost": spent,
         }
-        for did, o, c in zip(ids, outputs, confidence, strict=True)
+        for did, o, c, spent in zip(
+            ids, outputs, confidence, cost if cost is not None else [None] * len(ids), strict=True
+        )
     ]
 
 
-__all__ = ["Redact", "decision_row", "rejection_rows", "shadow_rows"]
+__all__ = [
+    "INVALID_ANSWER",
+    "Redact",
+    "decision_row",
+    "key_text",
+    "rejection_rows",
+    "shadow_rows",
+]

@@ -22,6 +22,10 @@ LOWER_IS_BETTER = frozenset({"mae", "rmse", "log_loss"})
 PROBABILITY_METRICS = frozenset({"roc_auc", "log_loss"})
 
 
+#: What a row the model gave no usable answer for counts as when scoring: always wrong.
+NO_ANSWER = "(no answer)"
+
+
 def score(
     kind: str, y_true: list[Any], y_pred: list[Any], proba: np.ndarray | None, labels: list[Any]
 ) -> dict[str, float]:
@@ -30,7 +34,11 @@ def score(
     out: dict[str, float] = {}
     if kind == "classification":
         out["accuracy"] = float(skm.accuracy_score(y_true, y_pred))
-        out["f1_macro"] = float(skm.f1_score(y_true, y_pred, average="macro", zero_division=0))
+        # a missing answer is a miss for its true class, not a class of its own
+        classes = sorted({*y_true, *y_pred} - {NO_ANSWER}, key=str) if NO_ANSWER in y_pred else None
+        out["f1_macro"] = float(
+            skm.f1_score(y_true, y_pred, labels=classes, average="macro", zero_division=0)
+        )
         if proba is not None and len(set(y_true)) > 1:
             try:
                 if len(labels) == 2:
@@ -64,9 +72,16 @@ def probabilities(predictor: Predictor, rows: list[Row]) -> np.ndarray | None:
 def evaluate(
     predictor: Predictor, output: OutputSpec, rows: list[Row], y: list[Any]
 ) -> dict[str, float]:
-    """Metrics of ``predictor`` on ``rows`` with true labels ``y``; ModelError if it fails."""
+    """Metrics of ``predictor`` on ``rows`` with true labels ``y``; ModelError if it fails.
+    A model over HTTP is called a few rows at a time; an answer it gave that cannot be read
+    counts as wrong."""
     try:
-        pred = predictor.predict(rows)
+        if getattr(predictor, "is_async", False):
+            from shipway.models.endpoints import score_rows
+
+            pred = score_rows(predictor, rows)  # type: ignore[arg-type]
+        else:
+            pred = predictor.predict(rows)
     except ShipwayError:
         raise
     except Exception as exc:
@@ -74,7 +89,10 @@ def evaluate(
     if len(pred.outputs) != len(rows):
         raise ModelError(f"the model answered {len(pred.outputs)} of {len(rows)} holdout rows")
     proba = probabilities(predictor, rows) if output.kind == "classification" else None
-    return score(output.kind, y, pred.outputs, proba, list(output.labels or []))
+    outputs = pred.outputs
+    if pred.invalid is not None and output.kind == "classification":
+        outputs = [NO_ANSWER if bad else o for o, bad in zip(outputs, pred.invalid, strict=True)]
+    return score(output.kind, y, outputs, proba, list(output.labels or []))
 
 
 def holdout(

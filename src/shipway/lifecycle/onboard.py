@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 from shipway.contract import Contract, column_stats, infer_contract
 from shipway.contract.infer import Roles
 from shipway.errors import InputError, ModelError, ShipwayError
-from shipway.lifecycle.evaluate import LOWER_IS_BETTER, score
+from shipway.lifecycle.evaluate import LOWER_IS_BETTER, NO_ANSWER, score
 from shipway.manifest import (
     MANIFEST_FILENAME,
     AlertRule,
@@ -33,7 +33,7 @@ from shipway.manifest import (
     dump_manifest,
 )
 from shipway.models import Registry
-from shipway.models.predictor import probe
+from shipway.models.predictor import Predictions, Row, probe
 from shipway.models.registry import model_params
 from shipway.models.sources import detect, open_predictor
 from shipway.settings import Settings
@@ -55,6 +55,8 @@ class InitResult:
     """One row of the pilot's inputs, for the first request a user sends."""
     roles: dict[str, str] = field(default_factory=dict)
     """Fields init made ids or metadata (name -> role), for the user to check."""
+    notes: list[str] = field(default_factory=list)
+    """What scoring an endpoint pilot cost and found, for the user to read."""
 
 
 #: How far below the holdout accuracy (or above its MAE) the proposed quality alert fires.
@@ -89,6 +91,53 @@ def read_data(path: Path) -> pd.DataFrame:
     except Exception as exc:
         raise InputError(f"cannot read data file {path}: {exc}") from None
     raise InputError(f"data file {path} is neither CSV nor Parquet (by its extension)")
+
+
+def _score_endpoint(
+    predictor: Any,
+    url: str,
+    rows: list[Row],
+    idx: list[int],
+    concurrency: int,
+    progress: Callable[[int, int, float], None] | None,
+) -> tuple[Predictions, list[str]]:
+    """An endpoint pilot's answers for the rows ``idx`` (None elsewhere), and what to tell the
+    user. The first row goes alone, so a wrong URL, key or prompt fails after one call."""
+    from shipway.models.endpoints import score_rows
+
+    if not idx:
+        raise InputError("the holdout is empty; nothing to score the endpoint on")
+    try:
+        first = predictor.predict([rows[idx[0]]])
+    except ShipwayError as exc:
+        raise ModelError(
+            f"the first test call to {url} failed, so nothing else was sent: {exc.message}"
+        ) from None
+    if progress is not None:
+        progress(1, len(idx), sum(first.cost or [0.0]))
+    done = sum(first.cost or [0.0])
+    rest = score_rows(
+        predictor,
+        [rows[i] for i in idx[1:]],
+        concurrency=concurrency,
+        progress=None if progress is None else lambda d, t, c: progress(d + 1, t + 1, c + done),
+    )
+    outs: list[Any] = [None] * len(rows)
+    confs: list[Any] = [None] * len(rows)
+    invalid = [*(first.invalid or [None]), *(rest.invalid or [None] * len(rest.outputs))]
+    for j, i in enumerate(idx):
+        outs[i] = first.outputs[0] if j == 0 else rest.outputs[j - 1]
+        confs[i] = first.confidence[0] if j == 0 else rest.confidence[j - 1]
+    notes = [f"scored {len(idx)} holdout rows over HTTP"]
+    if first.cost is not None or rest.cost is not None:
+        notes[0] += f" for {done + sum(rest.cost or []):.4f} in token prices"
+    bad = [w for w in invalid if w]
+    if bad:
+        notes.append(
+            f"{len(bad)} of {len(idx)} answers could not be read and count as wrong "
+            f"(the first: {bad[0]})"
+        )
+    return Predictions(outs, confs), notes
 
 
 def _holdout_split(
@@ -147,10 +196,16 @@ def init_service(
     ids: Sequence[str] = (),
     metadata: Sequence[str] = (),
     features: Sequence[str] = (),
+    max_score_rows: int = 200,
+    concurrency: int = 8,
+    progress: Callable[[int, int, float], None] | None = None,
 ) -> InitResult:
     """Infer the contract, score the pilot on a holdout, register version 1, write the manifest.
 
     ``model`` is any source ``models/sources.py`` knows (the same as ``shipway models add``).
+    A model behind an HTTP endpoint (billed per call, slow) is checked with one call, then
+    scored on at most ``max_score_rows`` holdout rows, ``concurrency`` calls at a time,
+    reporting ``progress(done, total, cost)``; a model in this process scores every row.
     """
     scratch = Path(tempfile.mkdtemp(prefix="shipway-init-"))
     try:
@@ -171,6 +226,9 @@ def init_service(
             ids=ids,
             metadata=metadata,
             features=features,
+            max_score_rows=max_score_rows,
+            concurrency=concurrency,
+            progress=progress,
         )
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -194,6 +252,9 @@ def _init_service(
     ids: Sequence[str] = (),
     metadata: Sequence[str] = (),
     features: Sequence[str] = (),
+    max_score_rows: int = 200,
+    concurrency: int = 8,
+    progress: Callable[[int, int, float], None] | None = None,
 ) -> InitResult:
     from shipway.store.location import Location, open_service_store
 
@@ -236,13 +297,26 @@ def _init_service(
 
     # -- load the pilot: it gets the features, and any id or metadata field it reads -----------
     source = detect(model)
-    predictor, obj = open_predictor(source, contract_spec.inputs, None, scratch, endpoint=endpoint)
+    remote = source.kind == "http"
+    # an endpoint's answers are read against the labels the data has (answer: label)
+    guess = sorted({*map(_plain, y.tolist())}, key=str) if remote and y.dtype.kind != "f" else None
+    predictor, obj = open_predictor(source, contract_spec.inputs, guess, scratch, endpoint=endpoint)
     params: dict[str, Any] = model_params(obj) if obj is not None else {}
 
     all_rows = _rows(feature_frame)
-    probe(predictor, all_rows[:64])
+    scored_idx: list[int] | None = None
+    notes: list[str] = []
     try:
-        pred_all = predictor.predict(all_rows)
+        if remote:
+            _tr, held = _holdout_split(frame, target, holdout_fraction, guess is not None)
+            sample = np.random.default_rng(0).permutation(held)[:max_score_rows]
+            scored_idx = sorted(int(i) for i in sample)
+            pred_all, notes = _score_endpoint(
+                predictor, source.text, all_rows, scored_idx, concurrency, progress
+            )
+        else:
+            probe(predictor, all_rows[:64])
+            pred_all = predictor.predict(all_rows)
     except ShipwayError:
         raise
     except Exception as exc:
@@ -267,9 +341,14 @@ def _init_service(
         output = OutputSpec(kind="regression", min=float(y.min()), max=float(y.max()))
 
     # -- holdout metrics ----------------------------------------------------------------------
-    _train_idx, hold_idx = _holdout_split(frame, target, holdout_fraction, is_classification)
+    if scored_idx is not None:  # an endpoint: the holdout rows it was asked about
+        hold_idx = np.asarray(scored_idx, dtype=int)
+    else:
+        _train_idx, hold_idx = _holdout_split(frame, target, holdout_fraction, is_classification)
     y_hold = [_plain(v) for v in y.iloc[hold_idx].tolist()]
     pred_hold = [pred_all.outputs[i] for i in hold_idx]
+    if is_classification:
+        pred_hold = [NO_ANSWER if p is None else p for p in pred_hold]
     proba = None
     proba_of = getattr(predictor, "predict_proba", None)
     if proba_of is not None and classes is not None and is_classification:
@@ -296,12 +375,15 @@ def _init_service(
             for f in contract_spec.inputs
         },
     }
-    out_series = pd.Series(pred_all.outputs)
+    ref_idx = hold_idx if scored_idx is not None else range(len(frame))  # rows with answers
+    out_series = pd.Series([pred_all.outputs[i] for i in ref_idx])
     reference["output"] = column_stats(
         out_series, "category" if output.kind == "classification" else "float"
     )
     if any(c is not None for c in pred_all.confidence):
-        reference["confidence"] = column_stats(pd.Series(pred_all.confidence, dtype=float), "float")
+        reference["confidence"] = column_stats(
+            pd.Series([pred_all.confidence[i] for i in ref_idx], dtype=float), "float"
+        )
     ref_frame = feature_frame.copy()
     ref_frame["__output__"] = [
         str(o) if output.kind == "classification" else o for o in pred_all.outputs
@@ -336,7 +418,9 @@ def _init_service(
                 f"the store at {location.database_url.split('@')[-1]} already has service "
                 f"{svc_name!r}; choose another --name or pass --force to add a new version"
             )
-        flavor, uri, artifact, _obj = registry.stage(model, scratch)
+        flavor, uri, artifact, _obj = registry.stage(
+            model, scratch, endpoint if source.kind == "http" else None
+        )
         ref_digest = registry.store_artifact_bytes(buf.getvalue(), "reference")
         mv = registry.add(
             svc_name,
@@ -375,6 +459,7 @@ def _init_service(
         len(frame),
         example,
         roles={f.name: f.role for f in contract_spec.inputs if f.role != "feature"},
+        notes=notes,
     )
 
 

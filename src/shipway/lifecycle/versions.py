@@ -11,10 +11,11 @@ from typing import Any
 from shipway.errors import InputError, ModelError, ShipwayError
 from shipway.lifecycle.evaluate import GateResult, evaluate, gate, holdout
 from shipway.lifecycle.rollout import Rollout
-from shipway.manifest import Manifest
+from shipway.manifest import EndpointSpec, Manifest
 from shipway.models import ModelVersion, Registry
 from shipway.models.predictor import probe
 from shipway.models.registry import model_params
+from shipway.models.sources import detect
 from shipway.store import Store
 from shipway.store.artifacts import sha256_file
 
@@ -36,10 +37,16 @@ def add_version(
     data: str | Path | None = None,
     note: str = "",
     actor: str = "unknown",
+    endpoint: EndpointSpec | None = None,
+    prompt: str | None = None,
 ) -> AddResult:
     """Check a model against the contract, score it on the service's holdout beside the
     champion, and register it with its lineage and gate result. Refuses (nothing registered)
-    a model that needs inputs the contract lacks or that fails on the holdout."""
+    a model that needs inputs the contract lacks or that fails on the holdout.
+
+    A model over HTTP is registered with its endpoint settings: ``endpoint`` if given, else
+    the champion's (when it is the same kind of model) or the manifest's, with ``prompt`` in
+    place of the prompt when given. So a prompt change is a version of its own."""
     service = manifest.service.name
     registry = Registry(store)
     names = [f.name for f in manifest.contract.inputs]
@@ -48,8 +55,24 @@ def add_version(
     champion = registry.get(service, champion_no)
     rows, y = holdout(store, champion.reference_sha256, names)
 
+    settings = None
+    if detect(model).kind == "http":
+        settings = endpoint or registry.endpoint_of(champion) or manifest.endpoint
+        if settings is None:
+            raise InputError(
+                f"{model} is an HTTP model: give its settings with --endpoint FILE (kind, "
+                "prompt, prices, ...) or add an endpoint section to the manifest"
+            )
+        if prompt is not None:
+            settings = settings.model_copy(update={"prompt": prompt})
+        try:  # the settings' own checks, and the prompt's fields against the contract
+            settings = EndpointSpec.model_validate(settings.model_dump())
+        except ValueError as exc:
+            raise InputError(f"refused: the endpoint settings are not valid: {exc}") from None
+    elif endpoint is not None or prompt is not None:
+        raise InputError("--endpoint and --prompt-file are for HTTP models (http:// or https://)")
     with tempfile.TemporaryDirectory(prefix="shipway-add-") as scratch:
-        flavor, uri, digest, obj = registry.stage(model, Path(scratch))
+        flavor, uri, digest, obj = registry.stage(model, Path(scratch), settings)
     candidate = ModelVersion(
         service=service,
         version=0,

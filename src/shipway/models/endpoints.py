@@ -15,14 +15,15 @@ from __future__ import annotations
 
 import asyncio
 import os
-import string
+import re
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
 
-from shipway.errors import ConfigError, ModelTimeout, OutputInvalid, UpstreamError
+from shipway.errors import ConfigError, InputError, ModelTimeout, OutputInvalid, UpstreamError
 from shipway.manifest import EndpointSpec
 from shipway.models.predictor import Predictions, Row, _py
 
@@ -85,6 +86,12 @@ class _HttpBase:
             max_connections=spec.max_connections,
             max_keepalive_connections=spec.max_connections,
         )
+
+    async def aclose(self) -> None:
+        """Close this event loop's pooled client (``init`` scores on a loop of its own)."""
+        c = self._clients.pop(id(asyncio.get_running_loop()), None)
+        if c is not None:
+            await c.aclose()
 
     def _client(self) -> httpx.AsyncClient:
         loop = asyncio.get_running_loop()
@@ -167,79 +174,274 @@ class HttpJsonPredictor(_HttpBase):
         return Predictions([p.outputs[0] for p in preds], [p.confidence[0] for p in preds])
 
 
+_PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+class Template:
+    """A prompt with ``{field}`` placeholders. Any other brace is text (a JSON example needs
+    no escaping); ``{{`` and ``}}`` are literal braces around a name that would otherwise be
+    a placeholder."""
+
+    def __init__(self, text: str, names: Sequence[str]) -> None:
+        self.text = text
+        self.fields = [m.group(1) for m in _PLACEHOLDER.finditer(text) if m.group(1)]
+        unknown = sorted(set(self.fields) - set(names))
+        if unknown:
+            raise ConfigError(
+                f"the endpoint prompt names fields the contract does not have: {unknown} "
+                f"(write {{{{{unknown[0]}}}}} for the literal text {{{unknown[0]}}})"
+            )
+
+    def render(self, values: dict[str, Any]) -> str:
+        def sub(m: re.Match[str]) -> str:
+            tok = m.group(0)
+            if tok == "{{":
+                return "{"
+            if tok == "}}":
+                return "}"
+            v = values[m.group(1)]
+            return "" if v is None else str(v)
+
+        return _PLACEHOLDER.sub(sub, self.text)
+
+
+_PUNCT = re.compile(r"[^\w\s]+", re.UNICODE)
+
+
+def _plain(text: str) -> str:
+    return " ".join(_PUNCT.sub(" ", text).casefold().split())
+
+
+class AnswerReader:
+    """Turns a chat answer's text into an output and a confidence (``endpoint.answer``).
+
+    Raises :class:`OutputInvalid` for text it cannot read; the caller makes that the row's
+    invalid answer."""
+
+    def __init__(self, spec: EndpointSpec, labels: Sequence[Any] | None, base: _HttpBase):
+        self.kind = spec.answer
+        self.base = base
+        self.pattern = re.compile(spec.answer_pattern or "") if spec.answer == "regex" else None
+        self.labels = [str(x) for x in labels] if labels else []
+        self._by_plain = {_plain(x): x for x in self.labels}
+        if self.kind == "label" and not self.labels:
+            raise ConfigError("endpoint answer: label needs output.labels (a classification)")
+
+    def read(self, content: Any) -> tuple[Any, float | None]:
+        if self.kind == "json":
+            try:
+                parsed = orjson.loads(content) if isinstance(content, str) else content
+            except orjson.JSONDecodeError:
+                raise OutputInvalid(
+                    f"the chat answer is not JSON: {str(content)[:120]!r}"
+                ) from None
+            return self.base._answer(parsed)
+        text = "" if content is None else str(content)
+        if self.kind == "regex":
+            assert self.pattern is not None
+            m = self.pattern.search(text)
+            if m is None or m.group("output") is None:
+                raise OutputInvalid(
+                    f"the chat answer does not match answer_pattern: {text[:120]!r}"
+                )
+            conf = None
+            if "confidence" in self.pattern.groupindex and m.group("confidence"):
+                try:
+                    conf = float(m.group("confidence"))
+                except ValueError:
+                    raise OutputInvalid(
+                        f"the chat answer's confidence is not a number: {text[:120]!r}"
+                    ) from None
+            return m.group("output").strip(), conf
+        return self.label(text), None
+
+    def label(self, text: str) -> str:
+        """Exact; then ignoring case, spaces and punctuation; then the first label word."""
+        stripped = text.strip()
+        if stripped in self.labels:
+            return stripped
+        plain = _plain(stripped)
+        if plain in self._by_plain:
+            return self._by_plain[plain]
+        best: tuple[int, str] | None = None
+        for key, label in self._by_plain.items():
+            if not key:
+                continue
+            m = re.search(rf"(?<!\w){re.escape(key)}(?!\w)", plain)
+            if m is not None and (best is None or m.start() < best[0]):
+                best = (m.start(), label)
+        if best is None:
+            raise OutputInvalid(
+                f"the chat answer names none of the labels {self.labels}: {text[:120]!r}"
+            )
+        return best[1]
+
+
+_Read = tuple[Any, float | None, float, tuple[int, int], str | None]
+
+
 class ChatPredictor(_HttpBase):
     """An OpenAI-compatible ``/v1/chat/completions`` endpoint, one prompt per row.
 
-    The prompt template is filled from the row's validated inputs (``{field}``). The answer's
-    content must be JSON: an object holding ``output_field`` (and optionally
-    ``confidence_field``), or a bare value. Token usage times the manifest's prices is the
-    decision's cost.
+    The prompt template is filled from the row's validated inputs (``{field}``). The answer is
+    read as ``endpoint.answer`` says (JSON, a label, or a regular expression). An answer that
+    cannot be read is that row's invalid answer (the row goes down the fallback chain; the
+    others keep theirs), and it is billed like any other: token usage times the manifest's
+    prices is each row's cost, whatever became of its answer.
     """
 
     flavor = "chat"
 
-    def __init__(self, url: str, spec: EndpointSpec, names: Sequence[str], timeout_s: float):
+    def __init__(
+        self,
+        url: str,
+        spec: EndpointSpec,
+        names: Sequence[str],
+        timeout_s: float,
+        labels: Sequence[Any] | None = None,
+    ):
         super().__init__(url, spec, names, timeout_s)
-        fields = {f for _, f, _, _ in string.Formatter().parse(spec.prompt) if f}
-        unknown = sorted(fields - set(self.names))
-        if unknown:
-            raise ConfigError(
-                f"the endpoint prompt names fields the contract does not have: {unknown}"
-            )
+        self.template = Template(spec.prompt, self.names)
+        self.reader = AnswerReader(spec, labels, self)
+        fmt = spec.response_format
+        if fmt == "auto":
+            fmt = "json_object" if spec.answer == "json" else "none"
+        self.extra: dict[str, Any] = dict(spec.request)
+        if fmt == "json_object":
+            self.extra.setdefault("response_format", {"type": "json_object"})
 
     def _body(self, row: Row) -> dict[str, Any]:
         values = dict(zip(self.names, row, strict=True))
         messages = []
         if self.spec.system:
             messages.append({"role": "system", "content": self.spec.system})
-        messages.append({"role": "user", "content": self.spec.prompt.format_map(values)})
+        messages.append({"role": "user", "content": self.template.render(values)})
         return {
             "model": self.spec.model,
             "messages": messages,
             "temperature": self.spec.temperature,
             "max_tokens": self.spec.max_tokens,
-            "response_format": {"type": "json_object"},
+            **self.extra,
         }
 
-    def _read(self, body: Any) -> tuple[Any, float | None, float]:
-        try:
-            content = body["choices"][0]["message"]["content"]
-        except (KeyError, IndexError, TypeError):
-            raise OutputInvalid(
-                f"the chat answer from {self.url} has no choices[0].message.content"
-            ) from None
-        try:
-            parsed = orjson.loads(content) if isinstance(content, str) else content
-        except orjson.JSONDecodeError:
-            raise OutputInvalid(f"the chat answer is not JSON: {str(content)[:120]!r}") from None
-        output, conf = self._answer(parsed)
-        usage = body.get("usage") or {}
-        p = usage.get("prompt_tokens") or 0
-        c = usage.get("completion_tokens") or 0
+    def usage(self, body: Any) -> tuple[int, int]:
+        """Prompt and completion tokens the answer says were billed."""
+        usage = (body.get("usage") if isinstance(body, dict) else None) or {}
+        p, c = usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0
+        return (
+            (int(p), int(c))
+            if isinstance(p, int | float) and isinstance(c, int | float)
+            else (0, 0)
+        )
+
+    def _read(self, body: Any) -> _Read:
+        """(output, confidence, cost, tokens, why the answer is invalid or None)."""
+        p, c = self.usage(body)
         cost = (
             p / 1000.0 * self.spec.prompt_price_per_1k
             + c / 1000.0 * self.spec.completion_price_per_1k
         )
-        return output, conf, cost
+        try:
+            content = body["choices"][0]["message"]["content"]
+        except (KeyError, IndexError, TypeError):
+            why = f"the chat answer from {self.url} has no message content"
+            return None, None, cost, (p, c), why
+        try:
+            output, conf = self.reader.read(content)
+        except OutputInvalid as exc:
+            return None, None, cost, (p, c), exc.message
+        return output, conf, cost, (p, c), None
+
+    @staticmethod
+    def _collect(read: list[_Read]) -> Predictions:
+        invalid = [r[4] for r in read]
+        return Predictions(
+            [r[0] for r in read],
+            [r[1] for r in read],
+            [r[2] for r in read],
+            invalid=invalid if any(invalid) else None,
+            tokens=[r[3] for r in read],
+        )
 
     async def apredict(self, rows: Sequence[Row]) -> Predictions:
         bodies = await asyncio.gather(*(self._post(self._body(r)) for r in rows))
-        read = [self._read(b) for b in bodies]
-        return Predictions([r[0] for r in read], [r[1] for r in read], [r[2] for r in read])
+        return self._collect([self._read(b) for b in bodies])
 
     def predict(self, rows: Sequence[Row]) -> Predictions:
         with httpx.Client(timeout=self.timeout, headers=self.headers) as client:
-            read = [self._read(self._post_sync(client, self._body(r))) for r in rows]
-        return Predictions([r[0] for r in read], [r[1] for r in read], [r[2] for r in read])
+            return self._collect([self._read(self._post_sync(client, self._body(r))) for r in rows])
+
+
+def read_endpoint_file(path: Path) -> EndpointSpec:
+    """An endpoint section from a YAML file (the section itself, or a manifest holding one)."""
+    import yaml
+    from pydantic import ValidationError
+
+    if not path.exists():
+        raise InputError(f"endpoint file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        return EndpointSpec.model_validate(data.get("endpoint", data) if data else {})
+    except (yaml.YAMLError, ValidationError, AttributeError) as exc:
+        first = str(exc).splitlines()
+        raise InputError(f"{path} is not a valid endpoint section: {' '.join(first[:3])}") from None
+
+
+def score_rows(
+    predictor: HttpJsonPredictor | ChatPredictor,
+    rows: Sequence[Row],
+    *,
+    concurrency: int = 8,
+    progress: Any = None,
+) -> Predictions:
+    """Score ``rows`` over HTTP with at most ``concurrency`` calls in flight (``init`` scores
+    an endpoint pilot's holdout with it); ``progress(done, total, cost)`` after each chunk."""
+
+    async def run() -> Predictions:
+        outs: list[Any] = []
+        confs: list[Any] = []
+        costs: list[float] = []
+        invalid: list[str | None] = []
+        any_cost = False
+        try:
+            for start in range(0, len(rows), concurrency):
+                chunk = rows[start : start + concurrency]
+                pred = await predictor.apredict(chunk)
+                outs += pred.outputs
+                confs += pred.confidence
+                any_cost = any_cost or pred.cost is not None
+                costs += pred.cost if pred.cost is not None else [0.0] * len(chunk)
+                invalid += pred.invalid if pred.invalid is not None else [None] * len(chunk)
+                if progress is not None:
+                    progress(len(outs), len(rows), sum(costs))
+        finally:
+            await predictor.aclose()
+        return Predictions(
+            outs, confs, costs if any_cost else None, invalid=invalid if any(invalid) else None
+        )
+
+    return asyncio.run(run())
 
 
 def endpoint_predictor(
-    url: str, spec: EndpointSpec | None, names: Sequence[str], timeout_s: float
+    url: str,
+    spec: EndpointSpec | None,
+    names: Sequence[str],
+    timeout_s: float,
+    labels: Sequence[Any] | None = None,
 ) -> HttpJsonPredictor | ChatPredictor:
     spec = spec or EndpointSpec()
     if spec.kind == "chat":
-        return ChatPredictor(url, spec, names, timeout_s)
+        return ChatPredictor(url, spec, names, timeout_s, labels)
     return HttpJsonPredictor(url, spec, names, timeout_s)
 
 
-__all__ = ["ChatPredictor", "HttpJsonPredictor", "endpoint_predictor"]
+__all__ = [
+    "AnswerReader",
+    "ChatPredictor",
+    "HttpJsonPredictor",
+    "Template",
+    "endpoint_predictor",
+    "read_endpoint_file",
+    "score_rows",
+]

@@ -47,6 +47,30 @@ class Predictions:
     ``classes`` order, or one ``{label: p}`` per row. Kept as the model returned them; turned
     into JSON only for a caller who asks."""
     classes: list[Any] | None = None
+    invalid: list[str | None] | None = None
+    """Per row, why the model's answer cannot be used (a chat answer outside the labels, an
+    answer that fails the output checks), or None for a good answer. Such rows go down the
+    fallback chain alone; the others keep the model's answers."""
+    tokens: list[tuple[int, int]] | None = None
+    """Prompt and completion tokens billed per row (chat endpoints)."""
+
+    def take(self, rows: Sequence[int]) -> Predictions:
+        """The predictions of ``rows`` (positions in this batch), in that order."""
+        cost = [self.cost[k] for k in rows] if self.cost is not None else None
+        proba = None
+        if self.proba is not None:
+            proba = [self.proba[k] for k in rows]
+        invalid = [self.invalid[k] for k in rows] if self.invalid is not None else None
+        tokens = [self.tokens[k] for k in rows] if self.tokens is not None else None
+        return Predictions(
+            [self.outputs[k] for k in rows],
+            [self.confidence[k] for k in rows],
+            cost,
+            proba,
+            self.classes,
+            invalid,
+            tokens,
+        )
 
 
 class Predictor(Protocol):

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
@@ -223,18 +224,25 @@ class Registry:
             )
         return [ModelVersion(**{str(k): v for k, v in r.items() if k != "id"}) for r in rows]
 
-    def stage(self, model: str, scratch: Path) -> tuple[str, str, str | None, Any]:
+    def stage(
+        self, model: str, scratch: Path, endpoint: EndpointSpec | None = None
+    ) -> tuple[str, str, str | None, Any]:
         """Store a model source as an artifact: (flavor, uri, sha256, loaded object or None).
 
         ``model`` is a joblib file (scikit-learn), an ``.onnx`` file, an MLflow model folder or
-        ``models:/`` / ``runs:/`` URI, or ``python:module:function``.
+        ``models:/`` / ``runs:/`` URI, ``python:module:function``, or an ``http(s)://`` URL,
+        whose ``endpoint`` settings (prompt, model name, parameters, prices) are the version's
+        artifact: a changed prompt is a new version, shadowed and gated like any other.
         """
         source = detect(model)
         if source.kind == "python":
             import_callable(model)
             return "python", model, None, None
         if source.kind == "http":
-            return "http", model, None, None
+            if endpoint is None:
+                return "http", model, None, None
+            config = orjson.dumps(endpoint.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
+            return "http", model, self.store_artifact_bytes(config, "endpoint"), None
         if source.kind == "mlflow":
             from shipway.models.formats import fetch_mlflow_uri, pack_directory
 
@@ -250,6 +258,14 @@ class Registry:
         digest = self.store_artifact(source.path, "model")
         return "sklearn", sklearn_uri(digest), digest, obj
 
+    def endpoint_of(self, mv: ModelVersion) -> EndpointSpec | None:
+        """The endpoint settings registered with an HTTP version (None: the manifest's)."""
+        if mv.flavor != "http" or not mv.artifact_sha256:
+            return None
+        return EndpointSpec.model_validate_json(
+            self.store.artifacts.read_verified(mv.artifact_sha256)
+        )
+
     def load(
         self,
         mv: ModelVersion,
@@ -261,8 +277,9 @@ class Registry:
     ) -> Predictor:
         """A predictor for a registered version; artifact bytes are verified before loading.
 
-        Versions served over HTTP (flavor ``http``) are called as the manifest's ``endpoint``
-        section says, with ``timeout_s`` per call.
+        Versions served over HTTP (flavor ``http``) are called as the endpoint settings
+        registered with them say (older versions: the manifest's ``endpoint`` section), with
+        ``timeout_s`` per call.
         """
         if mv.flavor not in ("python", "http") and not mv.artifact_sha256:
             raise ModelError(f"model version {mv.version} has no artifact digest")
@@ -275,7 +292,8 @@ class Registry:
             if mv.flavor == "http":
                 from shipway.models.endpoints import endpoint_predictor
 
-                return endpoint_predictor(mv.uri, endpoint, names, timeout_s)
+                spec = self.endpoint_of(mv) or endpoint
+                return endpoint_predictor(mv.uri, spec, names, timeout_s, labels)
             data = self.store.artifacts.read_verified(mv.artifact_sha256 or "")
             if mv.flavor == "sklearn":
                 if not loaded:  # made twice when the model reads an id or metadata field

@@ -83,7 +83,7 @@ def open_predictor(
         if source.kind == "http":
             from shipway.models.endpoints import endpoint_predictor
 
-            return endpoint_predictor(source.text, endpoint, names, timeout_s)
+            return endpoint_predictor(source.text, endpoint, names, timeout_s, labels)
         if source.kind == "onnx":
             from shipway.models.formats import OnnxPredictor
 

@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 from sqlalchemy import Engine, desc, insert, select
 
 from shipway.decisions import labels, queries
+from shipway.decisions.records import INVALID_ANSWER
 from shipway.manifest import Manifest
 from shipway.models import Registry
 from shipway.monitor.alerts import AlertBook
@@ -187,7 +188,15 @@ class Monitor:
             "p95_ms": _pct(lat, 95),
             "p99_ms": _pct(lat, 99),
             "fallback_share": fell_back / n if n else None,
+            # rows a model answered unreadably (they fell back; see serving/chain.py)
+            "invalid_answer_rate": (
+                sum(1 for r in rows if r["reason"] and INVALID_ANSWER in r["reason"]) / n
+                if n
+                else None
+            ),
             "cost": float(sum(r["cost"] or 0.0 for r in rows)),
+            "prompt_tokens": int(sum(r["prompt_tokens"] or 0 for r in rows)),
+            "completion_tokens": int(sum(r["completion_tokens"] or 0 for r in rows)),
             "by_route": _count(r["route"] for r in rows),
             "by_version": _count(str(r["model_version"]) for r in rows),
         }
@@ -195,6 +204,9 @@ class Monitor:
         # window of rows that holds no decision still counts the last `window` of refusals
         since = win.start if win.start is not None else win.end - self.spec.window.seconds
         refused = queries.rejection_figures(self.engine, self.service, since, win.end)
+        result["operations"]["shadow_cost"] = queries.shadow_cost(
+            self.engine, self.service, since, win.end
+        )
         offered = n + refused["rows"]
         result["operations"].update(
             rejected=refused["rows"],
@@ -290,7 +302,9 @@ class Monitor:
                     "p95_ms",
                     "p99_ms",
                     "fallback_share",
+                    "invalid_answer_rate",
                     "cost",
+                    "shadow_cost",
                     "rejected",
                     "rejected_share",
                 )

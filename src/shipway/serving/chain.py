@@ -21,11 +21,12 @@ from itertools import repeat
 from typing import Any
 
 from shipway.decisions import DecisionLog
-from shipway.decisions.records import Redact, decision_row
+from shipway.decisions.records import INVALID_ANSWER, Redact, decision_row
 from shipway.errors import (
     ModelError,
     ModelTimeout,
     ModelUnavailable,
+    OutputInvalid,
     ServiceStopped,
     ShipwayError,
     StoreError,
@@ -109,6 +110,21 @@ class Answer:
     """The model's own answer (with its class probabilities), when a model answered."""
 
 
+@dataclass(frozen=True, slots=True)
+class Spent:
+    """What earlier attempts at one row cost: money and (prompt, completion) tokens."""
+
+    cost: float = 0.0
+    tokens: tuple[int, int] = (0, 0)
+
+    def plus(
+        self, cost: float | None, tokens: tuple[int, int] | None
+    ) -> tuple[float | None, tuple[int, int] | None]:
+        """This row's own cost and tokens with the earlier attempts' added."""
+        t = tokens or (0, 0)
+        return (cost or 0.0) + self.cost, (t[0] + self.tokens[0], t[1] + self.tokens[1])
+
+
 @dataclass(frozen=True)
 class Fallback:
     """One fallback step, ready: its spec, and the lane of a model or version step."""
@@ -160,9 +176,14 @@ class GuardChain:
         values: list[Row],
         caller: str | None,
         t0: float,
-        reason: str | None = None,
+        reason: str | dict[int, str] | None = None,
+        spent: dict[int, Spent] | None = None,
     ) -> Callable[[Predictions], list[dict[str, Any]]]:
-        """Builds the decision rows of one answer (on the runner thread for model answers)."""
+        """Builds the decision rows of one answer (on the runner thread for model answers).
+
+        Rows whose answer is marked invalid are left out (they fall back). ``reason`` is one
+        text for every row or one per position; ``spent`` is what earlier attempts at a
+        position cost (billed invalid answers), added to its decision's cost."""
         names = self.names
         service = self.service
         redact = self.redact
@@ -171,23 +192,34 @@ class GuardChain:
             latency_ms = (_perf() - t0) * 1000.0
             ts = _now()
             costs = pred.cost if pred.cost is not None else repeat(None)
-            return [
-                decision_row(
-                    ids[k],
-                    ts,
-                    service,
-                    version,
-                    route,
-                    redact(dict(zip(names, values[k], strict=True))),
-                    o,
-                    c,
-                    latency_ms,
-                    caller,
-                    reason=reason,
-                    cost=cost,
+            invalid = pred.invalid if pred.invalid is not None else repeat(None)
+            tokens = pred.tokens if pred.tokens is not None else repeat(None)
+            out = []
+            for k, o, c, cost, bad, tok in zip(
+                rows, pred.outputs, pred.confidence, costs, invalid, tokens, strict=False
+            ):
+                if bad:
+                    continue
+                if spent and k in spent:
+                    cost, tok = spent[k].plus(cost, tok)
+                out.append(
+                    decision_row(
+                        ids[k],
+                        ts,
+                        service,
+                        version,
+                        route,
+                        redact(dict(zip(names, values[k], strict=True))),
+                        o,
+                        c,
+                        latency_ms,
+                        caller,
+                        reason=reason.get(k) if isinstance(reason, dict) else reason,
+                        cost=cost,
+                        tokens=tok,
+                    )
                 )
-                for k, o, c, cost in zip(rows, pred.outputs, pred.confidence, costs, strict=False)
-            ]
+            return out
 
         return record
 
@@ -213,14 +245,20 @@ class GuardChain:
         for route, res in zip(routes, results, strict=True):
             if not isinstance(res, BaseException):
                 continue
+            logged: frozenset[int] = frozenset()
+            spent: dict[int, Spent] = {}
+            if isinstance(res, ModelUnavailable):  # some rows answered before the rest failed
+                logged, spent = res.logged_rows, res.spent or {}
             if isinstance(res, ShipwayError):
                 code, msg = res.code, res.message
             else:
                 code, msg = "model_error", f"{type(res).__name__}: {res}"
             msg = f"{code}: {self.scrub(msg, [values[k] for k in route.rows])}"
             if not isinstance(res, ModelUnavailable | ServiceStopped):
-                self.metrics.model_errors.labels(str(route.lane.version), "model_error").inc()
+                self.metrics.model_errors.labels(route.lane.label, "model_error").inc()
             for k in route.rows:
+                if k in logged:
+                    continue
                 rows.append(
                     decision_row(
                         ids[k],
@@ -234,6 +272,8 @@ class GuardChain:
                         latency_ms,
                         caller,
                         error=msg[:2000],
+                        cost=spent[k].cost if k in spent else None,
+                        tokens=spent[k].tokens if k in spent else None,
                     )
                 )
         await self.log.write(rows)
@@ -283,12 +323,32 @@ class GuardChain:
     def _failed(
         self, lane: Lane, exc: ShipwayError, reasons: list[str], rows: Sequence[Row]
     ) -> None:
-        version = str(lane.version)
-        self.metrics.model_errors.labels(version, exc.code).inc()
+        self.metrics.model_errors.labels(lane.label, exc.code).inc()
+        if not isinstance(exc, OutputInvalid) or self.guards.breaker.count_invalid:
+            self._breaker_failure(lane)
+        reasons.append(f"{lane.name}: {self.scrub(exc.message, rows)}")
+
+    def _breaker_failure(self, lane: Lane) -> None:
         breaker = lane.breaker
         if breaker is not None and breaker.failure():
-            self.metrics.breaker_opened.labels(version).inc()
-        reasons.append(f"{lane.name}: {self.scrub(exc.message, rows)}")
+            self.metrics.breaker_opened.labels(lane.label).inc()
+
+    def _answered(self, lane: Lane, pred: Predictions) -> list[int]:
+        """After a call that returned: the breaker and metrics told; the invalid rows."""
+        bad = [j for j, why in enumerate(pred.invalid or ()) if why]
+        if pred.cost is not None:
+            self.metrics.cost.inc(sum(c for c in pred.cost if c))
+        if pred.tokens is not None:
+            self.metrics.tokens.labels("prompt").inc(sum(t[0] for t in pred.tokens))
+            self.metrics.tokens.labels("completion").inc(sum(t[1] for t in pred.tokens))
+        if bad:
+            self.metrics.invalid_answers.labels(lane.label).inc(len(bad))
+            if self.guards.breaker.count_invalid:
+                self._breaker_failure(lane)
+                return bad
+        if lane.breaker is not None:
+            lane.breaker.success()
+        return bad
 
     async def _guarded(
         self, lane: Lane, rows: list[Row], record: Any, reasons: list[str]
@@ -308,12 +368,10 @@ class GuardChain:
             except ModelError as exc:
                 self._failed(lane, exc, reasons, rows)
                 if attempt < g.retries and is_retryable(exc):
-                    self.metrics.retries.labels(str(lane.version)).inc()
+                    self.metrics.retries.labels(lane.label).inc()
                     await asyncio.sleep(backoff_s(attempt, g.backoff_ms, g.backoff_max_ms))
                     continue
                 return None
-            if breaker is not None:
-                breaker.success()
             return pred
         return None  # pragma: no cover - the loop always returns
 
@@ -326,8 +384,11 @@ class GuardChain:
         values: list[Row],
         caller: str | None,
         t0: float,
-    ) -> Answer:
-        """The route's rows answered by its lane, or by the fallback chain; else 503."""
+    ) -> list[Answer]:
+        """The route's rows answered by its lane, or by the fallback chain; else 503.
+
+        Rows whose answers fail the output checks go down the fallback chain on their own;
+        the other rows keep the model's answers (so there may be several answers)."""
         lane = route.lane
         positions = route.rows
         rows = [values[i] for i in positions] if len(positions) != len(values) else values
@@ -336,19 +397,93 @@ class GuardChain:
             hit = self._from_cache(rows, self.cache_ttl, lane.version)
             if hit is not None:
                 self.metrics.cache_hits.inc(len(rows))
-                return await self._answer_with(
-                    positions, "cache", hit[2], hit[0], hit[1], ids, values, caller, t0, None
-                )
+                return [
+                    await self._answer_with(
+                        positions, "cache", hit[2], hit[0], hit[1], ids, values, caller, t0, None
+                    )
+                ]
         reasons: list[str] = []
         record = self.recorder(positions, route.route, lane.version, ids, values, caller, t0)
         pred = await self._guarded(lane, rows, record, reasons)
-        if pred is not None:
+        if pred is None:
+            return await self._fall_back(positions, rows, reasons, ids, values, caller, t0)
+        bad = self._answered(lane, pred)
+        if not bad:
             if cache is not None:
                 cache.put_many(rows, pred.outputs, pred.confidence, lane.version)
-            if pred.cost is not None:
-                self.metrics.cost.inc(sum(c for c in pred.cost if c))
-            return Answer(positions, route.route, lane.version, pred.outputs, pred.confidence, pred)
-        return await self._fall_back(positions, rows, reasons, ids, values, caller, t0)
+            return [
+                Answer(positions, route.route, lane.version, pred.outputs, pred.confidence, pred)
+            ]
+        return await self._partly(lane, route.route, pred, bad, positions, rows, {}, ids, values,
+                                  caller, t0, {})  # fmt: skip
+
+    async def _partly(
+        self,
+        lane: Lane,
+        route: str,
+        pred: Predictions,
+        bad: list[int],
+        positions: list[int],
+        rows: list[Row],
+        reasons: dict[int, list[str]],
+        ids: list[str],
+        values: list[Row],
+        caller: str | None,
+        t0: float,
+        spent: dict[int, Spent],
+        step: int = 0,
+    ) -> list[Answer]:
+        """A call answered some rows well (already logged) and some not: the good ones stand,
+        the others go on down the fallback chain from ``step``, each with its own reason and
+        with what its invalid answer cost."""
+        badset = set(bad)
+        good = [j for j in range(len(rows)) if j not in badset]
+        out: list[Answer] = []
+        if good:
+            sub = pred.take(good)
+            if self.cache is not None:
+                self.cache.put_many(
+                    [rows[j] for j in good], sub.outputs, sub.confidence, lane.version
+                )
+            out.append(
+                Answer([positions[j] for j in good], route, lane.version, sub.outputs,
+                       sub.confidence, sub)
+            )  # fmt: skip
+        assert pred.invalid is not None
+        why = {
+            positions[j]: [
+                *reasons.get(positions[j], ()),
+                f"{lane.name}{INVALID_ANSWER}{self.scrub(pred.invalid[j] or '', [rows[j]])}",
+            ]
+            for j in bad
+        }
+        spent = dict(spent)
+        for j in bad:
+            k = positions[j]
+            cost = pred.cost[j] if pred.cost is not None else None
+            tok = pred.tokens[j] if pred.tokens is not None else None
+            if cost is None and tok is None:
+                continue  # nothing billed (a model in this process)
+            was = spent.get(k, Spent())
+            total, toks = was.plus(cost, tok)
+            spent[k] = Spent(total or 0.0, toks or (0, 0))
+        try:
+            rest = await self._fall_back(
+                [positions[j] for j in bad],
+                [rows[j] for j in bad],
+                why,
+                ids,
+                values,
+                caller,
+                t0,
+                spent=spent,
+                start=step,
+            )
+        except ModelUnavailable as exc:
+            done = frozenset(a for ans in out for a in ans.rows)
+            exc.logged_rows = exc.logged_rows | done
+            raise
+        return out + rest
 
     async def stopped(
         self,
@@ -407,10 +542,11 @@ class GuardChain:
         values: list[Row],
         caller: str | None,
         t0: float,
-        reason: str | None,
+        reason: str | dict[int, str] | None,
+        spent: dict[int, Spent] | None = None,
     ) -> Answer:
         """An answer that did not come from a lane's runner: log it here, then answer."""
-        record = self.recorder(positions, route, version, ids, values, caller, t0, reason)
+        record = self.recorder(positions, route, version, ids, values, caller, t0, reason, spent)
         await self.log.write(record(Predictions(outputs, confidence)))
         return Answer(positions, route, version, outputs, confidence)
 
@@ -418,77 +554,102 @@ class GuardChain:
         self,
         positions: list[int],
         rows: list[Row],
-        reasons: list[str],
+        reasons: list[str] | dict[int, list[str]],
         ids: list[str],
         values: list[Row],
         caller: str | None,
         t0: float,
-    ) -> Answer:
+        *,
+        spent: dict[int, Spent] | None = None,
+        start: int = 0,
+    ) -> list[Answer]:
+        """The manifest's fallback steps from ``start``, in order, for rows the model could
+        not answer. ``reasons`` are shared by every row or kept per position; ``spent`` is
+        what earlier attempts at a position cost. A model step that answers some rows badly
+        passes only those rows on; a step that gives no answer (None) passes them on too."""
         n = len(rows)
-        for fb in self.fallbacks:
+        why: dict[int, list[str]] = (
+            {k: list(v) for k, v in reasons.items()}
+            if isinstance(reasons, dict)
+            else {k: list(reasons) for k in positions}
+        )
+        spent = spent or {}
+
+        def joined(ks: list[int]) -> dict[int, str]:
+            return {k: "; ".join(why[k]) for k in ks}
+
+        def add(ks: list[int], text: str) -> None:
+            for k in ks:
+                why[k].append(text)
+
+        for i in range(start, len(self.fallbacks)):
+            fb = self.fallbacks[i]
             step = fb.step
             kind = step.kind
             if kind in ("model", "version"):
                 lane = fb.lane
                 assert lane is not None
                 if lane.breaker is not None and not lane.breaker.allow():
-                    reasons.append(f"{step.route}: circuit breaker open")
+                    add(positions, f"{step.route}: circuit breaker open")
                     continue
-                why = "; ".join(reasons)
                 record = self.recorder(
-                    positions, step.route, lane.version, ids, values, caller, t0, why
-                )
+                    positions, step.route, lane.version, ids, values, caller, t0,
+                    joined(positions), spent,
+                )  # fmt: skip
                 timeout = (step.timeout_ms or self.guards.timeout_ms) / 1000.0
                 try:
                     pred = await self._call(lane, Job(rows, record, self.check), timeout)
                 except StoreError:
                     raise
                 except ModelError as exc:
-                    self._failed(lane, exc, reasons, rows)
+                    failed: list[str] = []
+                    self._failed(lane, exc, failed, rows)
+                    add(positions, failed[0])
                     continue
-                if lane.breaker is not None:
-                    lane.breaker.success()
-                self.metrics.fallbacks.labels(step.route).inc(n)
-                return Answer(
-                    positions, step.route, lane.version, pred.outputs, pred.confidence, pred
-                )
+                bad = self._answered(lane, pred)
+                answered = n - len(bad)
+                if answered:
+                    self.metrics.fallbacks.labels(step.route).inc(answered)
+                if not bad:
+                    return [
+                        Answer(
+                            positions, step.route, lane.version, pred.outputs, pred.confidence,
+                            pred,
+                        )
+                    ]  # fmt: skip
+                return await self._partly(
+                    lane, step.route, pred, bad, positions, rows, why, ids, values, caller, t0,
+                    spent, i + 1,
+                )  # fmt: skip
             if kind == "cache":
                 hit = self._from_cache(rows, step.max_age_s, None) if self.cache else None
                 if hit is None:
-                    reasons.append("cache: no answer remembered for these inputs")
+                    add(positions, "cache: no answer remembered for these inputs")
                     continue
                 self.metrics.fallbacks.labels("cache").inc(n)
-                return await self._answer_with(
-                    positions,
-                    "cache",
-                    hit[2],
-                    hit[0],
-                    hit[1],
-                    ids,
-                    values,
-                    caller,
-                    t0,
-                    "; ".join(reasons),
-                )
+                return [
+                    await self._answer_with(
+                        positions, "cache", hit[2], hit[0], hit[1], ids, values, caller, t0,
+                        joined(positions), spent,
+                    )
+                ]  # fmt: skip
             default = step.default or {}
             self.metrics.fallbacks.labels("default").inc(n)
-            return await self._answer_with(
-                positions,
-                "default",
-                None,
-                [default["output"]] * n,
-                [default.get("confidence")] * n,
-                ids,
-                values,
-                caller,
-                t0,
-                "; ".join(reasons),
-            )
+            return [
+                await self._answer_with(
+                    positions, "default", None, [default["output"]] * n,
+                    [default.get("confidence")] * n, ids, values, caller, t0,
+                    joined(positions), spent,
+                )
+            ]  # fmt: skip
         self.metrics.unanswered.inc(n)
-        raise ModelUnavailable(
-            "the model could not answer and no fallback step could either: " + "; ".join(reasons),
-            attempts=reasons,
+        texts = list(dict.fromkeys(r for k in positions for r in why[k]))
+        unavailable = ModelUnavailable(
+            "the model could not answer and no fallback step could either: " + "; ".join(texts),
+            attempts=texts,
         )
+        unavailable.spent = {k: spent[k] for k in positions if k in spent}
+        raise unavailable
 
 
-__all__ = ["Answer", "Fallback", "GuardChain"]
+__all__ = ["Answer", "Fallback", "GuardChain", "Spent"]

@@ -8,6 +8,7 @@ deadline and a vectorised output check.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import threading
@@ -137,36 +138,58 @@ class OutputCheck:
             cls.check_schema(extra.json_schema)
             self._schema = cls(extra.json_schema)
 
-    def problem(self, pred: Predictions, n: int) -> str | None:
-        """None when every answer passes; else a sentence naming the first bad answer."""
-        outputs = pred.outputs
-        if len(outputs) != n or len(pred.confidence) != n:
-            return f"the model returned {len(outputs)} answers for {n} rows"
+    def row_problem(self, o: Any, c: Any) -> str | None:
+        """Why one answer fails the checks, or None."""
         labels = self.labels
         if labels is not None:
-            for k, o in enumerate(outputs):
-                try:
-                    known = o in labels
-                except TypeError:  # an unhashable answer (a list, a dict)
-                    known = False
-                if not known:
-                    return f"row {k}: answer {o!r} is not one of {sorted(labels, key=str)}"
+            try:
+                known = o in labels
+            except TypeError:  # an unhashable answer (a list, a dict)
+                known = False
+            if not known:
+                return f"answer {o!r} is not one of {sorted(labels, key=str)}"
         elif self.kind == "regression" and self._schema is None:
             lo, hi = self.lo, self.hi
-            for k, o in enumerate(outputs):
-                if not _is_number(o) or not math.isfinite(o):
-                    return f"row {k}: answer {o!r} is not a finite number"
-                if (lo is not None and o < lo) or (hi is not None and o > hi):
-                    return f"row {k}: answer {o} is outside [{lo}, {hi}]"
+            if not _is_number(o) or not math.isfinite(o):
+                return f"answer {o!r} is not a finite number"
+            if (lo is not None and o < lo) or (hi is not None and o > hi):
+                return f"answer {o} is outside [{lo}, {hi}]"
         if self._schema is not None:
-            for k, o in enumerate(outputs):
-                err = next(iter(self._schema.iter_errors(o)), None)
-                if err is not None:
-                    return f"row {k}: answer does not satisfy the output schema: {err.message}"
-        for k, c in enumerate(pred.confidence):
-            if c is not None and not (0.0 <= c <= 1.0):
-                return f"row {k}: confidence {c!r} is not within [0, 1]"
+            err = next(iter(self._schema.iter_errors(o)), None)
+            if err is not None:
+                return f"answer does not satisfy the output schema: {err.message}"
+        if c is not None and not (isinstance(c, int | float) and 0.0 <= c <= 1.0):
+            return f"confidence {c!r} is not within [0, 1]"
         return None
+
+    def problem(self, pred: Predictions, n: int) -> str | None:
+        """None when every answer passes; else a sentence naming the first bad answer."""
+        if len(pred.outputs) != n or len(pred.confidence) != n:
+            return f"the model returned {len(pred.outputs)} answers for {n} rows"
+        for k, why in enumerate(self.row_problems(pred)):
+            if why is not None:
+                return f"row {k}: {why}"
+        return None
+
+    def row_problems(self, pred: Predictions) -> list[str | None]:
+        """Per row, why its answer cannot be used (the model's own reason first)."""
+        given = pred.invalid
+        return [
+            given[k] if given is not None and given[k] else self.row_problem(o, c)
+            for k, (o, c) in enumerate(zip(pred.outputs, pred.confidence, strict=True))
+        ]
+
+    def mark(self, pred: Predictions, n: int) -> Predictions | OutputInvalid:
+        """``pred`` with each bad answer marked (``invalid``), so that only those rows fall
+        back; a wrong number of answers fails the whole call."""
+        if len(pred.outputs) != n or len(pred.confidence) != n:
+            return OutputInvalid(
+                f"invalid model answer: the model returned {len(pred.outputs)} answers for {n} rows"
+            )
+        problems = self.row_problems(pred)
+        if not any(problems):
+            return pred if pred.invalid is None else dataclasses.replace(pred, invalid=None)
+        return dataclasses.replace(pred, invalid=problems)
 
     def check(self, pred: Predictions, n: int) -> OutputInvalid | None:
         msg = self.problem(pred, n)

@@ -23,7 +23,7 @@ from shipway.decisions.ids import new_ids
 from shipway.errors import ContractViolation, ModelError, ShipwayError, StoreError
 from shipway.metrics import ServiceMetrics
 from shipway.models.predictor import probabilities as class_proba
-from shipway.serving.chain import GuardChain
+from shipway.serving.chain import Answer, GuardChain
 from shipway.serving.review_routing import ReviewRouting
 from shipway.serving.router import Route, Router
 from shipway.serving.shadows import Shadows
@@ -117,7 +117,9 @@ class PredictPath:
         ids = new_ids(n)
         if router.stopped is not None:  # the stop switch: no model is called
             routes = [Route(router.champion, "stopped", list(range(n)))]
-            answers = [chain.stopped(router.stopped, routes[0].rows, ids, values, caller, t0)]
+            answers: list[Awaitable[Answer | list[Answer]]] = [
+                chain.stopped(router.stopped, routes[0].rows, ids, values, caller, t0)
+            ]
         else:
             routes = router.split(values, headers)
             answers = [chain.answer(r, ids, values, caller, t0) for r in routes]
@@ -139,7 +141,8 @@ class PredictPath:
         good = checked.good
         count = self.metrics.count_decisions
         out: list[dict[str, Any]] = [{} for _ in range(n)]
-        for ans in results:
+        flat = [a for res in results for a in (res if isinstance(res, list) else [res])]
+        for ans in flat:
             version = ans.version
             name = ans.route
             for k, output, conf in zip(ans.rows, ans.outputs, ans.confidence, strict=True):

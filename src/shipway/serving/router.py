@@ -33,8 +33,9 @@ _claim = threading.Lock()
 class Job:
     """Rows for one model call, and how to check and record their answers.
 
-    ``check`` runs on the runner right after the model answers (a failed check makes the job
-    fail with :class:`OutputInvalid`); ``record`` then returns the decision rows to commit.
+    ``check`` runs on the runner right after the model answers and marks each answer that
+    fails it (``Predictions.invalid``; a wrong number of answers fails the whole job with
+    :class:`OutputInvalid`); ``record`` then returns the decision rows of the good answers.
     Every job of a model batch is committed in one transaction before any caller is woken.
     A caller that stops waiting (timeout) abandons its job: the runner then neither scores nor
     records it, so a late answer never becomes a second decision. Shadow jobs record nothing.
@@ -69,9 +70,17 @@ def _split(pred: Predictions, jobs: list[Job]) -> list[Predictions]:
         end = start + len(job.rows)
         cost = pred.cost[start:end] if pred.cost is not None else None
         proba = pred.proba[start:end] if pred.proba is not None else None
+        invalid = pred.invalid[start:end] if pred.invalid is not None else None
+        tokens = pred.tokens[start:end] if pred.tokens is not None else None
         out.append(
             Predictions(
-                pred.outputs[start:end], pred.confidence[start:end], cost, proba, pred.classes
+                pred.outputs[start:end],
+                pred.confidence[start:end],
+                cost,
+                proba,
+                pred.classes,
+                invalid,
+                tokens,
             )
         )
         start = end
@@ -87,10 +96,11 @@ def _settle(
     recorded: list[int] = []
     for i, (job, pred) in enumerate(zip(jobs, preds, strict=True)):
         if job.check is not None:
-            bad = job.check.check(pred, len(job.rows))
-            if bad is not None:
-                results.append(bad)
+            marked = job.check.mark(pred, len(job.rows))
+            if isinstance(marked, Exception):
+                results.append(marked)
                 continue
+            pred = marked
         results.append(pred)
         if job.record is not None and job.take():
             decisions.extend(job.record(pred))
@@ -154,6 +164,8 @@ class Lane:
         self.is_async = bool(getattr(self.predictor, "is_async", False))
         if not self.name:
             self.name = f"v{self.version}"
+        # how metrics name this lane: its version, or the fallback model's name
+        self.label = str(self.version) if self.version is not None else self.name
         if self.breaker is None:
             self.breaker = Breaker(BreakerSpec(failures=0))
         if not self.is_async:
@@ -181,9 +193,10 @@ class Lane:
         if self.metrics is not None:
             self.metrics.model_batch_rows.observe(len(job.rows))
         if job.check is not None:
-            bad = job.check.check(pred, len(job.rows))
-            if bad is not None:
-                return bad
+            marked = job.check.mark(pred, len(job.rows))
+            if isinstance(marked, Exception):
+                return marked
+            pred = marked
         if job.record is not None and job.take() and self.log is not None:
             try:
                 await self.log.write(job.record(pred))

@@ -44,7 +44,7 @@ class Shadows:
         """Mirror answered rows to each shadow lane (skipped when too much is pending)."""
         for lane in shadows:
             if self.closing or lane.in_flight + len(values) > self.max_pending:
-                self.metrics.shadow_skipped.labels(str(lane.version)).inc(len(values))
+                self.metrics.shadow_skipped.labels(lane.label).inc(len(values))
                 continue
             task = asyncio.ensure_future(self._shadow(lane, ids, values))
             self._tasks.add(task)
@@ -77,6 +77,12 @@ class Shadows:
         version = lane.version
         if pred is None:
             self.metrics.shadow_errors.labels(str(version)).inc(n)
+        else:  # a shadow's calls are billed like any other
+            if pred.cost is not None:
+                self.metrics.cost.inc(sum(c for c in pred.cost if c))
+            if pred.tokens is not None:
+                self.metrics.tokens.labels("prompt").inc(sum(t[0] for t in pred.tokens))
+                self.metrics.tokens.labels("completion").inc(sum(t[1] for t in pred.tokens))
         rows = shadow_rows(
             ids,
             time.time(),
@@ -86,6 +92,7 @@ class Shadows:
             pred.confidence if pred else None,
             latency_ms,
             error,
+            pred.cost if pred else None,
         )
         try:
             await self.log.write(rows)

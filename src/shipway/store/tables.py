@@ -72,6 +72,9 @@ decisions = Table(
     # the value of the contract's first role: id field (as the log holds it), for labels that
     # arrive keyed by a business id
     Column("label_key", String(128), nullable=True),
+    # tokens a model endpoint billed for the decision (every attempt, invalid answers too)
+    Column("prompt_tokens", Integer, nullable=True),
+    Column("completion_tokens", Integer, nullable=True),
 )
 Index("ix_decisions_service_ts", decisions.c.service, decisions.c.ts)
 Index("ix_decisions_service_key", decisions.c.service, decisions.c.label_key, decisions.c.ts)
@@ -111,6 +114,7 @@ shadow_decisions = Table(
     Column("confidence", Float, nullable=True),
     Column("latency_ms", Float, nullable=True),
     Column("error", Text, nullable=True),
+    Column("cost", Float, nullable=True),
 )
 Index("ix_shadow_decisions_decision_id", shadow_decisions.c.decision_id)
 Index(
