@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pandas as pd
 import pytest
 import yaml
 
-from shipway.errors import ConfigError, OutputInvalid
+from shipway.errors import ModelError, OutputInvalid
 from shipway.manifest import EndpointSpec
 from tests.conftest import run_cli
 from tests.test_guards import NO_DB, Upstream, edit_manifest
@@ -26,6 +27,9 @@ PRICES = {"prompt_price_per_1k": 0.5, "completion_price_per_1k": 1.5}
 def _init(tmp_path: Path, upstream: Upstream, *args: str, rows: int = 40, **endpoint: Any) -> Path:
     data = tmp_path / "reviews.csv"
     _texts(data, rows)
+    frame = pd.read_csv(data)
+    frame.insert(0, "ticket_id", range(5000, 5000 + len(frame)))  # init makes it an id
+    frame.to_csv(data, index=False)
     spec = tmp_path / "endpoint.yaml"
     spec.write_text(
         yaml.safe_dump(
@@ -79,10 +83,13 @@ def test_answer_text_is_matched_to_the_labels() -> None:
         kind="chat",
         prompt="{text}",
         answer="regex",
-        answer_pattern=r"LABEL=(?P<output>\w+) P=(?P<confidence>[0-9.]+)",
+        answer_pattern=r"LABEL=(?P<output>[\w.]+) P=(?P<confidence>[0-9.]+)",
     )
     q = ChatPredictor("http://127.0.0.1:9/v1", rx, ["text"], 1.0, None)
     assert q.reader.read("ok LABEL=other P=0.75") == ("other", 0.75)
+    assert q.reader.read("LABEL=12.5 P=1") == (12.5, 1.0)  # a number for a regression
+    numbered = ChatPredictor("http://127.0.0.1:9/v1", spec, ["text"], 1.0, [0, 1])
+    assert numbered.reader.read("1") == (1, None)  # the label as declared, not its text
     with pytest.raises(OutputInvalid, match="answer_pattern"):
         q.reader.read("nothing here")
     with pytest.raises(ValueError, match="named group"):
@@ -94,7 +101,7 @@ def test_prompt_braces_are_text_unless_they_name_a_field() -> None:
 
     t = Template('Example: {"label": "x"}; literal {{text}}; value {text}', ["text"])
     assert t.render({"text": "hi"}) == 'Example: {"label": "x"}; literal {text}; value hi'
-    with pytest.raises(ConfigError, match=r"\{\{cutsomer\}\}"):
+    with pytest.raises(ModelError, match=r"\{\{cutsomer\}\}"):
         Template("Hello {cutsomer}", ["customer"])
 
 
@@ -104,16 +111,31 @@ def test_a_plain_text_pilot_from_init_to_serve(tmp_path: Path, start_server: Any
     upstream = Upstream()
     upstream.start(mode="plain")
     try:
-        manifest = _init(tmp_path, upstream, request={"seed": 7, "stop": ["\n\n"]})
+        manifest = _init(
+            tmp_path,
+            upstream,
+            request={"seed": 7, "stop": ["\n\n"]},
+            system="Ticket {ticket_id}.",  # the system message is not a template
+        )
+        said = (tmp_path / "init.out").read_text()
+        assert "id fields" in said and "ticket_id" in said
         sent = httpx.get(f"{upstream.base}/admin/last", timeout=5).json()
         assert "response_format" not in sent and sent["seed"] == 7 and sent["stop"] == ["\n\n"]
         assert sent["messages"][-1]["content"].startswith(
             'Reply with one word, as in {"label": "positive"}. Text: '
         )
         server = start_server(manifest, NO_DB)
-        r = server.client.post("/v1/predict", json={"inputs": {"text": "I love it, perfect"}})
+        r = server.client.post(
+            "/v1/predict", json={"inputs": {"ticket_id": 9, "text": "I love it, perfect"}}
+        )
         assert r.status_code == 200, r.text
         assert (r.json()["output"], r.json()["route"]) == ("positive", "champion")
+        assert (
+            "9"
+            not in httpx.get(f"{upstream.base}/admin/last", timeout=5)
+            .json()["messages"][-1]["content"]
+            .split("Text:")[0]
+        )
     finally:
         upstream.kill()
 
@@ -134,7 +156,9 @@ def test_invalid_answers_fall_back_per_row_keep_the_breaker_closed_and_are_bille
         tokens = (start["prompt_tokens"], start["completion_tokens"])
         server = start_server(manifest, NO_DB)
         texts = ["great and wonderful", "awful and broken", "unsure what to say", "love it"]
-        batch = server.client.post("/v1/predict", json={"inputs": [{"text": t} for t in texts]})
+        batch = server.client.post(
+            "/v1/predict", json={"inputs": [{"ticket_id": 1, "text": t} for t in texts]}
+        )
         assert batch.status_code == 200, batch.text
         got = [(d["output"], d["route"]) for d in batch.json()["decisions"]]
         assert got == [
@@ -148,7 +172,9 @@ def test_invalid_answers_fall_back_per_row_keep_the_breaker_closed_and_are_bille
         upstream.mode("plain_flaky")  # every second answer is "I cannot tell."
         routes = []
         for _ in range(20):
-            d = server.client.post("/v1/predict", json={"inputs": {"text": "love it"}}).json()
+            d = server.client.post(
+                "/v1/predict", json={"inputs": {"ticket_id": 1, "text": "love it"}}
+            ).json()
             routes.append(d["route"])
             ids.append(d["id"])
         assert routes.count("champion") == 10 and routes.count("default") == 10
@@ -194,10 +220,14 @@ def test_counting_invalid_answers_can_open_the_breaker(tmp_path: Path, start_ser
         _guards(manifest, count_invalid=True)
         server = start_server(manifest, NO_DB)
         for _ in range(3):
-            d = server.client.post("/v1/predict", json={"inputs": {"text": "unsure"}}).json()
+            d = server.client.post(
+                "/v1/predict", json={"inputs": {"ticket_id": 1, "text": "unsure"}}
+            ).json()
             assert d["route"] == "default"
         calls = upstream.count()
-        d = server.client.post("/v1/predict", json={"inputs": {"text": "love it"}}).json()
+        d = server.client.post(
+            "/v1/predict", json={"inputs": {"ticket_id": 1, "text": "love it"}}
+        ).json()
         assert d["route"] == "default" and upstream.count() == calls
         reason = server.client.get(f"/v1/decisions/{d['id']}").json()["reason"]
         assert "circuit breaker open" in reason
@@ -257,7 +287,8 @@ def test_a_prompt_change_is_a_version_shadowed_and_gated(tmp_path: Path, start_s
         manifest = _init(tmp_path, upstream)
         url = f"{upstream.base}/v1/chat/completions"
         prompt = tmp_path / "prompt.txt"
-        prompt.write_text("In one word, is this review positive or negative? Text: {text}")
+        # the new prompt also names the id field: the version is given it
+        prompt.write_text("Ticket {ticket_id}. Positive or negative, in one word? Text: {text}")
         res = run_cli("models", "add", "--model", url, "--prompt-file", str(prompt),
                       "-m", str(manifest), env=NO_DB)  # fmt: skip
         assert res.returncode == 0, res.stderr
@@ -279,7 +310,7 @@ def test_a_prompt_change_is_a_version_shadowed_and_gated(tmp_path: Path, start_s
         r = server.client.post("/v1/rollout/shadow", json={"version": 2, "reason": "new prompt"})
         assert r.status_code == 200, r.text
         answers = [
-            server.client.post("/v1/predict", json={"inputs": {"text": t}}).json()
+            server.client.post("/v1/predict", json={"inputs": {"ticket_id": 1, "text": t}}).json()
             for t in ("I love it, perfect", "awful and broken", "great product", "the worst")
         ]
         assert {(a["route"], a["model_version"]) for a in answers} == {("champion", 1)}
@@ -288,7 +319,7 @@ def test_a_prompt_change_is_a_version_shadowed_and_gated(tmp_path: Path, start_s
         shadow = {s["version"]: s for s in status["shadows"]}[2]
         assert shadow["compared"] == 4 and shadow["agreement"] == 1.0
         sent = httpx.get(f"{upstream.base}/admin/last", timeout=5).json()
-        assert sent["messages"][-1]["content"].startswith("In one word")
+        assert sent["messages"][-1]["content"].startswith("Ticket 1. Positive or negative")
         # the shadow's calls are billed too: answers' and shadows' costs add up to the bill
         ops = server.client.post("/v1/monitor/run").json()["operations"]
         assert ops["shadow_cost"] > 0
@@ -316,7 +347,9 @@ def test_rows_go_down_the_chain_one_by_one(tmp_path: Path, start_server: Any) ->
         )
         server = start_server(manifest, NO_DB)
         texts = ["unsure but I love it", "awful and broken", "unsure about this", "perfect"]
-        r = server.client.post("/v1/predict", json={"inputs": [{"text": t} for t in texts]})
+        r = server.client.post(
+            "/v1/predict", json={"inputs": [{"ticket_id": 1, "text": t} for t in texts]}
+        )
         assert r.status_code == 200, r.text
         got = [(d["output"], d["route"]) for d in r.json()["decisions"]]
         assert got == [
@@ -331,5 +364,47 @@ def test_rows_go_down_the_chain_one_by_one(tmp_path: Path, start_server: Any) ->
             and "keywords: invalid answer:" in (last["reason"])
         )
         assert last["cost"] > 0  # the LLM's unreadable answer was billed
+
+        # one row's call fails outright: the rows answered keep their answers
+        texts = ["crash and love", "awful", "perfect"]
+        r = server.client.post(
+            "/v1/predict", json={"inputs": [{"ticket_id": 1, "text": t} for t in texts]}
+        )
+        got = [(d["output"], d["route"]) for d in r.json()["decisions"]]
+        assert got == [
+            ("positive", "fallback:keywords"),
+            ("negative", "champion"),
+            ("positive", "champion"),
+        ]
+        crashed = server.client.get(f"/v1/decisions/{r.json()['decisions'][0]['id']}").json()
+        assert "HTTP 500" in crashed["reason"]
+    finally:
+        upstream.kill()
+
+
+def test_a_half_open_breaker_closes_on_an_answer_that_is_not_an_outage(
+    tmp_path: Path, start_server: Any
+) -> None:
+    """3: after an outage opens the breaker, the trial call's unreadable (non-JSON) body is an
+    answer, not an outage: the breaker closes instead of staying half-open for good."""
+    import time
+
+    upstream = Upstream()
+    upstream.start(mode="plain")
+    try:
+        manifest = _init(tmp_path, upstream)
+        _guards(manifest, failures=1, cooldown_s=1)
+        server = start_server(manifest, NO_DB)
+        ask = {"inputs": {"ticket_id": 1, "text": "love it"}}
+        upstream.mode("error")
+        assert server.client.post("/v1/predict", json=ask).json()["route"] == "default"
+        assert server.client.get("/readyz").json()["checks"]["champion_callable"] is False
+        time.sleep(1.2)
+        upstream.mode("malformed")
+        assert server.client.post("/v1/predict", json=ask).json()["route"] == "default"
+        upstream.mode("plain")
+        d = server.client.post("/v1/predict", json=ask).json()
+        assert d["route"] == "champion"
+        assert server.client.get("/readyz").json()["checks"]["champion_callable"] is True
     finally:
         upstream.kill()

@@ -16,8 +16,9 @@ Routes:
   a label the service does not have); ``error`` (HTTP 500); ``plain`` (chat answers are plain
   text such as "Answer: Positive."); ``plain_flaky`` (plain, and every second chat answer is
   "I cannot tell."). In every chat mode a text containing "unsure" is answered outside the
-  labels. ``GET /admin/count`` returns how many model requests arrived and the chat tokens
-  billed; ``GET /admin/last`` the last chat request body.
+  labels, and one containing "crash" gets HTTP 500. ``GET /admin/count`` returns how many
+  model requests arrived and the chat tokens billed; ``GET /admin/last`` the last chat request
+  body.
 """
 
 from __future__ import annotations
@@ -147,6 +148,9 @@ class Handler(BaseHTTPRequestHandler):
         proba = State.text_model.predict_proba([text])[0]
         classes = list(State.text_model.classes_)
         i = int(proba.argmax())
+        if "crash" in text:  # this row's call fails, whatever the mode
+            self._json(500, {"error": "the model crashed on this input"})
+            return
         label = "maybe" if mode == "bad_label" or "unsure" in text else classes[i]
         with State.lock:
             State.chats += 1

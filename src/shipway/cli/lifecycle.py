@@ -190,7 +190,15 @@ def register(models_app: typer.Typer, rollout_app: typer.Typer) -> None:
                     d.pop("reference", None)
                     ep = parts.registry.endpoint_of(v)
                     if ep is not None:
-                        d["endpoint"] = {**ep.model_dump(mode="json"), "prompt_sha256": _sha(ep)}
+                        d["endpoint"] = {
+                            **ep.model_dump(mode="json"),
+                            # a header may hold a key: only environment references are shown
+                            "headers": {
+                                k: v if v.startswith("env:") else "(set)"
+                                for k, v in ep.headers.items()
+                            },
+                            "prompt_sha256": _sha(ep),
+                        }
                     rows.append(d)
                 print(orjson.dumps({"state": st.to_dict(), "models": rows}).decode())
                 return

@@ -51,6 +51,12 @@ def score(
             except ValueError:
                 pass
     else:
+        missing = sum(1 for v in y_pred if v is None)
+        if missing:
+            raise ModelError(
+                f"the model gave no usable answer for {missing} of {len(y_pred)} holdout rows; "
+                "a regression model is scored on every row"
+            )
         yt = np.asarray(y_true, dtype=float)
         yp = np.asarray(y_pred, dtype=float)
         out["mae"] = float(np.mean(np.abs(yt - yp)))

@@ -385,8 +385,8 @@ def _init_service(
             pd.Series([pred_all.confidence[i] for i in ref_idx], dtype=float), "float"
         )
     ref_frame = feature_frame.copy()
-    ref_frame["__output__"] = [
-        str(o) if output.kind == "classification" else o for o in pred_all.outputs
+    ref_frame["__output__"] = [  # None where an endpoint pilot was not asked
+        str(o) if output.kind == "classification" and o is not None else o for o in pred_all.outputs
     ]
     ref_frame["__confidence__"] = pd.Series(pred_all.confidence, dtype=float)
     ref_frame["__target__"] = y.values

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import tempfile
 import time
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ def add_version(
     actor: str = "unknown",
     endpoint: EndpointSpec | None = None,
     prompt: str | None = None,
+    max_score_rows: int = 200,
 ) -> AddResult:
     """Check a model against the contract, score it on the service's holdout beside the
     champion, and register it with its lineage and gate result. Refuses (nothing registered)
@@ -46,7 +48,9 @@ def add_version(
 
     A model over HTTP is registered with its endpoint settings: ``endpoint`` if given, else
     the champion's (when it is the same kind of model) or the manifest's, with ``prompt`` in
-    place of the prompt when given. So a prompt change is a version of its own."""
+    place of the prompt when given. So a prompt change is a version of its own. When either
+    model is called over HTTP (each row a billed call), both are scored on the same sample of
+    at most ``max_score_rows`` holdout rows."""
     service = manifest.service.name
     registry = Registry(store)
     names = [f.name for f in manifest.contract.inputs]
@@ -71,6 +75,9 @@ def add_version(
             raise InputError(f"refused: the endpoint settings are not valid: {exc}") from None
     elif endpoint is not None or prompt is not None:
         raise InputError("--endpoint and --prompt-file are for HTTP models (http:// or https://)")
+    if (settings is not None or champion.flavor == "http") and len(rows) > max_score_rows:
+        keep = sorted(random.Random(0).sample(range(len(rows)), max_score_rows))
+        rows, y = [rows[i] for i in keep], [y[i] for i in keep]
     with tempfile.TemporaryDirectory(prefix="shipway-add-") as scratch:
         flavor, uri, digest, obj = registry.stage(model, Path(scratch), settings)
     candidate = ModelVersion(

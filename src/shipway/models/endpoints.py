@@ -23,9 +23,16 @@ from typing import Any
 import httpx
 import orjson
 
-from shipway.errors import ConfigError, InputError, ModelTimeout, OutputInvalid, UpstreamError
+from shipway.errors import (
+    ConfigError,
+    InputError,
+    ModelTimeout,
+    OutputInvalid,
+    ShipwayError,
+    UpstreamError,
+)
 from shipway.manifest import EndpointSpec
-from shipway.models.predictor import Predictions, Row, _py
+from shipway.models.predictor import NeedsFields, Predictions, Row, _py
 
 
 def _headers(spec: EndpointSpec) -> dict[str, str]:
@@ -122,7 +129,7 @@ class _HttpBase:
             if self.spec.output_field not in item:
                 raise OutputInvalid(
                     f"an answer from {self.url} has no field {self.spec.output_field!r}: "
-                    f"{str(item)[:120]}"
+                    f"{str(item)[:2000]}"
                 )
             conf = item.get(self.spec.confidence_field)
             if conf is not None and (isinstance(conf, bool) or not isinstance(conf, int | float)):
@@ -187,9 +194,11 @@ class Template:
         self.fields = [m.group(1) for m in _PLACEHOLDER.finditer(text) if m.group(1)]
         unknown = sorted(set(self.fields) - set(names))
         if unknown:
-            raise ConfigError(
-                f"the endpoint prompt names fields the contract does not have: {unknown} "
-                f"(write {{{{{unknown[0]}}}}} for the literal text {{{unknown[0]}}})"
+            # the model is made again with them if they are id or metadata fields
+            raise NeedsFields(
+                unknown,
+                hint=f" (the prompt names them; write {{{{{unknown[0]}}}}} for the literal "
+                f"text {{{unknown[0]}}})",
             )
 
     def render(self, values: dict[str, Any]) -> str:
@@ -224,6 +233,8 @@ class AnswerReader:
         self.pattern = re.compile(spec.answer_pattern or "") if spec.answer == "regex" else None
         self.labels = [str(x) for x in labels] if labels else []
         self._by_plain = {_plain(x): x for x in self.labels}
+        # the label itself (0, True, "billing") for the text that names it
+        self._typed: dict[str, Any] = {str(x): x for x in labels} if labels else {}
         if self.kind == "label" and not self.labels:
             raise ConfigError("endpoint answer: label needs output.labels (a classification)")
 
@@ -232,28 +243,34 @@ class AnswerReader:
             try:
                 parsed = orjson.loads(content) if isinstance(content, str) else content
             except orjson.JSONDecodeError:
-                raise OutputInvalid(
-                    f"the chat answer is not JSON: {str(content)[:120]!r}"
-                ) from None
+                raise OutputInvalid(f"the chat answer is not JSON: «{content}»") from None
             return self.base._answer(parsed)
         text = "" if content is None else str(content)
         if self.kind == "regex":
             assert self.pattern is not None
             m = self.pattern.search(text)
             if m is None or m.group("output") is None:
-                raise OutputInvalid(
-                    f"the chat answer does not match answer_pattern: {text[:120]!r}"
-                )
+                raise OutputInvalid(f"the chat answer does not match answer_pattern: «{text}»")
             conf = None
             if "confidence" in self.pattern.groupindex and m.group("confidence"):
                 try:
                     conf = float(m.group("confidence"))
                 except ValueError:
                     raise OutputInvalid(
-                        f"the chat answer's confidence is not a number: {text[:120]!r}"
+                        f"the chat answer's confidence is not a number: «{text}»"
                     ) from None
-            return m.group("output").strip(), conf
-        return self.label(text), None
+            return self._value(m.group("output").strip()), conf
+        return self._typed.get(self.label(text), self.label(text)), None
+
+    def _value(self, text: str) -> Any:
+        """A matched answer as the output spec's type: a label as declared, else a number
+        when it reads as one (regression), else the text."""
+        if self._typed:
+            return self._typed.get(text, text)
+        try:
+            return float(text)
+        except ValueError:
+            return text
 
     def label(self, text: str) -> str:
         """Exact; then ignoring case, spaces and punctuation; then the first label word."""
@@ -271,9 +288,7 @@ class AnswerReader:
             if m is not None and (best is None or m.start() < best[0]):
                 best = (m.start(), label)
         if best is None:
-            raise OutputInvalid(
-                f"the chat answer names none of the labels {self.labels}: {text[:120]!r}"
-            )
+            raise OutputInvalid(f"the chat answer names none of the labels {self.labels}: «{text}»")
         return best[1]
 
 
@@ -327,12 +342,11 @@ class ChatPredictor(_HttpBase):
     def usage(self, body: Any) -> tuple[int, int]:
         """Prompt and completion tokens the answer says were billed."""
         usage = (body.get("usage") if isinstance(body, dict) else None) or {}
+        if not isinstance(usage, dict):
+            return 0, 0
         p, c = usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0
-        return (
-            (int(p), int(c))
-            if isinstance(p, int | float) and isinstance(c, int | float)
-            else (0, 0)
-        )
+        ok = all(isinstance(v, int | float) and not isinstance(v, bool) for v in (p, c))
+        return (max(0, int(p)), max(0, int(c))) if ok else (0, 0)  # never a negative bill
 
     def _read(self, body: Any) -> _Read:
         """(output, confidence, cost, tokens, why the answer is invalid or None)."""
@@ -364,8 +378,23 @@ class ChatPredictor(_HttpBase):
         )
 
     async def apredict(self, rows: Sequence[Row]) -> Predictions:
-        bodies = await asyncio.gather(*(self._post(self._body(r)) for r in rows))
-        return self._collect([self._read(b) for b in bodies])
+        """One call per row. If every call fails, the first failure is raised (an outage the
+        guards retry and the breaker counts); if only some do, the rows answered keep their
+        answers, billed, and the others are marked invalid with the failure, to fall back."""
+        bodies = await asyncio.gather(
+            *(self._post(self._body(r)) for r in rows), return_exceptions=True
+        )
+        failures = [b for b in bodies if isinstance(b, BaseException)]
+        if failures and len(failures) == len(bodies):
+            raise failures[0]
+        read: list[_Read] = []
+        for b in bodies:
+            if isinstance(b, BaseException):
+                why = b.message if isinstance(b, ShipwayError) else f"{type(b).__name__}: {b}"
+                read.append((None, None, 0.0, (0, 0), why))
+            else:
+                read.append(self._read(b))
+        return self._collect(read)
 
     def predict(self, rows: Sequence[Row]) -> Predictions:
         with httpx.Client(timeout=self.timeout, headers=self.headers) as client:

@@ -199,9 +199,12 @@ class FunctionPredictor:
 class NeedsFields(ModelError):
     """The model reads columns it was not given (perhaps fields with role id or metadata)."""
 
-    def __init__(self, names: Sequence[str]) -> None:
+    def __init__(self, names: Sequence[str], hint: str = "") -> None:
         self.names = list(names)
-        super().__init__(f"the model needs features the contract does not have: {self.names[:5]}")
+        self.hint = hint
+        super().__init__(
+            f"the model needs features the contract does not have: {self.names[:5]}{hint}"
+        )
 
 
 @dataclass(frozen=True)
@@ -252,6 +255,11 @@ class Projected:
     def predict(self, rows: Sequence[Row]) -> Predictions:
         return self.inner.predict(self._rows(rows))
 
+    async def apredict(self, rows: Sequence[Row]) -> Predictions:
+        """The inner predictor's asynchronous call (models over HTTP), on the same fields."""
+        result: Predictions = await self.inner.apredict(self._rows(rows))
+        return result
+
     def predict_proba(self, rows: Sequence[Row]) -> Any:
         method = getattr(self.inner, "predict_proba", None)
         return None if method is None else method(self._rows(rows))
@@ -277,9 +285,9 @@ def for_fields(make: Callable[[list[str], bool], Any], fields: Sequence[Any]) ->
     except NeedsFields as exc:
         known = {f.name for f in fields}
         if not set(exc.names) <= known:
+            missing = [n for n in exc.names if n not in known][:5]
             raise ModelError(
-                "the model needs features the contract does not have: "
-                f"{[n for n in exc.names if n not in known][:5]}"
+                f"the model needs features the contract does not have: {missing}{exc.hint}"
             ) from None
         inputs = ModelInputs.of(fields, reads=exc.names)
         inner = make(inputs.names, inputs.numeric)

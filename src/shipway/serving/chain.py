@@ -38,6 +38,9 @@ from shipway.models.predictor import Predictions, Row
 from shipway.serving.guards import AnswerCache, OutputCheck, backoff_s, is_retryable
 from shipway.serving.router import Job, Lane, Route
 
+#: How much of a model's invalid answer a decision's reason keeps (after PII treatment).
+MAX_REASON = 300
+
 _now = time.time
 _perf = time.perf_counter
 
@@ -326,7 +329,9 @@ class GuardChain:
         self.metrics.model_errors.labels(lane.label, exc.code).inc()
         if not isinstance(exc, OutputInvalid) or self.guards.breaker.count_invalid:
             self._breaker_failure(lane)
-        reasons.append(f"{lane.name}: {self.scrub(exc.message, rows)}")
+        elif lane.breaker is not None:
+            lane.breaker.success()  # it answered (badly): not an outage, and a trial resolves
+        reasons.append(f"{lane.name}: {self.scrub(exc.message, rows)[:MAX_REASON]}")
 
     def _breaker_failure(self, lane: Lane) -> None:
         breaker = lane.breaker
@@ -414,8 +419,9 @@ class GuardChain:
             return [
                 Answer(positions, route.route, lane.version, pred.outputs, pred.confidence, pred)
             ]
-        return await self._partly(lane, route.route, pred, bad, positions, rows, {}, ids, values,
-                                  caller, t0, {})  # fmt: skip
+        earlier = {k: list(reasons) for k in positions} if reasons else {}  # failed attempts
+        return await self._partly(lane, route.route, pred, bad, positions, rows, earlier, ids,
+                                  values, caller, t0, {})  # fmt: skip
 
     async def _partly(
         self,
@@ -453,7 +459,9 @@ class GuardChain:
         why = {
             positions[j]: [
                 *reasons.get(positions[j], ()),
-                f"{lane.name}{INVALID_ANSWER}{self.scrub(pred.invalid[j] or '', [rows[j]])}",
+                # treated for personal values first, then cut (a cut value would not match)
+                f"{lane.name}{INVALID_ANSWER}"
+                + self.scrub(pred.invalid[j] or "", [rows[j]])[:MAX_REASON],
             ]
             for j in bad
         }
