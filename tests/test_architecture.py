@@ -445,3 +445,15 @@ def test_only_the_decisions_package_touches_the_decision_tables() -> None:
             if module == "shipway.store.tables":
                 touched = owned & set(names)
                 assert not touched, f"{rel} imports the table(s) {sorted(touched)}"
+
+
+def test_only_the_data_package_touches_the_source_tables() -> None:
+    owned = {"source_runs", "source_files", "quarantine"}
+    for path in SRC.rglob("*.py"):
+        rel = path.relative_to(SRC)
+        if rel.parts[0] == "store" or rel.as_posix() == "data/ledger.py":
+            continue
+        for module, names in _imports(path):
+            if module == "shipway.store.tables":
+                touched = owned & set(names)
+                assert not touched, f"{rel} imports the table(s) {sorted(touched)}"

@@ -892,6 +892,55 @@ class AuditSpec(_Model):
     )
 
 
+class SinkSpec(_Model):
+    """Where a scoring source writes its answers: one file per input file, written whole."""
+
+    path: str = Field(..., description="A folder (relative to the manifest's folder).")
+    format: Literal["parquet", "csv"] = Field("parquet", description="parquet or csv.")
+
+
+class BadShareSpec(_Model):
+    """How many bad rows a batch may carry. Bad rows are always quarantined with reasons."""
+
+    warn: float = Field(0.01, ge=0, le=1, description="Above this share the run says so.")
+    fail: float = Field(
+        0.5, ge=0, le=1, description="Above this share the batch is held whole: nothing scored."
+    )
+
+
+class SourceSpec(_Model):
+    """A source of rows: new files in a folder, scored as they arrive (batch scoring)."""
+
+    name: str = Field(..., pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$", description="Source name.")
+    use: Literal["score"] = Field(
+        "score",
+        description="score: every good row is answered by the current plan (champion, canary, "
+        "shadows, guards and fallbacks as online) and logged as a decision (caller "
+        "source:NAME); answers go to the sink.",
+    )
+    kind: Literal["files"] = Field("files", description="files: a glob of CSV, Parquet or JSONL.")
+    path: str = Field(
+        ..., description="A glob, relative to the manifest's folder (e.g. incoming/*.csv)."
+    )
+    format: Literal["auto", "csv", "parquet", "jsonl"] = Field(
+        "auto", description="auto: by the file's extension (.csv, .parquet, .jsonl/.ndjson)."
+    )
+    settle_s: float = Field(
+        2.0,
+        ge=0,
+        description="A file changed more recently than this is left for the next run (it may "
+        "still be being written).",
+    )
+    interval: Duration | None = Field(
+        None, description="shipway serve runs the source this often (unset: only on demand)."
+    )
+    sink: SinkSpec = Field(..., description="Where answers are written.")
+    max_bad_share: BadShareSpec = Field(
+        default_factory=BadShareSpec, description="Bad-row shares that warn and that hold."
+    )
+    batch_rows: int = Field(512, ge=1, le=65536, description="Rows per scoring call.")
+
+
 class StorageSpec(_Model):
     """Local state. ``SHIPWAY_DATABASE_URL`` (e.g. PostgreSQL) replaces the SQLite file."""
 
@@ -939,6 +988,9 @@ class Manifest(_Model):
         default_factory=MonitorSpec, description="Drift, performance, operations, alerts."
     )
     review: ReviewSpec = Field(default_factory=ReviewSpec, description="Human review.")
+    sources: list[SourceSpec] = Field(
+        default_factory=list, description="Data sources: new files scored as they arrive."
+    )
 
     @model_validator(mode="after")
     def _pii_fields_exist(self) -> Manifest:
@@ -946,6 +998,11 @@ class Manifest(_Model):
         unknown = sorted(set(self.pii) - names)
         if unknown:
             raise ValueError(f"pii names fields the contract does not have: {unknown}")
+        seen: set[str] = set()
+        for s in self.sources:
+            if s.name in seen:
+                raise ValueError(f"two sources are named {s.name!r}")
+            seen.add(s.name)
         return self
 
     storage: StorageSpec = Field(default_factory=StorageSpec, description="Where state lives.")

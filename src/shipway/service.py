@@ -9,6 +9,7 @@ The CLI's ``serve``, the HTTP app and the tests all get a Service the same way:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import gc
@@ -29,6 +30,7 @@ from shipway.decisions.records import rejection_rows
 from shipway.errors import (
     ConfigError,
     Conflict,
+    InputError,
     ModelError,
     NotFound,
     Overloaded,
@@ -238,6 +240,8 @@ class Service(ServiceParts):
         )
         self._publish(self.state)
         self._refresh_lock = threading.Lock()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        """The server's event loop (set when it starts): scheduled source runs use it."""
         self.scheduler = Scheduler(store.engine, self.name, metrics=self.metrics)
         self._manifest_digest = _file_digest(location.manifest_path)
         self._schedule()
@@ -439,6 +443,54 @@ class Service(ServiceParts):
             add(Task("canary-step", m.rollout.check_interval_s, self._auto_step))
         if m.monitor.schedule:
             add(Task("monitor", m.monitor.interval.seconds, self.monitor.run, once=True))
+        for source in m.sources:
+            if source.interval is not None:
+                add(
+                    Task(
+                        f"source:{source.name}",
+                        source.interval.seconds,
+                        functools.partial(self._run_source_on_loop, source.name),
+                        once=True,
+                    )
+                )
+
+    def _run_source_on_loop(self, name: str) -> None:
+        """A scheduled source run, on the server's event loop (where requests are answered),
+        waited for by the scheduler's thread."""
+        loop = self.loop
+        if loop is None or loop.is_closed():
+            return
+        future = asyncio.run_coroutine_threadsafe(
+            self.run_source(name, system_actor(f"source-{name}")), loop
+        )
+        future.result()
+
+    async def run_source(
+        self, name: str, actor: str, progress: Any = None
+    ) -> Any:  # a data.RunResult
+        """Take a source's new files: validate, quarantine, score every good row through the
+        predict path (so it is a logged decision) and write the answers to the sink."""
+        from shipway.data import run_source
+
+        spec = next((s for s in self.manifest.sources if s.name == name), None)
+        if spec is None:
+            known = ", ".join(s.name for s in self.manifest.sources) or "none"
+            raise InputError(f"the manifest has no source {name!r} (sources: {known})")
+
+        async def score(records: list[dict[str, Any]], caller: str) -> dict[str, Any]:
+            return await self.predict(records, caller=caller, allow_partial=False)
+
+        return await run_source(
+            engine=self.store.engine,
+            service=self.name,
+            spec=spec,
+            base=self.location.manifest_path.parent,
+            contract=self.manifest.contract,
+            score=score,
+            treat=self.redactor.treated if self.redactor else None,
+            actor=actor,
+            progress=progress,
+        )
 
     def _auto_step(self) -> None:
         spec = self.manifest.rollout
@@ -468,7 +520,9 @@ class Service(ServiceParts):
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    def start(self) -> None:
+    def start(self, *, schedule: bool = True) -> None:
+        """Start the writers and model runners; with ``schedule``, the periodic tasks too (a
+        server's; a CLI command that scores in this process leaves them to the server)."""
         if self.started:
             return
         self.log.start()
@@ -484,7 +538,8 @@ class Service(ServiceParts):
         # Everything loaded so far lives as long as the process: keep it out of GC scans.
         gc.collect()
         gc.freeze()
-        self.scheduler.start()
+        if schedule:
+            self.scheduler.start()
 
     async def drain(self, timeout: float | None = None) -> None:
         """Before :meth:`stop`, on the event loop: take no new shadow work and wait for the

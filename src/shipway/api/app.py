@@ -16,6 +16,7 @@ contract (``openapi.py``).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -136,6 +137,7 @@ def create_app(service: Service, *, manage_lifecycle: bool = True) -> ASGIApp:
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         if manage_lifecycle:
+            service.loop = asyncio.get_running_loop()
             service.start()
         try:
             yield

@@ -506,6 +506,10 @@ from shipway.cli.review import register as _register_review  # noqa: E402
 
 _register_review(app)
 
+from shipway.cli.data import register as _register_data  # noqa: E402
+
+_register_data(app)
+
 
 def main() -> None:
     os.environ.setdefault("PYTHONUNBUFFERED", "1")

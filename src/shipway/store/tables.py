@@ -337,6 +337,81 @@ job_runs = Table(
     UniqueConstraint("service", "task", "slot", name="uq_job_runs_slot"),
 )
 
+#: Runs of data sources (owned by ``data/``): one row per run, with its counts and outcome.
+source_runs = Table(
+    "source_runs",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("service", String(64), nullable=False),
+    Column("source", String(64), nullable=False),
+    Column("started_at", Float, nullable=False),
+    Column("finished_at", Float, nullable=True),
+    Column("status", String(16), nullable=False),  # running, ok, warn, failed
+    Column("files", Integer, nullable=False, default=0),
+    Column("rows_in", Integer, nullable=False, default=0),
+    Column("rows_good", Integer, nullable=False, default=0),
+    Column("rows_bad", Integer, nullable=False, default=0),
+    Column("error", Text, nullable=True),
+    Column("actor", String(128), nullable=False),
+)
+Index(
+    "ix_source_runs_service_source",
+    source_runs.c.service,
+    source_runs.c.source,
+    source_runs.c.started_at,
+)
+
+#: Files a source has taken (its ledger): a file is taken once per content, whatever became of
+#: it (scored, held for too many bad rows, failed to read).
+source_files = Table(
+    "source_files",
+    metadata,
+    Column(
+        "seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
+    Column("service", String(64), nullable=False),
+    Column("source", String(64), nullable=False),
+    Column("path", Text, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("run_id", String(36), nullable=False),
+    Column("ts", Float, nullable=False),
+    Column("status", String(16), nullable=False),  # scored, held, failed
+    Column("rows_in", Integer, nullable=False, default=0),
+    Column("rows_good", Integer, nullable=False, default=0),
+    Column("rows_bad", Integer, nullable=False, default=0),
+    Column("sink", Text, nullable=True),
+    Column("error", Text, nullable=True),
+)
+Index(
+    "ux_source_files_content",
+    source_files.c.service,
+    source_files.c.source,
+    source_files.c.sha256,
+    unique=True,
+)
+
+#: Rows a source could not use, each with every rule it broke; values of personal fields are
+#: kept as the decision log keeps them.
+quarantine = Table(
+    "quarantine",
+    metadata,
+    Column(
+        "seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
+    Column("service", String(64), nullable=False),
+    Column("source", String(64), nullable=False),
+    Column("run_id", String(36), nullable=False),
+    Column("file", Text, nullable=True),
+    Column("row_index", Integer, nullable=False),
+    Column("ts", Float, nullable=False),
+    Column("row", Text, nullable=False),
+    Column("violations", Text, nullable=False),
+    Column("status", String(16), nullable=False),  # held
+)
+Index("ix_quarantine_service_source", quarantine.c.service, quarantine.c.source, quarantine.c.ts)
+
+
 __all__ = [
     "alert_events",
     "alert_state",
@@ -352,10 +427,13 @@ __all__ = [
     "monitor_results",
     "outbox",
     "outbox_attempts",
+    "quarantine",
     "rejections",
     "review_items",
     "review_outcomes",
     "rollout_events",
     "rollout_state",
     "shadow_decisions",
+    "source_files",
+    "source_runs",
 ]

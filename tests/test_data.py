@@ -1,0 +1,178 @@
+"""Data sources, first part: new files taken once, validated as tables, bad rows quarantined
+with their reasons, good rows scored through the predict path (each a logged decision, answered
+as online) and written whole to a sink; on demand and on a server's schedule."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from tests.conftest import run_cli
+from tests.pilots.churn import generate, write
+
+SECRET = {"SHIPWAY_SECRET_KEY": "8f1c2e9a7b3d4c5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6"}
+
+
+@pytest.fixture(scope="module")
+def pilot(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("churn-pilot")
+    data, model = write(folder, n=1500)
+    return {"data": data, "model": model}
+
+
+def _service(pilot: dict[str, Path], folder: Path, env: dict[str, str], **source: Any) -> Path:
+    res = run_cli(
+        "init", "--model", str(pilot["model"]), "--data", str(pilot["data"]),
+        "--target", "churn", "--dir", str(folder), env=env,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    manifest = folder / "shipway.yaml"
+    spec = yaml.safe_load(manifest.read_text())
+    spec["monitor"] = {"schedule": False, "alerts": []}
+    spec["sources"] = [
+        {
+            "name": "nightly",
+            "path": "incoming/*",
+            "sink": {"path": "scored", "format": "parquet"},
+            "max_bad_share": {"warn": 0.01, "fail": 0.5},
+            **source,
+        }
+    ]
+    manifest.write_text(yaml.safe_dump(spec, sort_keys=False))
+    (folder / "incoming").mkdir()
+    return manifest
+
+
+def _drop(path: Path, frame: pd.DataFrame, age_s: float = 120.0) -> Path:
+    """A file that arrived ``age_s`` ago (settled), in the format its name says."""
+    if path.suffix == ".csv":
+        frame.to_csv(path, index=False)
+    elif path.suffix == ".parquet":
+        frame.to_parquet(path, index=False)
+    else:
+        frame.to_json(path, orient="records", lines=True)
+    then = time.time() - age_s
+    os.utime(path, (then, then))
+    return path
+
+
+def _run(manifest: Path, env: dict[str, str]) -> tuple[int, dict[str, Any]]:
+    res = run_cli("sources", "run", "nightly", "-m", str(manifest), "--json", env=env)
+    assert res.stdout.strip(), res.stderr
+    return res.returncode, json.loads(res.stdout)
+
+
+def test_new_files_are_validated_quarantined_scored_and_written_once(
+    pilot: dict[str, Path], tmp_path: Path, start_server: Any, database_url: str
+) -> None:
+    env = {"SHIPWAY_DATABASE_URL": database_url, **SECRET}
+    manifest = _service(pilot, tmp_path / "svc", env, settle_s=60)
+    incoming = tmp_path / "svc" / "incoming"
+    first = generate(50, seed=21)  # still carries the churn column: not the model's, ignored
+    _drop(incoming / "a.csv", first)
+    second = generate(40, seed=22).drop(columns=["churn"])
+    second.loc[[3, 17], "contract"] = "weekly"  # a category the pilot never had
+    second.loc[25, "tenure_months"] = -40  # out of range
+    _drop(incoming / "b.parquet", second)
+
+    code, run = _run(manifest, env)
+    assert code == 0 and run["status"] == "warn", run  # bad rows above the warn share
+    files = {Path(f["path"]).name: f for f in run["files"]}
+    assert (files["a.csv"]["status"], files["a.csv"]["rows_good"]) == ("scored", 50)
+    assert files["a.csv"]["ignored_columns"] == ["churn"]
+    assert (files["b.parquet"]["rows_good"], files["b.parquet"]["rows_bad"]) == (37, 3)
+
+    held = json.loads(run_cli("quarantine", "list", "-m", str(manifest), "--json", env=env).stdout)
+    assert sorted(h["row_index"] for h in held) == [3, 17, 25]
+    rules = {h["row_index"]: [v["rule"] for v in h["violations"]] for h in held}
+    assert rules[3] == ["category"] and rules[25] == ["min"]
+    assert all(h["file"] == "incoming/b.parquet" for h in held)
+
+    # the sink holds every good row's answer, the same as online /v1/predict gives
+    sink = pq.read_table(tmp_path / "svc" / files["b.parquet"]["sink"]).to_pandas()
+    assert len(sink) == 37 and set(sink["route"]) == {"champion"}
+    server = start_server(manifest, env)
+    rows = sink.drop(
+        columns=["decision_id", "output", "confidence", "model_version", "route"]
+    ).to_dict("records")
+    rows = [{k: v for k, v in r.items() if not (isinstance(v, float) and v != v)} for r in rows]
+    online = server.client.post("/v1/predict", json={"inputs": rows}).json()["decisions"]
+    assert [d["output"] for d in online] == list(sink["output"])
+    assert [d["confidence"] for d in online] == pytest.approx(list(sink["confidence"]))
+    logged = server.client.get(f"/v1/decisions/{sink['decision_id'][0]}").json()
+    assert logged["caller"] == "source:nightly"
+
+    # taken once: nothing new on the next run; a file still being written waits
+    code, again = _run(manifest, env)
+    assert code == 0 and again["files"] == []
+    _drop(incoming / "c.jsonl", generate(5, seed=23).drop(columns=["churn"]), age_s=0)
+    code, again = _run(manifest, env)
+    assert again["files"] == [] and [Path(p).name for p in again["waiting"]] == ["c.jsonl"]
+    then = time.time() - 120
+    os.utime(incoming / "c.jsonl", (then, then))
+    code, again = _run(manifest, env)
+    assert [(Path(f["path"]).name, f["rows_good"]) for f in again["files"]] == [("c.jsonl", 5)]
+    status = json.loads(run_cli("sources", "status", "-m", str(manifest), "--json", env=env).stdout)
+    assert [r["status"] for r in status][:4] == ["ok", "ok", "ok", "warn"]
+    assert sum(r["rows_good"] for r in status) == 50 + 37 + 5
+
+
+def test_a_bad_batch_is_held_whole_and_an_unreadable_file_fails_alone(
+    pilot: dict[str, Path], tmp_path: Path
+) -> None:
+    env = {"SHIPWAY_DATABASE_URL": "", **SECRET}
+    manifest = _service(pilot, tmp_path / "svc", env)
+    incoming = tmp_path / "svc" / "incoming"
+    bad = generate(10, seed=24).drop(columns=["churn"])
+    bad.loc[:5, "contract"] = "weekly"  # 6 of 10 rows break the contract, over fail: 50%
+    _drop(incoming / "bad.csv", bad)
+    (incoming / "broken.parquet").write_bytes(b"PAR1 this is not parquet")
+    then = time.time() - 30
+    os.utime(incoming / "broken.parquet", (then, then))
+    renamed = generate(8, seed=25).drop(columns=["churn"]).rename(columns={"contract": "plan"})
+    _drop(incoming / "renamed.csv", renamed)
+
+    code, run = _run(manifest, env)
+    assert code == 1 and run["status"] == "failed"
+    files = {Path(f["path"]).name: f for f in run["files"]}
+    assert files["bad.csv"]["status"] == "held" and files["bad.csv"]["sink"] is None
+    assert "6 of 10 rows" in files["bad.csv"]["error"]
+    assert files["broken.parquet"]["status"] == "failed"
+    assert "broken.parquet cannot be read as parquet" in files["broken.parquet"]["error"]
+    # a renamed column: every row misses a required field, so the file is held, not crashed
+    assert files["renamed.csv"]["status"] == "held" and files["renamed.csv"]["rows_bad"] == 8
+    assert files["renamed.csv"]["ignored_columns"] == ["plan"]
+    assert not (tmp_path / "svc" / "scored").exists() or not list(
+        (tmp_path / "svc" / "scored").iterdir()
+    )
+    held = json.loads(run_cli("quarantine", "list", "-m", str(manifest), "--json", env=env).stdout)
+    assert len(held) == 6 + 8
+    export = run_cli("decisions", "export", "-m", str(manifest), env=env)
+    assert export.stdout.strip() == ""  # nothing was scored
+
+
+def test_a_server_runs_a_source_on_its_interval(
+    pilot: dict[str, Path], tmp_path: Path, start_server: Any
+) -> None:
+    env = {"SHIPWAY_DATABASE_URL": "", **SECRET}
+    manifest = _service(pilot, tmp_path / "svc", env, interval="1s", settle_s=0.5)
+    server = start_server(manifest, env)
+    _drop(tmp_path / "svc" / "incoming" / "live.csv", generate(20, seed=26), age_s=5)
+    scored = tmp_path / "svc" / "scored"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not (scored.exists() and list(scored.iterdir())):
+        time.sleep(0.3)
+    outputs = list(scored.iterdir())
+    assert len(outputs) == 1 and outputs[0].suffix == ".parquet"
+    answered = pq.read_table(outputs[0]).column("decision_id").to_pylist()
+    assert len(answered) == 20
+    logged = server.client.get(f"/v1/decisions/{answered[0]}").json()
+    assert logged["caller"] == "source:nightly"
