@@ -176,3 +176,32 @@ def test_a_server_runs_a_source_on_its_interval(
     assert len(answered) == 20
     logged = server.client.get(f"/v1/decisions/{answered[0]}").json()
     assert logged["caller"] == "source:nightly"
+
+
+def test_a_sink_that_cannot_be_written_fails_its_file_and_a_file_is_taken_once(
+    pilot: dict[str, Path], tmp_path: Path
+) -> None:
+    """A sink that cannot be written fails the file, saying its rows' decisions are logged;
+    the file is not scored again; a content already claimed by a run is not taken by another."""
+    from shipway.data import ledger
+    from shipway.store import open_store
+
+    env = {"SHIPWAY_DATABASE_URL": "", **SECRET}
+    manifest = _service(pilot, tmp_path / "svc", env)
+    (tmp_path / "svc" / "scored").write_text("a file where the sink folder should be")
+    _drop(tmp_path / "svc" / "incoming" / "day.csv", generate(12, seed=27))
+    code, run = _run(manifest, env)
+    assert code == 1 and run["files"][0]["status"] == "failed"
+    assert "all 12 good rows were scored" in run["files"][0]["error"]
+    export = run_cli("decisions", "export", "-m", str(manifest), env=env)
+    assert len(export.stdout.splitlines()) == 12
+    code, again = _run(manifest, env)
+    assert again["files"] == []  # taken: a failed file is not scored twice
+
+    store = open_store(f"sqlite:///{tmp_path / 'svc' / '.shipway' / 'shipway.db'}", tmp_path)
+    try:
+        claim = {"service": "x", "source": "s", "path": "p", "sha256": "ab" * 32, "size": 1}
+        assert ledger.reserve(store.engine, run_id="r1", **claim)
+        assert not ledger.reserve(store.engine, run_id="r2", **claim)
+    finally:
+        store.close()

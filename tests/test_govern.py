@@ -447,7 +447,7 @@ def test_retention_purge_removes_exactly_what_is_past_it(database_url: str, tmp_
         )
     try:
         res = purge(store.engine, "svc", RetentionSpec(decisions="30d"), actor="t", now=now)
-        assert res["removed"] == {"decisions": 3, "rejections": 1}
+        assert res["removed"] == {"decisions": 3, "rejections": 1, "quarantine": 0}
         with store.engine.connect() as conn:
             kept = list(conn.execute(select(rejections.c.request_id)).scalars())
             assert kept == ["r5"]
@@ -459,6 +459,7 @@ def test_retention_purge_removes_exactly_what_is_past_it(database_url: str, tmp_
         assert event["action"] == "retention.purge" and event["after"]["removed"] == {
             "decisions": 3,
             "rejections": 1,
+            "quarantine": 0,
         }
     finally:
         store.close()

@@ -10,6 +10,7 @@ The CLI's ``serve``, the HTTP app and the tests all get a Service the same way:
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import functools
 import gc
@@ -242,6 +243,8 @@ class Service(ServiceParts):
         self._refresh_lock = threading.Lock()
         self.loop: asyncio.AbstractEventLoop | None = None
         """The server's event loop (set when it starts): scheduled source runs use it."""
+        self._source_runs: set[concurrent.futures.Future[Any]] = set()
+        self._closing = False
         self.scheduler = Scheduler(store.engine, self.name, metrics=self.metrics)
         self._manifest_digest = _file_digest(location.manifest_path)
         self._schedule()
@@ -458,12 +461,18 @@ class Service(ServiceParts):
         """A scheduled source run, on the server's event loop (where requests are answered),
         waited for by the scheduler's thread."""
         loop = self.loop
+        if self._closing:
+            return  # the server is shutting down: the next start takes the files
         if loop is None or loop.is_closed():
-            return
+            raise RuntimeError(f"source {name}: the server's event loop is not running")
         future = asyncio.run_coroutine_threadsafe(
             self.run_source(name, system_actor(f"source-{name}")), loop
         )
-        future.result()
+        self._source_runs.add(future)
+        try:
+            future.result()
+        finally:
+            self._source_runs.discard(future)
 
     async def run_source(
         self, name: str, actor: str, progress: Any = None
@@ -542,8 +551,13 @@ class Service(ServiceParts):
             self.scheduler.start()
 
     async def drain(self, timeout: float | None = None) -> None:
-        """Before :meth:`stop`, on the event loop: take no new shadow work and wait for the
-        shadow calls already started, so each is logged."""
+        """Before :meth:`stop`, on the event loop: start no new source run and let those
+        under way finish (their files and rows recorded), then take no new shadow work and
+        wait for the shadow calls already started, so each is logged."""
+        self._closing = True
+        running = [asyncio.wrap_future(f) for f in list(self._source_runs)]
+        if running:
+            await asyncio.wait(running, timeout=timeout or 60.0)
         await self.predict_path.drain(timeout)
 
     def stop(self) -> None:

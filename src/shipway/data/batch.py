@@ -5,6 +5,8 @@ sink, whole or not at all."""
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -86,14 +88,27 @@ async def run_source(
     outcomes: list[FileOutcome] = []
     waiting: list[Path] = []
     try:
-        found, waiting = new_files(
-            spec.path, base, spec.settle_s, ledger.taken(engine, service, spec.name)
+        sink_dir = Path(spec.sink.path)
+        sink_dir = sink_dir if sink_dir.is_absolute() else base / sink_dir
+        seen = await asyncio.to_thread(ledger.taken, engine, service, spec.name)
+        found, waiting = await asyncio.to_thread(
+            new_files, spec.path, base, spec.settle_s, seen, None, sink_dir
         )
         checker = Contract(contract)
         for cand in found:
+            taken: dict[str, Any] = {
+                "service": service,
+                "source": spec.name,
+                "run_id": run_id,
+                "path": _shown(cand.path, base),
+                "sha256": cand.sha256,
+                "size": cand.size,
+            }
+            if not await asyncio.to_thread(functools.partial(ledger.reserve, engine, **taken)):
+                continue  # another run has this content
             outcomes.append(
-                await _take(engine, service, spec, base, contract, checker, cand, run_id,
-                            score, treat, progress)
+                await _take(engine, spec, base, contract, checker, cand, taken, score, treat,
+                            progress)
             )  # fmt: skip
     except Exception as exc:
         ledger.finish_run(
@@ -133,51 +148,51 @@ def _shown(path: Path, base: Path) -> str:
 
 async def _take(
     engine: Engine,
-    service: str,
     spec: SourceSpec,
     base: Path,
     contract: ContractSpec,
     checker: Contract,
     cand: Candidate,
-    run_id: str,
+    taken: dict[str, Any],
     score: Score,
     treat: Treat | None,
     progress: Progress | None,
 ) -> FileOutcome:
-    shown = _shown(cand.path, base)
-    taken: dict[str, Any] = {
-        "service": service,
-        "source": spec.name,
-        "run_id": run_id,
-        "path": shown,
-        "sha256": cand.sha256,
-        "size": cand.size,
-    }
-    try:
-        table = read_table(cand.path, file_format(cand.path, spec.format), contract)
-    except InputError as exc:
+    """One reserved file, start to end. Reading, validating and writing run on a worker
+    thread, so a server's event loop keeps answering requests meanwhile."""
+    shown = taken["path"]
+
+    def settle(status: str, held: list[Any], **counts: Any) -> None:
         with engine.begin() as conn:
-            ledger.record_file(conn, **taken, status="failed", error=exc.message)
+            ledger.hold_rows(conn, service=taken["service"], source=spec.name,
+                             run_id=taken["run_id"], file=shown, rows=held)  # fmt: skip
+            ledger.record_file(conn, **taken, status=status, **counts)
+
+    try:
+        table = await asyncio.to_thread(
+            read_table, cand.path, file_format(cand.path, spec.format), contract
+        )
+    except InputError as exc:
+        await asyncio.to_thread(settle, "failed", [], error=exc.message)
         return FileOutcome(shown, "failed", error=exc.message)
 
     names = {f.name for f in contract.inputs}
     ignored = [c for c in table.column_names if c not in names]  # new columns: not the model's
     if ignored:
         table = table.drop_columns(ignored)
-    checked = checker.validate_table(table)
+    checked = await asyncio.to_thread(checker.validate_table, table)
     n, bad = table.num_rows, checked.bad_count
     held = _held_rows(checked.bad.to_pylist(), checked.reasons, treat)
     share = bad / n if n else 0.0
     limits = spec.max_bad_share
+    note = f"columns not in the contract, ignored: {ignored}" if ignored else None
     if bad and share > limits.fail:
         why = (
             f"{bad} of {n} rows ({share:.1%}) break the contract, more than max_bad_share.fail "
             f"({limits.fail:.1%}): the file is held whole and nothing was scored"
         )
-        with engine.begin() as conn:
-            ledger.hold_rows(conn, service=service, source=spec.name, run_id=run_id,
-                             file=shown, rows=held)  # fmt: skip
-            ledger.record_file(conn, **taken, status="held", rows_in=n, rows_bad=bad, error=why)
+        why = f"{why}; {note}" if note else why
+        await asyncio.to_thread(settle, "held", held, rows_in=n, rows_bad=bad, error=why)
         return FileOutcome(shown, "held", n, 0, bad, error=why, ignored_columns=ignored)
 
     records = checked.good.to_pylist()
@@ -188,23 +203,54 @@ async def _take(
             answers.extend(body["decisions"])
             if progress is not None:
                 progress(shown, len(answers), len(records))
-        sink = _write_sink(spec, base, cand, checked.good, answers) if records else None
-    except ShipwayError as exc:
-        why = f"scoring stopped after {len(answers)} of {len(records)} rows: {exc.message}"
-        with engine.begin() as conn:
-            ledger.hold_rows(conn, service=service, source=spec.name, run_id=run_id,
-                             file=shown, rows=held)  # fmt: skip
-            ledger.record_file(conn, **taken, status="failed", rows_in=n,
-                               rows_good=len(answers), rows_bad=bad, error=why)  # fmt: skip
+        sink = None
+        if records:
+            sink = await asyncio.to_thread(
+                _write_sink, spec, base, cand, taken["run_id"], checked.good, answers
+            )
+    except Exception as exc:  # the model, the sink's disk: nothing unscored is lost
+        reason = exc.message if isinstance(exc, ShipwayError) else f"{type(exc).__name__}: {exc}"
+        if len(answers) < len(records):
+            why = (
+                f"stopped after {len(answers)} of {len(records)} good rows were scored (their "
+                f"decisions are logged): {reason}; the rest are quarantined as unscored"
+            )
+        else:
+            why = (
+                f"all {len(records)} good rows were scored (their decisions are logged: "
+                f"shipway decisions export), but the sink could not be written: {reason}"
+            )
+        good_index = _good_index(n, checked)
+        unscored = [
+            (good_index[k], _kept(records[k], treat), [UNSCORED | {"expected": reason}])
+            for k in range(len(answers), len(records))
+        ]
+        await asyncio.to_thread(
+            settle, "failed", held + unscored, rows_in=n, rows_good=len(answers),
+            rows_bad=bad, error=why,
+        )  # fmt: skip
         return FileOutcome(shown, "failed", n, len(answers), bad, error=why,
                            ignored_columns=ignored)  # fmt: skip
-    with engine.begin() as conn:
-        ledger.hold_rows(conn, service=service, source=spec.name, run_id=run_id,
-                         file=shown, rows=held)  # fmt: skip
-        ledger.record_file(conn, **taken, status="scored", rows_in=n, rows_good=len(records),
-                           rows_bad=bad, sink=sink)  # fmt: skip
+    await asyncio.to_thread(
+        settle, "scored", held, rows_in=n, rows_good=len(records), rows_bad=bad, sink=sink,
+        error=note,
+    )  # fmt: skip
     return FileOutcome(shown, "scored", n, len(records), bad, sink=sink, ignored_columns=ignored,
                        warned=bool(bad) and share > limits.warn)  # fmt: skip
+
+
+#: How a good row that could not be scored (the model or the sink failed) is quarantined.
+UNSCORED = {"field": None, "rule": "unscored"}
+
+
+def _good_index(n: int, checked: Any) -> list[int]:
+    """The file's row number of each good row, in order."""
+    bad = {int(r[0]["row"]) for r in checked.reasons if r}
+    return [i for i in range(n) if i not in bad]
+
+
+def _kept(row: dict[str, Any], treat: Treat | None) -> dict[str, Any]:
+    return {k: treat(k, v) for k, v in row.items()} if treat is not None else row
 
 
 def _held_rows(
@@ -213,7 +259,7 @@ def _held_rows(
     out = []
     for row, broken in zip(rows, reasons, strict=True):
         index = int(broken[0]["row"]) if broken else -1
-        kept = {k: treat(k, v) for k, v in row.items()} if treat is not None else row
+        kept = _kept(row, treat)
         rules = [
             {"field": v.get("field"), "rule": v.get("rule"), "expected": v.get("expected")}
             for v in broken
@@ -231,7 +277,12 @@ def _column(values: list[Any]) -> pa.Array:
 
 
 def _write_sink(
-    spec: SourceSpec, base: Path, cand: Candidate, good: pa.Table, answers: list[dict[str, Any]]
+    spec: SourceSpec,
+    base: Path,
+    cand: Candidate,
+    run_id: str,
+    good: pa.Table,
+    answers: list[dict[str, Any]],
 ) -> str:
     """The file's answers beside its rows, written to a hidden name and renamed into place,
     so a reader of the sink never sees half a file."""
@@ -249,16 +300,19 @@ def _write_sink(
         ("route", [a["route"] for a in answers]),
     ):
         out = out.append_column(name, _column(values))
-    tmp = folder / f".{final.name}.partial"
-    if ext == "parquet":
-        import pyarrow.parquet as pq
+    tmp = folder / f".{final.name}.{run_id}.partial"  # one run's own name
+    try:
+        if ext == "parquet":
+            import pyarrow.parquet as pq
 
-        pq.write_table(out, tmp)
-    else:
-        import pyarrow.csv as pacsv
+            pq.write_table(out, tmp)
+        else:
+            import pyarrow.csv as pacsv
 
-        pacsv.write_csv(out, tmp)
-    os.replace(tmp, final)
+            pacsv.write_csv(out, tmp)
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
     return _shown(final, base)
 
 

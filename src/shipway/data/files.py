@@ -37,19 +37,28 @@ def _digest(path: Path) -> str:
 
 
 def new_files(
-    pattern: str, base: Path, settle_s: float, taken: Iterable[str], now: float | None = None
+    pattern: str,
+    base: Path,
+    settle_s: float,
+    taken: Iterable[str],
+    now: float | None = None,
+    exclude: Path | None = None,
 ) -> tuple[list[Candidate], list[Path]]:
     """Files matching ``pattern`` (relative to ``base``) whose content was not taken before,
     oldest first, and the files left for later because they changed less than ``settle_s``
-    ago (they may still be being written)."""
+    ago (they may still be being written). Files under ``exclude`` (the sink) are never
+    taken: a source does not score its own answers."""
     now = time.time() if now is None else now
     full = pattern if os.path.isabs(pattern) else str(base / pattern)
     seen = set(taken)
+    skip = exclude.resolve() if exclude is not None else None
     ready: list[tuple[float, Candidate]] = []
     waiting: list[Path] = []
     for name in sorted(glob.glob(full, recursive=True)):
         path = Path(name)
-        if not path.is_file():
+        if not path.is_file() or path.name.startswith("."):
+            continue
+        if skip is not None and skip in path.resolve().parents:
             continue
         st = path.stat()
         if now - st.st_mtime < settle_s:
@@ -78,35 +87,97 @@ def file_format(path: Path, declared: str) -> str:
     return fmt
 
 
+_ARROW = {"int": pa.int64(), "float": pa.float64(), "bool": pa.bool_()}
+
+
+def _text_fields(contract: ContractSpec) -> set[str]:
+    """Fields read as text whatever they look like: strings, dates, and categories whose
+    declared values are text (a category of numbers stays numbers)."""
+    out = set()
+    for f in contract.inputs:
+        text_values = all(isinstance(v, str) for v in f.values or [])
+        if f.type in ("string", "datetime") or (f.type == "category" and text_values):
+            out.add(f.name)
+    return out
+
+
+def _read_jsonl(path: Path) -> pa.Table:
+    """JSON lines as Python values (no type guessing across rows: a date stays text)."""
+    import orjson
+
+    records = []
+    with path.open("rb") as f:
+        for n, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    rec = orjson.loads(line)
+                except orjson.JSONDecodeError as exc:
+                    raise InputError(f"{path.name} line {n} is not JSON: {exc}") from None
+                if not isinstance(rec, dict):
+                    raise InputError(f"{path.name} line {n} is not a JSON object")
+                records.append(rec)
+    columns: dict[str, pa.Array] = {}
+    for k in dict.fromkeys(k for r in records for k in r):
+        values = [r.get(k) for r in records]
+        if not _one_type(values):  # mixed kinds: text, and the contract says what it may be
+            values = [None if v is None else str(v) for v in values]
+        try:
+            columns[k] = pa.array(values)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):  # nested values: kept as JSON text
+            columns[k] = pa.array([None if v is None else orjson.dumps(v).decode() for v in values])
+    return pa.table(columns)
+
+
+def _one_type(values: list[object]) -> bool:
+    kinds = {type(v) for v in values if v is not None}
+    return len(kinds) <= 1 or kinds <= {int, float}
+
+
+def _normalise(table: pa.Table, contract: ContractSpec) -> pa.Table:
+    """Columns as the contract reads them: an all-empty column typed as its field, dates and
+    times written as ISO 8601 text."""
+    import pyarrow.compute as pc
+
+    for f in contract.inputs:
+        if f.name not in table.column_names:
+            continue
+        i = table.column_names.index(f.name)
+        col = table.column(i)
+        if pa.types.is_null(col.type):
+            table = table.set_column(
+                i, f.name, pa.nulls(len(col), type=_ARROW.get(f.type, pa.string()))
+            )
+        elif f.type in ("datetime", "string") and (
+            pa.types.is_timestamp(col.type) or pa.types.is_date(col.type)
+        ):
+            fmt = "%Y-%m-%d" if pa.types.is_date(col.type) else "%Y-%m-%dT%H:%M:%S"
+            table = table.set_column(i, f.name, pc.strftime(col, format=fmt))
+    return table
+
+
 def read_table(path: Path, fmt: str, contract: ContractSpec) -> pa.Table:
-    """The file as a table. Text fields are read as text (a CSV column of dates or digits
-    stays what the contract says it is); an unreadable file is an InputError naming it."""
+    """The file as a table, its columns as the contract reads them (see ``_normalise``); an
+    unreadable file is an InputError naming it."""
     import pyarrow.csv as pacsv
-    import pyarrow.json as pajson
     import pyarrow.parquet as pq
 
-    text_fields = {f.name for f in contract.inputs if f.type in ("string", "category", "datetime")}
     try:
         if fmt == "csv":
-            return pacsv.read_csv(
+            table = pacsv.read_csv(
                 path,
                 convert_options=pacsv.ConvertOptions(
-                    column_types={n: pa.string() for n in text_fields},
+                    column_types={n: pa.string() for n in _text_fields(contract)},
                     strings_can_be_null=True,
                 ),
             )
-        if fmt == "jsonl":
-            text = pa.schema([(n, pa.string()) for n in sorted(text_fields)])
-            return pajson.read_json(
-                path,
-                parse_options=pajson.ParseOptions(
-                    explicit_schema=text, unexpected_field_behavior="infer"
-                ),
-            )
-        return pq.read_table(path)
+        elif fmt == "jsonl":
+            table = _read_jsonl(path)
+        else:
+            table = pq.read_table(path)
     except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise InputError(f"{path.name} cannot be read as {fmt}: {first}") from None
+    return _normalise(table, contract)
 
 
 __all__ = ["Candidate", "file_format", "new_files", "read_table"]

@@ -8,7 +8,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Engine, desc, insert, select, update
+from sqlalchemy import Connection, Engine, delete, desc, insert, select, update
+from sqlalchemy.exc import IntegrityError
 
 from shipway.store.tables import quarantine, source_files, source_runs
 
@@ -72,31 +73,48 @@ def taken(engine: Engine, service: str, source: str) -> set[str]:
         return set(conn.execute(q).scalars())
 
 
+def reserve(
+    engine: Engine, *, service: str, source: str, run_id: str, path: str, sha256: str, size: int
+) -> bool:
+    """Claim a file's content for this run before anything is scored (``taking``); False if
+    another run (a server's schedule, a CLI run) has it already: one content, one run."""
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                insert(source_files).values(
+                    service=service, source=source, path=path, sha256=sha256, size=size,
+                    run_id=run_id, ts=time.time(), status="taking",
+                    rows_in=0, rows_good=0, rows_bad=0,
+                )
+            )  # fmt: skip
+    except IntegrityError:
+        return False
+    return True
+
+
 def record_file(
     conn: Connection,
     *,
     service: str,
     source: str,
-    run_id: str,
-    path: str,
     sha256: str,
-    size: int,
     status: str,
     rows_in: int = 0,
     rows_good: int = 0,
     rows_bad: int = 0,
     sink: str | None = None,
     error: str | None = None,
+    **_: Any,
 ) -> None:
-    """The file is taken (in the transaction that keeps its quarantined rows)."""
+    """What became of a reserved file (in the transaction that keeps its quarantined rows)."""
     conn.execute(
-        insert(source_files).values(
-            service=service,
-            source=source,
-            path=path,
-            sha256=sha256,
-            size=size,
-            run_id=run_id,
+        update(source_files)
+        .where(
+            source_files.c.service == service,
+            source_files.c.source == source,
+            source_files.c.sha256 == sha256,
+        )
+        .values(
             ts=time.time(),
             status=status,
             rows_in=rows_in,
@@ -106,6 +124,14 @@ def record_file(
             error=error,
         )
     )
+
+
+def purge(conn: Connection, service: str, before: float) -> int:
+    """Quarantined rows older than ``before`` (the decisions' retention)."""
+    res = conn.execute(
+        delete(quarantine).where(quarantine.c.service == service, quarantine.c.ts < before)
+    )
+    return int(res.rowcount or 0)
 
 
 def hold_rows(
@@ -186,4 +212,14 @@ def runs(
     return found
 
 
-__all__ = ["finish_run", "hold_rows", "quarantined", "record_file", "runs", "start_run", "taken"]
+__all__ = [
+    "finish_run",
+    "hold_rows",
+    "purge",
+    "quarantined",
+    "record_file",
+    "reserve",
+    "runs",
+    "start_run",
+    "taken",
+]

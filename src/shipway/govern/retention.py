@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
+from shipway.data import ledger
 from shipway.decisions import queries
 from shipway.govern import audit
 from shipway.manifest import RetentionSpec
@@ -30,6 +31,9 @@ def purge(
             decisions_before=cutoffs.get("decisions"),
             shadows_before=cutoffs.get("shadow_decisions"),
         )
+        if "decisions" in cutoffs:  # rows a source held are kept no longer than decisions
+            removed["quarantine"] = ledger.purge(conn, service, cutoffs["decisions"])
+            cutoffs["quarantine"] = cutoffs["decisions"]
         if cutoffs:
             audit.append(
                 conn,
