@@ -205,3 +205,43 @@ def test_a_sink_that_cannot_be_written_fails_its_file_and_a_file_is_taken_once(
         assert not ledger.reserve(store.engine, run_id="r2", **claim)
     finally:
         store.close()
+
+
+def test_freshness_and_failures_are_monitor_figures_alerts_can_use(
+    pilot: dict[str, Path], tmp_path: Path, start_server: Any
+) -> None:
+    """freshness_s.NAME and ingest_failures.NAME in alert rules (a misspelt source is a
+    manifest error), GET /v1/sources with the freshness level and the runs."""
+    env = {"SHIPWAY_DATABASE_URL": "", **SECRET}
+    manifest = _service(pilot, tmp_path / "svc", env, warn_after="1s", error_after="1h")
+    spec = yaml.safe_load(manifest.read_text())
+    spec["monitor"]["alerts"] = [
+        {"name": "stale", "when": "freshness_s.nightly > 1", "do": ["notify"]},
+        {"name": "failing", "when": "ingest_failures.nightly >= 1", "do": ["notify"]},
+    ]
+    manifest.write_text(yaml.safe_dump(spec, sort_keys=False))
+    (tmp_path / "svc" / "incoming" / "broken.parquet").write_bytes(b"not parquet")
+    then = time.time() - 120
+    os.utime(tmp_path / "svc" / "incoming" / "broken.parquet", (then, then))
+    _drop(tmp_path / "svc" / "incoming" / "good.csv", generate(6, seed=28))
+    code, run = _run(manifest, env)
+    assert code == 1 and run["status"] == "failed"
+    time.sleep(1.5)  # older than warn_after
+
+    server = start_server(manifest, env)
+    window = server.client.post("/v1/monitor/run").json()
+    nightly = window["sources"]["nightly"]
+    assert nightly["ingest_failures"] == 1 and nightly["freshness"] == "warn"
+    assert nightly["freshness_s"] > 1
+    fired = {e["rule"] for e in server.client.get("/v1/alerts").json()["events"]}
+    assert {"stale", "failing"} <= fired
+    listed = server.client.get("/v1/sources").json()["sources"]
+    assert listed[0]["name"] == "nightly" and listed[0]["runs"][0]["status"] == "failed"
+    taken = {Path(f["path"]).name: f["status"] for f in listed[0]["runs"][0]["files_taken"]}
+    assert taken == {"broken.parquet": "failed", "good.csv": "scored"}
+    server.stop()
+
+    spec["monitor"]["alerts"][0]["when"] = "freshness_s.nigthly > 1"
+    manifest.write_text(yaml.safe_dump(spec, sort_keys=False))
+    res = run_cli("validate", "-m", str(manifest), env=env)
+    assert res.returncode == 1 and "did you mean 'freshness_s.nightly'" in res.stderr

@@ -719,6 +719,11 @@ PiiTreatment = Literal["drop", "mask", "hash"]
 
 Action = Literal["notify", "rollback", "pause_canary", "review", "retrain"]
 
+#: Per data source, figures alert rules can name as ``freshness_s.NAME``: seconds since the
+#: source last scored a file (or since its first run, if it never has), and files that failed
+#: or were held in the window.
+SOURCE_FIGURES = ("freshness_s", "ingest_failures")
+
 #: The figures of a monitor window that alert rules are written against. Per input there is
 #: also ``drift.FIELD.effect``, ``drift.FIELD.p_adjusted`` and ``drift.FIELD.drifted``.
 ALERT_FIGURES = frozenset(
@@ -939,6 +944,14 @@ class SourceSpec(_Model):
         default_factory=BadShareSpec, description="Bad-row shares that warn and that hold."
     )
     batch_rows: int = Field(512, ge=1, le=65536, description="Rows per scoring call.")
+    warn_after: Duration | None = Field(
+        None,
+        description="Freshness: with no file scored for this long the source reads 'warn' "
+        "(figure freshness_s.NAME for alert rules).",
+    )
+    error_after: Duration | None = Field(
+        None, description="Freshness: with no file scored for this long it reads 'error'."
+    )
 
 
 class StorageSpec(_Model):
@@ -1059,6 +1072,7 @@ def _name_problems(m: Manifest) -> list[tuple[tuple[Any, ...], str]]:
     """Names in alert rules and review policies that nothing provides (they would never fire)."""
     fields = [f.name for f in m.contract.inputs]
     figures = sorted(ALERT_FIGURES) + [f"drift.{f}.{k}" for f in fields for k in DRIFT_FIGURES]
+    figures += [f"{k}.{s.name}" for s in m.sources for k in SOURCE_FIGURES]
     review = sorted(REVIEW_FIELDS) + [f"inputs.{f}" for f in fields]
     out: list[tuple[tuple[Any, ...], str]] = []
     from shipway.expr import Expression
@@ -1141,6 +1155,7 @@ __all__ = [
     "DRIFT_FIGURES",
     "MANIFEST_FILENAME",
     "REVIEW_FIELDS",
+    "SOURCE_FIGURES",
     "AlertRule",
     "AuditSpec",
     "AuthSpec",

@@ -65,6 +65,7 @@ ROUTE_PERMISSIONS: list[tuple[str, str, tuple[str, ...]]] = [
     ("GET", "/v1/alerts", (READ,)),
     ("GET", "/v1/outbox", (READ,)),
     ("GET", "/v1/jobs", (READ,)),
+    ("GET", "/v1/sources", (READ,)),
     ("GET", "/v1/review/next", (REVIEW,)),
     ("GET", "/v1/review/stats", (READ,)),
     ("GET", "/v1/review/{item_id}", (REVIEW,)),

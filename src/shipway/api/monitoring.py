@@ -5,6 +5,9 @@ Labels (``POST /v1/feedback``) carry rows, so they come through the ingress.
 
 from __future__ import annotations
 
+import time
+from typing import Any
+
 from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -12,6 +15,7 @@ from starlette.responses import Response
 
 from shipway.api.access import principal_of
 from shipway.api.common import json_response, service_of
+from shipway.data import ledger
 from shipway.errors import NotFound
 from shipway.govern.roles import ADMIN
 from shipway.notify import host_of
@@ -36,6 +40,30 @@ async def monitor_history(request: Request, limit: int = 20) -> Response:
 @router.post("/v1/monitor/run", tags=["monitoring"], summary="Run the monitor on a window now")
 async def monitor_run(request: Request) -> Response:
     return json_response(await run_in_threadpool(service_of(request).monitor.run))
+
+
+@router.get("/v1/sources", tags=["monitoring"], summary="Data sources: freshness and runs")
+async def sources(request: Request, limit: int = 20) -> Response:
+    """Per source of the manifest: freshness (and its level), files failed or held in the last
+    day, and the newest runs with the files each took."""
+    service = service_of(request)
+
+    def read() -> dict[str, Any]:
+        now = time.time()
+        figures = service.monitor.sources(now - 86400.0, now)
+        newest = ledger.runs(service.store.engine, service.name, None, min(limit, 500))
+        return {
+            "sources": [
+                {
+                    "name": s.name,
+                    **figures[s.name],
+                    "runs": [r for r in newest if r["source"] == s.name],
+                }
+                for s in service.manifest.sources
+            ]
+        }
+
+    return json_response(await run_in_threadpool(read))
 
 
 @router.get("/v1/alerts", tags=["monitoring"], summary="Alert firings and resolutions")

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Engine, delete, desc, insert, select, update
+from sqlalchemy import Connection, Engine, delete, desc, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from shipway.store.tables import quarantine, source_files, source_runs
@@ -185,6 +185,41 @@ def quarantined(
         return out
 
 
+def freshness(
+    engine: Engine, service: str, sources: Sequence[str], start: float, end: float
+) -> dict[str, dict[str, Any]]:
+    """Per source: when it last scored a file, when it first ran, and how many files failed or
+    were held in ``[start, end)``."""
+    out: dict[str, dict[str, Any]] = {
+        s: {"last_scored_at": None, "first_run_at": None, "ingest_failures": 0} for s in sources
+    }
+    if not out:
+        return out
+    with engine.connect() as conn:
+        scored = select(source_files.c.source, func.max(source_files.c.ts)).where(
+            source_files.c.service == service, source_files.c.status == "scored"
+        )
+        for source, ts in conn.execute(scored.group_by(source_files.c.source)):
+            if source in out:
+                out[source]["last_scored_at"] = ts
+        first = select(source_runs.c.source, func.min(source_runs.c.started_at)).where(
+            source_runs.c.service == service
+        )
+        for source, ts in conn.execute(first.group_by(source_runs.c.source)):
+            if source in out:
+                out[source]["first_run_at"] = ts
+        failed = select(source_files.c.source, func.count()).where(
+            source_files.c.service == service,
+            source_files.c.status.in_(("failed", "held")),
+            source_files.c.ts >= start,
+            source_files.c.ts < end,
+        )
+        for source, n in conn.execute(failed.group_by(source_files.c.source)):
+            if source in out:
+                out[source]["ingest_failures"] = int(n)
+    return out
+
+
 def runs(
     engine: Engine, service: str, source: str | None = None, limit: int = 20
 ) -> list[dict[str, Any]]:
@@ -214,6 +249,7 @@ def runs(
 
 __all__ = [
     "finish_run",
+    "freshness",
     "hold_rows",
     "purge",
     "quarantined",

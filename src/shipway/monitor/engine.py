@@ -24,9 +24,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from sqlalchemy import Engine, desc, insert, select
 
+from shipway.data import ledger
 from shipway.decisions import labels, queries
 from shipway.decisions.records import INVALID_ANSWER
-from shipway.manifest import Manifest
+from shipway.manifest import SOURCE_FIGURES, Manifest
 from shipway.models import Registry
 from shipway.monitor.alerts import AlertBook
 from shipway.monitor.drift import Reference, calibrate_floors, drift_report
@@ -207,6 +208,7 @@ class Monitor:
         result["operations"]["shadow_cost"] = queries.shadow_cost(
             self.engine, self.service, since, win.end
         )
+        result["sources"] = self.sources(since, win.end)
         offered = n + refused["rows"]
         result["operations"].update(
             rejected=refused["rows"],
@@ -318,6 +320,10 @@ class Monitor:
             "reviewed": (result.get("review") or {}).get("reviewed", 0),
             "override_rate": (result.get("review") or {}).get("override_rate"),
             **{k: perf.get(k) for k in ("accuracy", "f1_macro", "roc_auc", "mae", "rmse")},
+            **{
+                figure: {n: s.get(figure) for n, s in (result.get("sources") or {}).items()}
+                for figure in SOURCE_FIGURES
+            },
             "drift": {
                 k: {
                     "effect": v.get("effect"),
@@ -327,6 +333,24 @@ class Monitor:
                 for k, v in feats.items()
             },
         }
+
+    def sources(self, start: float, end: float) -> dict[str, dict[str, Any]]:
+        """Per data source: freshness (seconds since it last scored a file, or since its
+        first run if it never has; None before it ever ran), its level against the
+        manifest's warn_after/error_after, and files failed or held in the window."""
+        specs = {s.name: s for s in self.manifest.sources}
+        out = ledger.freshness(self.engine, self.service, list(specs), start, end)
+        for name, f in out.items():
+            since = f["last_scored_at"] or f["first_run_at"]
+            age = end - since if since is not None else None
+            spec = specs[name]
+            level = "ok"
+            if age is not None and spec.error_after and age > spec.error_after.seconds:
+                level = "error"
+            elif age is not None and spec.warn_after and age > spec.warn_after.seconds:
+                level = "warn"
+            f.update(freshness_s=age, freshness=level)
+        return out
 
     # -- a run ---------------------------------------------------------------------------
 
