@@ -245,3 +245,53 @@ def test_freshness_and_failures_are_monitor_figures_alerts_can_use(
     manifest.write_text(yaml.safe_dump(spec, sort_keys=False))
     res = run_cli("validate", "-m", str(manifest), env=env)
     assert res.returncode == 1 and "did you mean 'freshness_s.nightly'" in res.stderr
+
+
+def test_files_are_read_as_the_contract_says(tmp_path: Path) -> None:
+    """A category of numbers stays numbers in CSV; dates in Parquet become ISO text; JSON lines
+    with a number in a text field and a column empty in every row are read, not refused."""
+    import pyarrow as pa
+
+    from shipway.contract import Contract
+    from shipway.data.files import read_table
+    from shipway.manifest import ContractSpec, InputField
+
+    spec = ContractSpec(
+        inputs=[
+            InputField(name="plan", type="category", values=[1, 2, 3]),
+            InputField(name="code", type="string"),
+            InputField(name="day", type="datetime"),
+            InputField(name="extra", type="int", nullable=True),
+        ]
+    )
+    check = Contract(spec)
+    csv = tmp_path / "a.csv"
+    csv.write_text("plan,code,day,extra\n2,007,2026-01-02,\n3,010,2026-01-03,\n")
+    table = read_table(csv, "csv", spec)
+    assert table.column("plan").to_pylist() == [2, 3] and table.column("code")[0].as_py() == "007"
+    assert check.validate_table(table).bad_count == 0
+
+    parquet = tmp_path / "b.parquet"
+    pq.write_table(
+        pa.table(
+            {
+                "plan": [1],
+                "code": ["x"],
+                "day": pa.array([pa.scalar(20000, pa.date32()).as_py()]),
+                "extra": pa.nulls(1),
+            }
+        ),
+        parquet,
+    )
+    table = read_table(parquet, "parquet", spec)
+    assert table.column("day").to_pylist() == ["2024-10-04"]
+    assert check.validate_table(table).bad_count == 0
+
+    jsonl = tmp_path / "c.jsonl"
+    jsonl.write_text(
+        '{"plan": 1, "code": 7, "day": "2026-01-02"}\n'
+        '{"plan": 2, "code": "x", "day": "2026-01-03"}\n'
+    )
+    table = read_table(jsonl, "jsonl", spec)
+    assert table.column("code").to_pylist() == ["7", "x"]
+    assert check.validate_table(table).bad_count == 0
