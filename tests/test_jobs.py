@@ -97,6 +97,41 @@ def test_a_once_task_is_not_run_twice_at_the_same_time(tmp_path: Path) -> None:
             store.close()
 
 
+@pytest.mark.postgres
+def test_stores_on_one_server_do_not_keep_each_other_out(tmp_path: Path) -> None:
+    """Advisory locks are server-wide: two stores (schemas) with a service of the same name
+    each run their once task, even while the other's is running."""
+    from tests.conftest import PG_ENV, pg_schema_url
+
+    base = os.environ.get(PG_ENV)
+    if not base:
+        pytest.skip(f"no PostgreSQL configured ({PG_ENV} is unset)")
+    started, release = threading.Event(), threading.Event()
+    other: list[int] = []
+
+    def long_run() -> None:
+        started.set()
+        release.wait(10)
+
+    with pg_schema_url(base) as url_a, pg_schema_url(base) as url_b:
+        store_a = open_store(url_a, tmp_path / "a")
+        store_b = open_store(url_b, tmp_path / "b")
+        a = Scheduler(store_a.engine, "svc")
+        a.add(Task("monitor", 60.0, long_run, once=True))
+        b = Scheduler(store_b.engine, "svc")
+        b.add(Task("monitor", 60.0, lambda: other.append(1), once=True))
+        t = threading.Thread(target=a.run_now, args=("monitor",))
+        t.start()
+        try:
+            assert started.wait(5)
+            assert b.run_now("monitor") is True and other == [1]
+        finally:
+            release.set()
+            t.join(10)
+            store_a.close()
+            store_b.close()
+
+
 def _no_overlap(store: Store) -> None:
     started = threading.Event()
     release = threading.Event()

@@ -7,13 +7,14 @@ error handling (a failure is logged and counted, and the task runs again at its 
 and its own metrics: runs by result, duration, time of the last success.
 
 Some work must happen once across replicas (the monitor's window, the retention purge). Such a
-task is ``once``: before it runs, a replica takes a PostgreSQL advisory lock keyed by service
-and task (skipping if another replica holds it), then inserts a ``job_runs`` row for the
-task's time slot, which a unique constraint lets only one replica write. Either guard alone
-would do most of the time; the lock keeps two runs from overlapping, the row keeps a slot from
-running twice when one replica's clock is late or the lock's session was lost. On SQLite (one
-host) the row alone decides. Work that is safe on every replica at once (polls, the outbox,
-whose messages are leased one by one) runs everywhere.
+task is ``once``: before it runs, a replica takes a PostgreSQL advisory lock keyed by store
+(database and schema), service and task (skipping if another replica holds it), then inserts
+a ``job_runs`` row for the task's time slot, which a unique constraint lets only one replica
+write. Either guard alone would do most of the time; the lock keeps two runs from
+overlapping, the row keeps a slot from running twice when one replica's clock is late or the
+lock's session was lost. On SQLite (one host) the row alone decides. Work that is safe on
+every replica at once (polls, the outbox, whose messages are leased one by one) runs
+everywhere.
 """
 
 from __future__ import annotations
@@ -150,8 +151,14 @@ class Scheduler:
     def _run_once(self, task: Task) -> bool:
         """Run ``task`` unless another replica runs (or ran) its current slot."""
         if self.engine.dialect.name == "postgresql":
-            key = (zlib.crc32(f"{self.service}/{task.name}".encode()) & 0x7FFFFFFF) | (1 << 32)
             with self.engine.connect() as lock_conn:
+                # advisory locks are cluster-wide: scope the key to this store (database and
+                # schema), so two stores on one server never keep each other's tasks out
+                scope = lock_conn.execute(
+                    text("SELECT current_database() || '/' || current_schema()")
+                ).scalar()
+                name = f"{scope}/{self.service}/{task.name}"
+                key = (zlib.crc32(name.encode()) & 0x7FFFFFFF) | (1 << 32)
                 got = lock_conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key})
                 if not got.scalar():
                     return self._skipped(task.name)
