@@ -340,11 +340,13 @@ def test_unknown_names_in_alert_rules_and_review_policies_are_manifest_errors(
 
 
 def test_the_monitor_figures_are_the_ones_rules_may_name() -> None:
-    from shipway.manifest import ALERT_FIGURES
+    from shipway.manifest import ALERT_FIGURES, SOURCE_FIGURES
     from shipway.monitor.engine import Monitor
 
-    ctx = Monitor.context({"n": 0})
-    assert set(ctx) - {"drift"} == set(ALERT_FIGURES)
+    ctx = Monitor.context({"n": 0, "sources": {"nightly": {"freshness_s": 5.0}}})
+    # per-name figures (drift.FIELD.x, freshness_s.SOURCE) are nested under their family
+    assert set(ctx) - {"drift", *SOURCE_FIGURES} == set(ALERT_FIGURES)
+    assert ctx["freshness_s"] == {"nightly": 5.0} and ctx["ingest_failures"] == {"nightly": None}
 
 
 # -- shutdown ----------------------------------------------------------------------------------
