@@ -113,6 +113,20 @@ def run_cli(
     )
 
 
+def edit_sections(manifest: Path, **sections: Any) -> None:
+    """Edit a manifest's top-level sections: a dict merges into a section that is a dict,
+    anything else replaces it."""
+    import yaml
+
+    spec = yaml.safe_load(manifest.read_text())
+    for key, value in sections.items():
+        if isinstance(value, dict) and isinstance(spec.get(key), dict):
+            spec[key].update(value)
+        else:
+            spec[key] = value
+    manifest.write_text(yaml.safe_dump(spec, sort_keys=False))
+
+
 def run_pasted(
     commands: list[str], cwd: Path, timeout: float = 180
 ) -> subprocess.CompletedProcess[str]:

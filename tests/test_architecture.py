@@ -23,7 +23,7 @@ from shipway.manifest import load_manifest, parse_manifest
 from shipway.models import Registry
 from shipway.settings import Settings
 from shipway.store.location import Location, open_service_store
-from tests.conftest import Pilot, Server, free_port, run_cli
+from tests.conftest import Pilot, Server, edit_sections, free_port, run_cli
 from tests.test_govern import PROD, make_key
 from tests.test_monitor import Receiver
 
@@ -31,14 +31,7 @@ NO_DB = {"SHIPWAY_DATABASE_URL": ""}
 SRC = Path(__file__).resolve().parent.parent / "src" / "shipway"
 
 
-def _edit(manifest: Path, **sections: Any) -> None:
-    spec = yaml.safe_load(manifest.read_text())
-    for key, value in sections.items():
-        if isinstance(value, dict) and isinstance(spec.get(key), dict):
-            spec[key].update(value)
-        else:
-            spec[key] = value
-    manifest.write_text(yaml.safe_dump(spec, sort_keys=False))
+_edit = edit_sections  # the shared helper, under this module's short name
 
 
 class Silent:

@@ -14,19 +14,12 @@ import pytest
 import yaml
 
 from shipway.manifest import load_manifest
-from tests.conftest import Pilot, free_port, run_cli
+from tests.conftest import Pilot, edit_sections, free_port, run_cli
 
 NO_DB = {"SHIPWAY_DATABASE_URL": ""}
 
 
-def _edit(manifest: Path, **sections: Any) -> None:
-    spec = yaml.safe_load(manifest.read_text())
-    for key, value in sections.items():
-        if isinstance(value, dict) and isinstance(spec.get(key), dict):
-            spec[key].update(value)
-        else:
-            spec[key] = value
-    manifest.write_text(yaml.safe_dump(spec, sort_keys=False))
+_edit = edit_sections  # the shared helper, under this module's short name
 
 
 def test_init_proposes_monitoring_from_the_pilots_own_score(workspace: Path) -> None:

@@ -11,25 +11,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from shipway.api import v2
 from shipway.errors import BadRequest
-from tests.conftest import Pilot
+from tests.conftest import Pilot, edit_sections
 
 NO_DB = {"SHIPWAY_DATABASE_URL": ""}
 
 
-def _edit(manifest: Path, **sections: Any) -> None:
-    spec = yaml.safe_load(manifest.read_text())
-    for key, value in sections.items():
-        if isinstance(value, dict) and isinstance(spec.get(key), dict):
-            spec[key].update(value)
-        else:
-            spec[key] = value
-    manifest.write_text(yaml.safe_dump(spec, sort_keys=False))
+_edit = edit_sections  # the shared helper, under this module's short name
 
 
 def _v2_body(pilot: Pilot, n: int = 1) -> dict[str, Any]:

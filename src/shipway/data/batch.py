@@ -166,7 +166,8 @@ async def _take(
         with engine.begin() as conn:
             ledger.hold_rows(conn, service=taken["service"], source=spec.name,
                              run_id=taken["run_id"], file=shown, rows=held)  # fmt: skip
-            ledger.record_file(conn, **taken, status=status, **counts)
+            ledger.record_file(conn, service=taken["service"], source=spec.name,
+                               sha256=taken["sha256"], status=status, **counts)  # fmt: skip
 
     try:
         table = await asyncio.to_thread(

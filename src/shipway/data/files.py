@@ -15,8 +15,13 @@ import pyarrow as pa
 from shipway.errors import InputError
 from shipway.manifest import ContractSpec
 
-_BY_EXTENSION = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl"}
-_BY_EXTENSION[".ndjson"] = "jsonl"
+_BY_EXTENSION = {
+    ".csv": "csv",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+}
 
 
 @dataclass(frozen=True)

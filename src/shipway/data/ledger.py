@@ -104,7 +104,6 @@ def record_file(
     rows_bad: int = 0,
     sink: str | None = None,
     error: str | None = None,
-    **_: Any,
 ) -> None:
     """What became of a reserved file (in the transaction that keeps its quarantined rows)."""
     conn.execute(

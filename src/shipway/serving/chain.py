@@ -501,28 +501,33 @@ class GuardChain:
         values: list[Row],
         caller: str | None,
         t0: float,
-    ) -> Answer:
+    ) -> list[Answer]:
         """The stop switch is on: no model is called; the manifest's safe behaviour answers."""
         why = f"service stopped: {reason}"
         n = len(positions)
         if self.stop.behavior == "review":  # logged without an answer; a person gives it
-            return await self._answer_with(
-                positions, "stopped", None, [None] * n, [None] * n, ids, values, caller, t0, why
-            )
+            return [
+                await self._answer_with(
+                    positions, "stopped", None, [None] * n, [None] * n, ids, values, caller, t0,
+                    why,
+                )
+            ]  # fmt: skip
         if self.stop.behavior == "default" and self.stop.answer is not None:
             a = self.stop.answer
-            return await self._answer_with(
-                positions,
-                "stopped",
-                None,
-                [a["output"]] * n,
-                [a.get("confidence")] * n,
-                ids,
-                values,
-                caller,
-                t0,
-                why,
-            )
+            return [
+                await self._answer_with(
+                    positions,
+                    "stopped",
+                    None,
+                    [a["output"]] * n,
+                    [a.get("confidence")] * n,
+                    ids,
+                    values,
+                    caller,
+                    t0,
+                    why,
+                )
+            ]
         raise ServiceStopped(f"the service is stopped ({reason}); no model is called")
 
     def _from_cache(

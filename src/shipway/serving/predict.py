@@ -117,7 +117,7 @@ class PredictPath:
         ids = new_ids(n)
         if router.stopped is not None:  # the stop switch: no model is called
             routes = [Route(router.champion, "stopped", list(range(n)))]
-            answers: list[Awaitable[Answer | list[Answer]]] = [
+            answers: list[Awaitable[list[Answer]]] = [
                 chain.stopped(router.stopped, routes[0].rows, ids, values, caller, t0)
             ]
         else:
@@ -141,7 +141,7 @@ class PredictPath:
         good = checked.good
         count = self.metrics.count_decisions
         out: list[dict[str, Any]] = [{} for _ in range(n)]
-        flat = [a for res in results for a in (res if isinstance(res, list) else [res])]
+        flat = [a for answers_of_route in results for a in answers_of_route]
         for ans in flat:
             version = ans.version
             name = ans.route
