@@ -130,12 +130,10 @@ def test_a_plain_text_pilot_from_init_to_serve(tmp_path: Path, start_server: Any
         )
         assert r.status_code == 200, r.text
         assert (r.json()["output"], r.json()["route"]) == ("positive", "champion")
-        assert (
-            "9"
-            not in httpx.get(f"{upstream.base}/admin/last", timeout=5)
-            .json()["messages"][-1]["content"]
-            .split("Text:")[0]
-        )
+        sent = httpx.get(f"{upstream.base}/admin/last", timeout=5).json()["messages"]
+        # the system message is not a template: its braces go out as written
+        assert sent[0] == {"role": "system", "content": "Ticket {ticket_id}."}
+        assert sent[-1]["content"].endswith("Text: I love it, perfect")
     finally:
         upstream.kill()
 
