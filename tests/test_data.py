@@ -200,7 +200,8 @@ def test_a_sink_that_cannot_be_written_fails_its_file_and_a_file_is_taken_once(
 
     store = open_store(f"sqlite:///{tmp_path / 'svc' / '.shipway' / 'shipway.db'}", tmp_path)
     try:
-        claim = {"service": "x", "source": "s", "path": "p", "sha256": "ab" * 32, "size": 1}
+        claim = {"service": "x", "source": "s", "path": "p", "sha256": "ab" * 32, "size": 1,
+                     "claimed_at": 1.0}  # fmt: skip
         assert ledger.reserve(store.engine, run_id="r1", **claim)
         assert not ledger.reserve(store.engine, run_id="r2", **claim)
     finally:

@@ -368,6 +368,9 @@ class ServingSpec(_Model):
     max_feedback_rows: int = Field(
         10_000, ge=1, description="Most labels one feedback request may carry."
     )
+    max_ingest_rows: int = Field(
+        100_000, ge=1, description="Most rows one push to POST /v1/ingest/SOURCE may carry."
+    )
     max_body_bytes: int = Field(
         10_000_000, ge=1024, description="Largest request body on every route that carries rows."
     )
@@ -913,19 +916,75 @@ class BadShareSpec(_Model):
     )
 
 
+class SchemaPolicySpec(_Model):
+    """What a batch whose columns differ from the contract does. Every difference is recorded
+    with the batch (``shipway sources status``); none is ever reported as drift."""
+
+    new_columns: Literal["ignore", "reject"] = Field(
+        "ignore", description="A column the contract does not have: ignore it, or hold the batch."
+    )
+    missing_columns: Literal["reject", "allow"] = Field(
+        "reject",
+        description="A contract field the batch lacks: hold the batch, or allow it (the field "
+        "is null, and the contract's nullability decides each row).",
+    )
+    type_changes: Literal["reject", "coerce"] = Field(
+        "reject",
+        description="A column of another type (text where numbers were): hold the batch, or "
+        "coerce (each value that does not read as the field's type is a bad row).",
+    )
+    map: dict[str, str] = Field(
+        default_factory=dict,
+        description="Renamed columns, old name to contract name (applied before the checks).",
+    )
+
+
+class LabelColumnsSpec(_Model):
+    """Which columns of a ``use: labels`` source carry what."""
+
+    label: str = Field("label", description="The column holding the ground truth.")
+    decision_id: str | None = Field(
+        None, description="The column holding decision ids (or use key)."
+    )
+    key: str | None = Field(
+        None,
+        description="The column holding the contract's role: id value; each label joins the "
+        "newest answered decision carrying it.",
+    )
+    within: Duration = Field(
+        Duration("30d"), description="How far back a key looks for its decision."
+    )
+
+
+#: What each source kind needs, and what it may not have.
+_KIND_NEEDS = {
+    "files": ("path",),
+    "sql": ("url", "query", "cursor", "key"),
+    "push": (),
+    "stream": ("url", "subject"),
+}
+
+
 class SourceSpec(_Model):
-    """A source of rows: new files in a folder, scored as they arrive (batch scoring)."""
+    """A source of rows (files, a SQL query, or HTTP push), validated before anything uses
+    them: scored (batch scoring), kept as dataset versions (train), or joined as labels."""
 
     name: str = Field(..., pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$", description="Source name.")
-    use: Literal["score"] = Field(
+    use: Literal["score", "train", "labels"] = Field(
         "score",
         description="score: every good row is answered by the current plan (champion, canary, "
         "shadows, guards and fallbacks as online) and logged as a decision (caller "
-        "source:NAME); answers go to the sink.",
+        "source:NAME); answers go to the sink. train: good rows become immutable dataset "
+        "versions (shipway datasets). labels: rows are ground truth joined to decisions.",
     )
-    kind: Literal["files"] = Field("files", description="files: a glob of CSV, Parquet or JSONL.")
-    path: str = Field(
-        ..., description="A glob, relative to the manifest's folder (e.g. incoming/*.csv)."
+    kind: Literal["files", "sql", "push", "stream"] = Field(
+        "files",
+        description="files: a glob of CSV, Parquet or JSONL. sql: a query read incrementally by "
+        "a cursor column. push: POST /v1/ingest/NAME (JSON records, CSV or Parquet body). "
+        "stream: NATS JetStream messages of JSON records (the nats extra).",
+    )
+    path: str | None = Field(
+        None, description="files: a glob, relative to the manifest's folder (incoming/*.csv)."
     )
     format: Literal["auto", "csv", "parquet", "jsonl"] = Field(
         "auto", description="auto: by the file's extension (.csv, .parquet, .jsonl/.ndjson)."
@@ -936,22 +995,116 @@ class SourceSpec(_Model):
         description="A file changed more recently than this is left for the next run (it may "
         "still be being written).",
     )
+    url: str | None = Field(
+        None,
+        description="sql: a SQLAlchemy URL; stream: a NATS URL (nats://host:4222). 'env:NAME' "
+        "reads it from the environment (keep passwords out of the manifest).",
+    )
+    subject: str | None = Field(None, description="stream: the subject to read.")
+    stream: str | None = Field(
+        None, description="stream: the JetStream stream holding the subject (default: found)."
+    )
+    durable: str | None = Field(
+        None, description="stream: the durable consumer's name (default shipway-SOURCE)."
+    )
+    ack_wait: Duration = Field(
+        Duration("30s"),
+        description="stream: how long a fetched message waits for its acknowledgement before "
+        "it is delivered again (a run killed mid-batch).",
+    )
+    query: str | None = Field(
+        None,
+        description="sql: a SELECT (a table name alone means every column of it); read in "
+        "cursor order, only rows past the last batch taken.",
+    )
+    cursor: str | None = Field(
+        None, description="sql: a column that grows with new rows (a time or a sequence)."
+    )
+    key: str | None = Field(
+        None,
+        description="sql: a column unique per row; rows sharing the last cursor value are told "
+        "apart by it, so none is taken twice or skipped.",
+    )
+    fetch_rows: int = Field(
+        50_000,
+        ge=1,
+        le=5_000_000,
+        description="sql: rows per batch; stream: messages per batch (one claim, one commit).",
+    )
     interval: Duration | None = Field(
         None, description="shipway serve runs the source this often (unset: only on demand)."
     )
-    sink: SinkSpec = Field(..., description="Where answers are written.")
+    sink: SinkSpec | None = Field(
+        None,
+        description="use score: where answers are written (needed for files and sql; a push "
+        "is answered in its reply).",
+    )
+    schema_changes: SchemaPolicySpec = Field(
+        default_factory=SchemaPolicySpec,
+        description="What a batch whose columns differ from the contract does.",
+    )
+    labels: LabelColumnsSpec | None = Field(
+        None, description="use labels: which columns hold the label and the decision id or key."
+    )
+    label: str | None = Field(
+        None, description="use train: a column kept with each dataset version (the target)."
+    )
     max_bad_share: BadShareSpec = Field(
         default_factory=BadShareSpec, description="Bad-row shares that warn and that hold."
     )
-    batch_rows: int = Field(512, ge=1, le=65536, description="Rows per scoring call.")
+    batch_rows: int = Field(4096, ge=1, le=65536, description="Rows per scoring call (use score).")
     warn_after: Duration | None = Field(
         None,
-        description="Freshness: with no file scored for this long the source reads 'warn' "
+        description="Freshness: with no batch taken for this long the source reads 'warn' "
         "(figure freshness_s.NAME for alert rules).",
     )
     error_after: Duration | None = Field(
-        None, description="Freshness: with no file scored for this long it reads 'error'."
+        None, description="Freshness: with no batch taken for this long it reads 'error'."
     )
+
+    @model_validator(mode="after")
+    def _fits_kind(self) -> SourceSpec:
+        absent = [k for k in _KIND_NEEDS[self.kind] if not getattr(self, k)]
+        if absent:
+            raise ValueError(f"a {self.kind} source needs {', '.join(absent)}")
+        for k in ("stream", "durable"):
+            if getattr(self, k) and self.kind != "stream":
+                raise ValueError(f"{k} belongs to stream sources, not {self.kind} ones")
+        for kind, needs in _KIND_NEEDS.items():
+            if kind != self.kind:
+                extra = [k for k in needs if getattr(self, k) and k not in _KIND_NEEDS[self.kind]]
+                if extra:
+                    raise ValueError(
+                        f"{', '.join(extra)} belong to {kind} sources, not {self.kind} ones"
+                    )
+        if self.use == "score" and self.sink is None and self.kind != "push":
+            raise ValueError("a score source needs a sink (where its answers are written)")
+        if self.use != "score" and self.sink is not None:
+            raise ValueError(f"a sink is for score sources; this one's use is {self.use}")
+        if self.use == "labels":
+            if self.labels is None or not (self.labels.decision_id or self.labels.key):
+                raise ValueError(
+                    "a labels source needs labels.decision_id or labels.key (how a row finds "
+                    "its decision)"
+                )
+        elif self.labels is not None:
+            raise ValueError(f"labels: is for labels sources; this one's use is {self.use}")
+        if self.label is not None and self.use != "train":
+            raise ValueError("label: is for train sources (use labels: on a labels source)")
+        return self
+
+    def source_url(self) -> str:
+        """The SQL URL, read from the environment when written as 'env:NAME'."""
+        import os
+
+        url = self.url or ""
+        if url.startswith("env:"):
+            name = url[4:]
+            value = os.environ.get(name)
+            if not value:
+                raise ValueError(f"source {self.name}: url reads ${name}, which is not set")
+            return value
+        return url
 
 
 class StorageSpec(_Model):
@@ -1002,7 +1155,9 @@ class Manifest(_Model):
     )
     review: ReviewSpec = Field(default_factory=ReviewSpec, description="Human review.")
     sources: list[SourceSpec] = Field(
-        default_factory=list, description="Data sources: new files scored as they arrive."
+        default_factory=list,
+        description="Data sources (files, SQL, HTTP push): validated, quarantined, then scored, "
+        "kept as datasets or joined as labels.",
     )
 
     @model_validator(mode="after")
@@ -1016,6 +1171,17 @@ class Manifest(_Model):
             if s.name in seen:
                 raise ValueError(f"two sources are named {s.name!r}")
             seen.add(s.name)
+            wrong = sorted(set(s.schema_changes.map.values()) - names)
+            if wrong:
+                raise ValueError(
+                    f"source {s.name}: schema_changes.map renames to {wrong}, which the "
+                    "contract does not have"
+                )
+            if s.labels is not None and s.labels.key and self.contract.key_field is None:
+                raise ValueError(
+                    f"source {s.name}: labels.key joins on the contract's role: id field, and "
+                    "the contract has none (use labels.decision_id)"
+                )
         return self
 
     storage: StorageSpec = Field(default_factory=StorageSpec, description="Where state lives.")

@@ -25,7 +25,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from shipway.contract import Contract
-from shipway.decisions import DecisionLog, RejectionLog, ShadowLog, queries
+from shipway.decisions import DecisionLog, RejectionLog, ShadowLog, labels, queries
 from shipway.decisions.ids import new_id
 from shipway.decisions.records import rejection_rows
 from shipway.errors import (
@@ -38,6 +38,7 @@ from shipway.errors import (
     RateLimited,
     ShipwayError,
 )
+from shipway.govern import audit
 from shipway.govern.auth import Authenticator
 from shipway.govern.keys import KeyRing
 from shipway.govern.pii import Redactor
@@ -474,32 +475,110 @@ class Service(ServiceParts):
         finally:
             self._source_runs.discard(future)
 
-    async def run_source(
-        self, name: str, actor: str, progress: Any = None
-    ) -> Any:  # a data.RunResult
-        """Take a source's new files: validate, quarantine, score every good row through the
-        predict path (so it is a logged decision) and write the answers to the sink."""
-        from shipway.data import run_source
-
+    def source(self, name: str) -> Any:  # a manifest.SourceSpec
         spec = next((s for s in self.manifest.sources if s.name == name), None)
         if spec is None:
             known = ", ".join(s.name for s in self.manifest.sources) or "none"
-            raise InputError(f"the manifest has no source {name!r} (sources: {known})")
+            raise NotFound(f"the manifest has no source {name!r} (sources: {known})")
+        return spec
 
-        async def score(records: list[dict[str, Any]], caller: str) -> dict[str, Any]:
-            return await self.predict(records, caller=caller, allow_partial=False)
+    def _source_uses(self, spec: Any, actor: str) -> Any:  # a data.Uses
+        """What a source's run needs from this service: the predict path (each row logged
+        under the id the batch gives it), the log's answers for a resumed batch, the label
+        store joined as feedback import joins, and where datasets live."""
+        from shipway.data import Uses
+        from shipway.decisions import queries
 
+        async def score(records: list[dict[str, Any]], caller: str, ids: list[str]) -> Any:
+            return await self.predict(records, caller=caller, allow_partial=False, ids=ids)
+
+        def answers(ids: list[str]) -> dict[str, dict[str, Any]]:
+            return queries.answers(self.store.engine, self.name, ids)
+
+        label = None
+        if spec.use == "labels":
+            within = spec.labels.within.seconds
+            join = self.key_join(within) if spec.labels.key else None
+
+            def label(conn: Any, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+                return labels.record(
+                    conn, self.name, self.manifest.output, items, actor=actor,
+                    source=f"source:{spec.name}", rank=labels.RANK_LABELER, join=join,
+                )  # fmt: skip
+
+        return Uses(
+            score=score,
+            answers=answers,
+            label=label,
+            datasets_dir=self.location.storage_dir / "datasets",
+            treat=self.redactor.treated if self.redactor else None,
+        )
+
+    async def run_source(
+        self, name: str, actor: str, progress: Any = None, pushed: Any = None
+    ) -> Any:  # a data.RunResult
+        """Take a source's new batches: check their columns, validate, quarantine, and score
+        (every row a logged decision), keep as a dataset version, or store as labels."""
+        from shipway.data import run_source
+
+        spec = self.source(name)
         return await run_source(
             engine=self.store.engine,
             service=self.name,
             spec=spec,
             base=self.location.manifest_path.parent,
+            staging=self.location.storage_dir / "staged",
             contract=self.manifest.contract,
-            score=score,
-            treat=self.redactor.treated if self.redactor else None,
+            uses=self._source_uses(spec, actor),
             actor=actor,
             progress=progress,
+            pushed=pushed,
         )
+
+    async def replay_quarantine(
+        self, name: str, actor: str, seqs: list[int] | None = None, progress: Any = None
+    ) -> Any:  # a data.RunResult
+        """Check a source's held rows again and use those that now pass; audited."""
+        from shipway.data import replay
+
+        spec = self.source(name)
+        treated = sorted(self.manifest.pii)
+        if treated and spec.use != "labels":
+            raise InputError(
+                f"quarantined rows keep the personal fields {treated} treated (pii), so "
+                "replaying them would use dropped, masked or hashed values; fix the source "
+                "and send the rows again instead"
+            )
+        result = await replay(
+            engine=self.store.engine,
+            service=self.name,
+            spec=spec,
+            base=self.location.manifest_path.parent,
+            staging=self.location.storage_dir / "staged",
+            contract=self.manifest.contract,
+            uses=self._source_uses(spec, actor),
+            actor=actor,
+            seqs=seqs,
+            progress=progress,
+        )
+        await asyncio.to_thread(
+            functools.partial(
+                audit.record,
+                self.store.engine,
+                actor=actor,
+                action="quarantine.replay",
+                target=f"source:{name}",
+                service=self.name,
+                after={
+                    "run_id": result.run_id,
+                    "rows": result.rows_in,
+                    "moved_on": result.rows_good,
+                    "still_held": result.rows_bad,
+                    "status": result.status,
+                },
+            )
+        )
+        return result
 
     def _auto_step(self) -> None:
         spec = self.manifest.rollout
@@ -586,6 +665,7 @@ class Service(ServiceParts):
         *,
         allow_partial: bool = True,
         probabilities: bool = False,
+        ids: list[str] | None = None,
     ) -> dict[str, Any]:
         """Validate, answer and log parsed rows (the ingress has parsed and limited them);
         class probabilities when asked for or when the manifest always returns them."""
@@ -596,6 +676,7 @@ class Service(ServiceParts):
             headers,
             allow_partial=allow_partial,
             probabilities=probabilities or self.return_probabilities,
+            ids=ids,
         )
 
     def admit(self, keys: Any) -> None:

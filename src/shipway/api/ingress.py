@@ -1,7 +1,7 @@
 """The one ingress: every HTTP request that carries rows comes through here.
 
-``/v1/predict``, ``/v2/models/{name}[/versions/{v}]/infer`` and ``/v1/feedback`` (and later
-``/v1/ingest``) share one sequence, written once:
+``/v1/predict``, ``/v2/models/{name}[/versions/{v}]/infer``, ``/v1/feedback`` and
+``/v1/ingest/{source}`` share one sequence, written once:
 
     route → authenticate and check the role (api/access.py's table) → method
           → body limit by Content-Length (413) → admission: every rate limit by its key (429),
@@ -86,6 +86,7 @@ class Ingress:
         self.max_body = m.serving.max_body_bytes
         self.max_rows = m.serving.max_batch_rows
         self.max_feedback_rows = m.serving.max_feedback_rows
+        self.max_ingest_rows = m.serving.max_ingest_rows
         self.protect = not service.dev_mode
         self.limit_keys = [r.key for r in m.serving.limits.rates]
         self.metrics = service.metrics
@@ -93,6 +94,7 @@ class Ingress:
             "/v1/predict": IngressRoute("/v1/predict", predict_v1),
             "/v1/feedback": IngressRoute("/v1/feedback", feedback),
         }
+        self._ingest = IngressRoute("/v1/ingest/{source}", ingest)
         self._v2 = IngressRoute("/v2/models/{model}/infer", infer_v2, v2_errors=True)
         self._v2v = IngressRoute(
             "/v2/models/{model}/versions/{version}/infer", infer_v2, v2_errors=True
@@ -102,6 +104,10 @@ class Ingress:
         route = self._exact.get(path)
         if route is not None:
             return route, {}
+        if path.startswith("/v1/ingest/"):
+            name = path[len("/v1/ingest/") :]
+            if name and "/" not in name:
+                return self._ingest, {"source": name}
         if path.startswith("/v2/models/") and path.endswith("/infer"):
             parts = path[len("/v2/models/") : -len("/infer")].split("/")
             if len(parts) == 1 and parts[0]:
@@ -329,6 +335,68 @@ async def feedback(ing: Ingress, call: Call) -> tuple[int, bytes, list[tuple[byt
     if skip:
         body["unmatched"] = len(items) - len(stored)
     return 201, _dumps(body), list(_JSON)
+
+
+#: Body types a push source reads, by Content-Type.
+_PUSH_FORMATS = {
+    "text/csv": "csv",
+    "application/csv": "csv",
+    "application/vnd.apache.parquet": "parquet",
+    "application/x-parquet": "parquet",
+    "application/x-ndjson": "jsonl",
+    "application/jsonl": "jsonl",
+}
+
+
+def _pushed_rows(ing: Ingress, call: Call, spec: Any) -> Any:  # a pyarrow.Table
+    """A push body as a table: JSON (a list of records, or ``{"records": [...]}``), JSON
+    lines, CSV or Parquet (by Content-Type; Parquet is also known by its magic bytes)."""
+    from shipway.data.files import normalise, read_bytes, records_table
+
+    ctype = (call.headers.get("content-type") or "").split(";")[0].strip().lower()
+    fmt = _PUSH_FORMATS.get(ctype)
+    if fmt is None and call.body[:4] == b"PAR1":
+        fmt = "parquet"
+    if fmt is not None:
+        return read_bytes(call.body, "the body", fmt, ing.service.manifest.contract)
+    payload = parse_json(call.body)
+    records = payload.get("records") if isinstance(payload, dict) else payload
+    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+        raise BadRequest(
+            'send a JSON list of records, {"records": [...]}, JSON lines, CSV (text/csv) or '
+            "Parquet (application/vnd.apache.parquet)",
+            field="records",
+            rule="shape",
+        )
+    if not records:
+        raise BadRequest("the body holds no rows", field="records", rule="non_empty")
+    return normalise(records_table(records), ing.service.manifest.contract)
+
+
+async def ingest(ing: Ingress, call: Call) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+    """Rows pushed to a ``kind: push`` source: checked, validated, quarantined and used as
+    the source says (scored, kept as a dataset version, stored as labels) before the reply.
+    200 when used, 422 when the batch is held (its rows quarantined with reasons), 500 when
+    it failed; the same body again is not taken twice (``duplicate``)."""
+    service = ing.service
+    name = call.params["source"]
+    spec = service.source(name)  # NotFound names the sources
+    if spec.kind != "push":
+        raise BadRequest(
+            f"source {name} is a {spec.kind} source; only push sources take rows over HTTP",
+            field="source",
+            rule="push_source",
+        )
+    table = _pushed_rows(ing, call, spec)
+    ing.check_rows(table.num_rows, ing.max_ingest_rows, "serving.max_ingest_rows")
+    result = await service.run_source(name, call.principal.actor, pushed=table)
+    body = result.to_json()
+    pushed = result.files[-1]
+    body["duplicate"] = pushed.status == "duplicate"
+    if pushed.answers is not None:
+        body["decisions"] = pushed.answers
+    status = {"held": 422, "failed": 500}.get(pushed.status, 200)
+    return status, orjson.dumps(body, default=str), list(_JSON)
 
 
 async def infer_v2(ing: Ingress, call: Call) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:

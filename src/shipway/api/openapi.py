@@ -216,6 +216,70 @@ def ingress_openapi(schema: dict[str, Any], manifest: Manifest) -> None:
             },
         }
     }
+    pushes = [s.name for s in manifest.sources if s.kind == "push"]
+    if pushes:
+        schema["paths"]["/v1/ingest/{source}"] = {
+            "post": {
+                "tags": ["data"],
+                "summary": "Push rows to a push source",
+                "description": (
+                    "Rows are checked against the contract (schema changes, every rule), bad "
+                    "ones quarantined with reasons, and the good ones used as the source says "
+                    "(scored, kept as a dataset version, stored as labels) before the reply. "
+                    "The same body pushed again is not taken twice."
+                ),
+                "operationId": "ingest",
+                "parameters": [
+                    {
+                        "name": "source",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string", "enum": pushes},
+                    }
+                ],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "oneOf": [
+                                    {"type": "array", "items": {"type": "object"}},
+                                    {
+                                        "type": "object",
+                                        "required": ["records"],
+                                        "properties": {
+                                            "records": {
+                                                "type": "array",
+                                                "items": {"type": "object"},
+                                                "maxItems": manifest.serving.max_ingest_rows,
+                                            }
+                                        },
+                                    },
+                                ]
+                            }
+                        },
+                        "text/csv": {"schema": {"type": "string"}},
+                        "application/x-ndjson": {"schema": {"type": "string"}},
+                        "application/vnd.apache.parquet": {
+                            "schema": {"type": "string", "format": "binary"}
+                        },
+                    },
+                },
+                "responses": {
+                    "200": {"description": "Taken: the run, its counts, and answers if scored."},
+                    "400": {
+                        "description": "Not a push source, or an unreadable body.",
+                        "content": err,
+                    },
+                    "404": {"description": "No such source.", "content": err},
+                    "413": {"description": "Body too large.", "content": err},
+                    "422": {
+                        "description": "Held whole: too many bad rows, or a schema change "
+                        "the policy refuses (rows quarantined)."
+                    },
+                },
+            }
+        }
 
 
 def secure_openapi(schema: dict[str, Any]) -> None:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import io
 import os
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 
@@ -33,7 +35,7 @@ class Candidate:
     size: int
 
 
-def _digest(path: Path) -> str:
+def digest(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -69,7 +71,7 @@ def new_files(
         if now - st.st_mtime < settle_s:
             waiting.append(path)
             continue
-        sha = _digest(path)
+        sha = digest(path)
         if path.stat().st_mtime != st.st_mtime:  # written to while it was read
             waiting.append(path)
             continue
@@ -106,21 +108,29 @@ def _text_fields(contract: ContractSpec) -> set[str]:
     return out
 
 
-def _read_jsonl(path: Path) -> pa.Table:
+def _read_jsonl(f: Any, what: str) -> pa.Table:
     """JSON lines as Python values (no type guessing across rows: a date stays text)."""
     import orjson
 
     records = []
-    with path.open("rb") as f:
-        for n, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    rec = orjson.loads(line)
-                except orjson.JSONDecodeError as exc:
-                    raise InputError(f"{path.name} line {n} is not JSON: {exc}") from None
-                if not isinstance(rec, dict):
-                    raise InputError(f"{path.name} line {n} is not a JSON object")
-                records.append(rec)
+    for n, line in enumerate(f, 1):
+        if line.strip():
+            try:
+                rec = orjson.loads(line)
+            except orjson.JSONDecodeError as exc:
+                raise InputError(f"{what} line {n} is not JSON: {exc}") from None
+            if not isinstance(rec, dict):
+                raise InputError(f"{what} line {n} is not a JSON object")
+            records.append(rec)
+    return records_table(records)
+
+
+def records_table(records: list[dict[str, object]]) -> pa.Table:
+    """JSON-like records as a table, one column per key seen in any record (absent: null).
+    A column of mixed kinds becomes text (the contract then says what each value may be);
+    nested values are kept as JSON text."""
+    import orjson
+
     columns: dict[str, pa.Array] = {}
     for k in dict.fromkeys(k for r in records for k in r):
         values = [r.get(k) for r in records]
@@ -128,7 +138,7 @@ def _read_jsonl(path: Path) -> pa.Table:
             values = [None if v is None else str(v) for v in values]
         try:
             columns[k] = pa.array(values)
-        except (pa.ArrowInvalid, pa.ArrowTypeError):  # nested values: kept as JSON text
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):  # nested: JSON text
             columns[k] = pa.array([None if v is None else orjson.dumps(v).decode() for v in values])
     return pa.table(columns)
 
@@ -138,7 +148,7 @@ def _one_type(values: list[object]) -> bool:
     return len(kinds) <= 1 or kinds <= {int, float}
 
 
-def _normalise(table: pa.Table, contract: ContractSpec) -> pa.Table:
+def normalise(table: pa.Table, contract: ContractSpec) -> pa.Table:
     """Columns as the contract reads them: an all-empty column typed as its field, dates and
     times written as ISO 8601 text."""
     import pyarrow.compute as pc
@@ -152,6 +162,8 @@ def _normalise(table: pa.Table, contract: ContractSpec) -> pa.Table:
             table = table.set_column(
                 i, f.name, pa.nulls(len(col), type=_ARROW.get(f.type, pa.string()))
             )
+        elif pa.types.is_decimal(col.type):  # NUMERIC columns of a database
+            table = table.set_column(i, f.name, col.cast(pa.float64()))
         elif f.type in ("datetime", "string") and (
             pa.types.is_timestamp(col.type) or pa.types.is_date(col.type)
         ):
@@ -161,28 +173,50 @@ def _normalise(table: pa.Table, contract: ContractSpec) -> pa.Table:
 
 
 def read_table(path: Path, fmt: str, contract: ContractSpec) -> pa.Table:
-    """The file as a table, its columns as the contract reads them (see ``_normalise``); an
+    """The file as a table, its columns as the contract reads them (see ``normalise``); an
     unreadable file is an InputError naming it."""
+    return _read(path, path.name, fmt, contract)
+
+
+def read_bytes(data: bytes, what: str, fmt: str, contract: ContractSpec) -> pa.Table:
+    """A body (CSV, Parquet or JSON lines) as :func:`read_table` reads a file."""
+    return _read(pa.BufferReader(data), what, fmt, contract)
+
+
+def _read(where: Any, what: str, fmt: str, contract: ContractSpec) -> pa.Table:
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
     try:
         if fmt == "csv":
             table = pacsv.read_csv(
-                path,
+                where,
                 convert_options=pacsv.ConvertOptions(
                     column_types={n: pa.string() for n in _text_fields(contract)},
                     strings_can_be_null=True,
                 ),
             )
         elif fmt == "jsonl":
-            table = _read_jsonl(path)
+            if isinstance(where, Path):
+                with where.open("rb") as f:
+                    table = _read_jsonl(f, what)
+            else:
+                table = _read_jsonl(io.BytesIO(where.read()), what)
         else:
-            table = pq.read_table(path)
+            table = pq.read_table(where)
     except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise InputError(f"{path.name} cannot be read as {fmt}: {first}") from None
-    return _normalise(table, contract)
+        raise InputError(f"{what} cannot be read as {fmt}: {first}") from None
+    return normalise(table, contract)
 
 
-__all__ = ["Candidate", "file_format", "new_files", "read_table"]
+__all__ = [
+    "Candidate",
+    "digest",
+    "file_format",
+    "new_files",
+    "normalise",
+    "read_bytes",
+    "read_table",
+    "records_table",
+]

@@ -104,6 +104,29 @@ def known_ids(conn: Connection, service: str, ids: Iterable[str]) -> set[str]:
     return known
 
 
+def answers(engine: Engine, service: str, ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """The logged answer of each of ``ids`` that is in the log (id, output, confidence,
+    version, route), as the predict path returns them."""
+    ids = list(ids)
+    out: dict[str, dict[str, Any]] = {}
+    cols = (
+        decisions.c.id,
+        decisions.c.output,
+        decisions.c.confidence,
+        decisions.c.model_version,
+        decisions.c.route,
+    )
+    with engine.connect() as conn:
+        for k in range(0, len(ids), 500):
+            q = select(*cols).where(
+                decisions.c.service == service, decisions.c.id.in_(ids[k : k + 500])
+            )
+            for r in conn.execute(q).mappings():
+                d = _decode(r)
+                out[d["id"]] = d
+    return out
+
+
 def callers(conn: Connection, ids: Iterable[str]) -> dict[str, str | None]:
     """The caller logged with each of ``ids``."""
     ids = list(ids)
@@ -311,6 +334,7 @@ def purge(
 __all__ = [
     "CanaryFigures",
     "ShadowPair",
+    "answers",
     "callers",
     "canary_figures",
     "get",

@@ -8,17 +8,19 @@ from dataclasses import dataclass, field
 READ = "read"  # services, models, rollout, monitors, audit; decisions without raw inputs
 READ_INPUTS = "read_inputs"  # decisions with their (redacted) inputs
 PREDICT = "predict"  # predict, and label the decisions one's own requests made
+INGEST = "ingest"  # push rows to a data source (POST /v1/ingest/{source})
 LABEL = "label"  # label any decision (ground truth from people who know it)
 REVIEW = "review"  # work the review queue
 OPERATE = "operate"  # rollout moves other than promotion, alerts, retention purge
 APPROVE = "approve"  # promote to champion, force past a failed gate, stop and resume
 ADMIN = "admin"  # keys, policies
 
-PERMISSIONS = (READ, READ_INPUTS, PREDICT, LABEL, REVIEW, OPERATE, APPROVE, ADMIN)
+PERMISSIONS = (READ, READ_INPUTS, PREDICT, INGEST, LABEL, REVIEW, OPERATE, APPROVE, ADMIN)
 
 ROLES: dict[str, frozenset[str]] = {
     "viewer": frozenset({READ}),
     "predictor": frozenset({PREDICT}),
+    "ingester": frozenset({INGEST}),
     "labeler": frozenset({READ, READ_INPUTS, LABEL}),
     "reviewer": frozenset({READ, READ_INPUTS, LABEL, REVIEW}),
     "operator": frozenset({READ, READ_INPUTS, OPERATE}),
@@ -29,6 +31,7 @@ ROLES: dict[str, frozenset[str]] = {
 ROLE_HELP = {
     "viewer": "read monitors, models, rollout and decisions (without raw inputs)",
     "predictor": "call predict; label the decisions its own requests made",
+    "ingester": "push rows to the service's push sources (POST /v1/ingest/SOURCE)",
     "labeler": "label any decision (ground truth); read decisions with inputs",
     "reviewer": "work the review queue; read decisions with inputs",
     "operator": "rollout moves (not promotion), alerts, retention; read everything",
@@ -83,6 +86,7 @@ __all__ = [
     "ANONYMOUS",
     "APPROVE",
     "DEV",
+    "INGEST",
     "LABEL",
     "OPERATE",
     "PERMISSIONS",

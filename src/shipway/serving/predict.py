@@ -84,8 +84,12 @@ class PredictPath:
         *,
         allow_partial: bool = True,
         probabilities: bool = False,
+        ids: list[str] | None = None,
     ) -> dict[str, Any]:
         """Validate and answer parsed records (``single``: one object, not a batch).
+
+        ``ids``: the decision ids to log the rows under (a data source's batch names its
+        rows, so a resumed run can tell which are logged); fresh ids otherwise.
 
         With ``probabilities``, each answer carries ``probabilities`` (``{label: p}``, or null
         where no model probabilities exist: a fallback's answer, a model without them).
@@ -114,7 +118,8 @@ class PredictPath:
         chain = self.chain
         values = checked.values
         n = len(values)
-        ids = new_ids(n)
+        if ids is None or rejected:  # given ids name the rows as sent: none refused
+            ids = new_ids(n)
         if router.stopped is not None:  # the stop switch: no model is called
             routes = [Route(router.champion, "stopped", list(range(n)))]
             answers: list[Awaitable[list[Answer]]] = [

@@ -353,6 +353,10 @@ source_runs = Table(
     Column("rows_bad", Integer, nullable=False, default=0),
     Column("error", Text, nullable=True),
     Column("actor", String(128), nullable=False),
+    # host:pid of the process running it, and when it last said it was alive: a run whose
+    # process is gone leaves its claims to the next run, which takes them up
+    Column("owner", String(160), nullable=True),
+    Column("beat_at", Float, nullable=True),
 )
 Index(
     "ix_source_runs_service_source",
@@ -376,12 +380,20 @@ source_files = Table(
     Column("size", BigInteger, nullable=False),
     Column("run_id", String(36), nullable=False),
     Column("ts", Float, nullable=False),
-    Column("status", String(16), nullable=False),  # scored, held, failed
+    Column("status", String(16), nullable=False),  # taking, scored, held, failed
     Column("rows_in", Integer, nullable=False, default=0),
     Column("rows_good", Integer, nullable=False, default=0),
     Column("rows_bad", Integer, nullable=False, default=0),
     Column("sink", Text, nullable=True),
     Column("error", Text, nullable=True),
+    # when it was claimed (the time part of its rows' decision ids, so a resumed run makes
+    # the same ids), the snapshot of a batch that is not a file (SQL rows, a pushed body),
+    # the SQL cursor range it covers (JSON), and how its columns differed from the contract
+    Column("claimed_at", Float, nullable=True),
+    Column("staged", Text, nullable=True),
+    Column("cursor_from", Text, nullable=True),
+    Column("cursor_to", Text, nullable=True),
+    Column("schema_diff", Text, nullable=True),
 )
 Index(
     "ux_source_files_content",
@@ -407,9 +419,43 @@ quarantine = Table(
     Column("ts", Float, nullable=False),
     Column("row", Text, nullable=False),
     Column("violations", Text, nullable=False),
-    Column("status", String(16), nullable=False),  # held
+    Column("status", String(16), nullable=False),  # held, replayed
+    Column("replayed_at", Float, nullable=True),
+    Column("replay_run", String(36), nullable=True),
 )
 Index("ix_quarantine_service_source", quarantine.c.service, quarantine.c.source, quarantine.c.ts)
+
+#: Where a SQL source has read up to: the cursor value (JSON) and the keys already taken at
+#: that value (rows sharing it may still arrive). Moved in the transaction that claims a batch.
+source_cursors = Table(
+    "source_cursors",
+    metadata,
+    Column("service", String(64), primary_key=True),
+    Column("source", String(64), primary_key=True),
+    Column("cursor", Text, nullable=True),
+    Column("boundary", Text, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+
+#: Immutable dataset versions (``use: train`` batches): a Parquet file named by its content.
+datasets = Table(
+    "datasets",
+    metadata,
+    Column("service", String(64), primary_key=True),
+    Column("source", String(64), primary_key=True),
+    Column("version", Integer, primary_key=True),
+    Column("sha256", String(64), nullable=False),
+    Column("rows", BigInteger, nullable=False),
+    Column("columns", Text, nullable=False),
+    Column("contract_hash", String(64), nullable=False),
+    Column("cursor_from", Text, nullable=True),
+    Column("cursor_to", Text, nullable=True),
+    Column("created_at", Float, nullable=False),
+    Column("parent", Integer, nullable=True),
+    Column("path", Text, nullable=False),
+    Column("run_id", String(36), nullable=False),
+)
+Index("ux_datasets_content", datasets.c.service, datasets.c.source, datasets.c.sha256, unique=True)
 
 
 __all__ = [
@@ -419,6 +465,7 @@ __all__ = [
     "artifacts",
     "audit_events",
     "audit_head",
+    "datasets",
     "decisions",
     "feedback",
     "job_runs",
@@ -434,6 +481,7 @@ __all__ = [
     "rollout_events",
     "rollout_state",
     "shadow_decisions",
+    "source_cursors",
     "source_files",
     "source_runs",
 ]
