@@ -517,3 +517,7 @@ def main() -> None:
 
 
 __all__ = ["app", "main"]
+
+from shipway.cli.data_report import register as _register_data_report  # noqa: E402
+
+_register_data_report(app)
