@@ -4,6 +4,7 @@ notifications retried with backoff, refused ones failed at once, every attempt r
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 import time
@@ -238,3 +239,46 @@ def test_a_notification_rolled_back_with_its_change_is_never_sent(store: Store) 
         assert box.deliver_due() == 0 and target.bodies == []
     finally:
         target.close()
+
+
+def test_a_failed_run_is_retried_sooner_with_backoff(store: Store) -> None:
+    """A task due every 30 s whose run fails is tried again after 0.1 s, then 0.2 s; once it
+    succeeds it waits for its interval again. As a once task, each retry is a slot of its own."""
+    calls: list[float] = []
+
+    def flaky() -> None:
+        calls.append(time.monotonic())
+        if len(calls) <= 2:
+            raise RuntimeError("the database is not reachable")
+
+    sched = Scheduler(store.engine, "svc")
+    sched.add(Task("source:orders", 30.0, flaky, once=True, first_s=0.0, retry_s=0.1))
+    sched.start()
+    try:
+        time.sleep(1.5)
+    finally:
+        sched.stop(timeout=5)
+    assert len(calls) == 3  # failed, retried, retried and succeeded; the next run is in 30 s
+    gaps = [b - a for a, b in itertools.pairwise(calls)]
+    assert 0.08 <= gaps[0] < 0.5 and gaps[1] >= 0.18
+    st = sched.status()[0]
+    assert (st["failures"], st["last_error"]) == (2, None)
+
+
+def test_a_cron_task_runs_once_per_scheduled_time_across_replicas(store: Store) -> None:
+    from shipway.jobs.scheduler import cron_times
+
+    at = 1_800_000_000.0  # 2027-01-15 08:00:00 UTC
+    assert cron_times("0 2 * * *", at) == (1_799_978_400.0, 1_800_064_800.0)  # 02:00 daily
+    runs: list[str] = []
+    now = [at + 30.0]
+    replicas = []
+    for name in ("a", "b"):
+        s = Scheduler(store.engine, "svc", clock=lambda: now[0])
+        s.add(Task("nightly", 3600.0, lambda n=name: runs.append(n), once=True, cron="0 * * * *"))
+        replicas.append(s)
+    assert [s.run_now("nightly") for s in replicas].count(True) == 1
+    now[0] += 1800.0  # the same scheduled hour: nobody runs it again
+    assert [s.run_now("nightly") for s in replicas].count(True) == 0
+    now[0] += 1800.0  # the next hour
+    assert [s.run_now("nightly") for s in replicas].count(True) == 1 and len(runs) == 2

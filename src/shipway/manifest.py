@@ -1034,6 +1034,16 @@ class SourceSpec(_Model):
     interval: Duration | None = Field(
         None, description="shipway serve runs the source this often (unset: only on demand)."
     )
+    schedule: str | None = Field(
+        None,
+        description="Or a cron expression, in UTC ('0 2 * * *': at 02:00 every day), for "
+        "shipway serve to run the source at.",
+    )
+    retry_after: Duration | None = Field(
+        Duration("10s"),
+        description="A run that fails (an unreachable database or stream) is tried again after "
+        "this, then twice as long on each failure in a row, up to the interval.",
+    )
     sink: SinkSpec | None = Field(
         None,
         description="use score: where answers are written (needed for files and sql; a push "
@@ -1064,6 +1074,16 @@ class SourceSpec(_Model):
 
     @model_validator(mode="after")
     def _fits_kind(self) -> SourceSpec:
+        if self.schedule is not None:
+            from croniter import croniter
+
+            if self.interval is not None:
+                raise ValueError("give a source an interval or a schedule, not both")
+            if not croniter.is_valid(self.schedule):
+                raise ValueError(
+                    f"schedule {self.schedule!r} is not a cron expression (minute hour day "
+                    "month weekday, e.g. '0 2 * * *')"
+                )
         absent = [k for k in _KIND_NEEDS[self.kind] if not getattr(self, k)]
         if absent:
             raise ValueError(f"a {self.kind} source needs {', '.join(absent)}")

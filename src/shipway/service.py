@@ -448,13 +448,16 @@ class Service(ServiceParts):
         if m.monitor.schedule:
             add(Task("monitor", m.monitor.interval.seconds, self.monitor.run, once=True))
         for source in m.sources:
-            if source.interval is not None:
+            if source.interval is not None or source.schedule is not None:
+                every = source.interval.seconds if source.interval is not None else 3600.0
                 add(
                     Task(
                         f"source:{source.name}",
-                        source.interval.seconds,
+                        every,
                         functools.partial(self._run_source_on_loop, source.name),
                         once=True,
+                        cron=source.schedule,
+                        retry_s=source.retry_after.seconds if source.retry_after else None,
                     )
                 )
 

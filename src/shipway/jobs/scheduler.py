@@ -1,6 +1,8 @@
 """The scheduler: every periodic task of a running service, each on its own clock.
 
-A :class:`Task` is a name, an interval and a function. Each task runs on a thread of its own,
+A :class:`Task` is a name, an interval (or a cron expression, in UTC) and a function. A task
+may retry a failed run sooner than its next time, with a delay that doubles on each failure
+in a row (capped at the interval). Each task runs on a thread of its own,
 so a slow task (a monitor window over a large log, a webhook that never answers) never delays
 another (the rollout poll that must reach every replica within a second). Each task has its own
 error handling (a failure is logged and counted, and the task runs again at its next interval)
@@ -42,13 +44,30 @@ KEEP_RUNS_S = 7 * 86400.0
 
 @dataclass
 class Task:
-    """Periodic work: ``run()`` every ``every_s`` seconds (first after ``first_s``)."""
+    """Periodic work: ``run()`` every ``every_s`` seconds (first after ``first_s``), or at the
+    times of ``cron`` (UTC; ``every_s`` then caps the retry delay). With ``retry_s``, a failed
+    run is tried again after ``retry_s``, doubling with each failure in a row."""
 
     name: str
     every_s: float
     run: Callable[[], Any]
     once: bool = False
     first_s: float | None = None
+    cron: str | None = None
+    retry_s: float | None = None
+
+
+def cron_times(expr: str, now: float) -> tuple[float, float]:
+    """The latest time at or before ``now`` and the next time after it that ``expr`` (a cron
+    expression, in UTC) names."""
+    import datetime as dt
+
+    from croniter import croniter
+
+    at = dt.datetime.fromtimestamp(now, dt.UTC)
+    prev = croniter(expr, at).get_prev(float)
+    nxt = croniter(expr, at).get_next(float)
+    return float(prev), float(nxt)
 
 
 @dataclass
@@ -57,6 +76,7 @@ class _State:
     failures: int = 0
     skipped: int = 0
     running: bool = False
+    streak: int = 0  # failures in a row
     last_ok: float | None = None
     last_error: str | None = None
     last_seconds: float | None = None
@@ -110,11 +130,27 @@ class Scheduler:
                 st.thread = None
 
     def _loop(self, task: Task) -> None:
-        delay = task.every_s if task.first_s is None else task.first_s
-        while not self._stop.wait(delay):
+        if task.cron is not None:
+            delay = cron_times(task.cron, self._clock())[1] - self._clock()
+        else:
+            delay = task.every_s if task.first_s is None else task.first_s
+        st = self._state[task.name]
+        while not self._stop.wait(max(0.0, delay)):
             t0 = time.monotonic()
             self.run_now(task.name)
-            delay = max(0.0, task.every_s - (time.monotonic() - t0))
+            delay = self.next_delay(task) - (time.monotonic() - t0)
+            if task.cron is not None:
+                delay = max(delay, 0.001)
+            if task.retry_s and st.streak:
+                retry = task.retry_s * 2 ** (st.streak - 1) - (time.monotonic() - t0)
+                delay = min(delay, retry)
+
+    def next_delay(self, task: Task) -> float:
+        """Seconds from now to the task's next regular run."""
+        if task.cron is not None:
+            now = self._clock()
+            return cron_times(task.cron, now)[1] - now
+        return task.every_s
 
     def run_now(self, name: str) -> bool:
         """Run one task now, with its guards (True when it ran; False when skipped)."""
@@ -134,9 +170,11 @@ class Scheduler:
             task.run()
             st.last_ok = self._clock()
             st.last_error = None
+            st.streak = 0
         except Exception as exc:
             ok = False
             st.failures += 1
+            st.streak += 1
             st.last_error = f"{type(exc).__name__}: {exc}"[:500]
             log.exception(
                 "scheduled task %s failed; it runs again in %.3g s", task.name, task.every_s
@@ -171,7 +209,13 @@ class Scheduler:
 
     def _claim_and_run(self, task: Task) -> bool:
         now = self._clock()
-        slot = int(now // task.every_s) if task.every_s > 0 else int(now * 1000)
+        if task.cron is not None:
+            base = int(cron_times(task.cron, now)[0])
+        else:
+            base = int(now // task.every_s) if task.every_s > 0 else int(now * 1000)
+        # a retry after a failure is a slot of its own (attempt 1, 2, ...): the failed run's
+        # row keeps the slot, and replicas still agree on which attempt runs
+        slot = base * 64 + min(self._state[task.name].streak, 63)
         try:
             with self.engine.begin() as conn:
                 res = conn.execute(
@@ -229,6 +273,7 @@ class Scheduler:
             {
                 "task": name,
                 "every_s": t.every_s,
+                "cron": t.cron,
                 "once": t.once,
                 "runs": self._state[name].runs,
                 "failures": self._state[name].failures,
