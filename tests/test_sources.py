@@ -137,7 +137,7 @@ def test_a_sql_source_takes_new_rows_once_by_cursor_and_key(
         source = {
             "name": "events", "kind": "sql", "url": "env:EVENTS_URL", "query": table,
             "cursor": "ts", "key": "id", "fetch_rows": 12,
-            "sink": {"path": "scored", "format": "parquet"},
+            "sink": {"table": f"{table}_scored", "url": "env:EVENTS_URL"},
             "max_bad_share": {"warn": 0.2, "fail": 0.5},
         }  # fmt: skip
         manifest = _service(template, tmp_path / "svc", source)
@@ -166,10 +166,10 @@ def test_a_sql_source_takes_new_rows_once_by_cursor_and_key(
         held = json.loads(run_cli("quarantine", "list", "-m", str(manifest), "--json",
                                   env=ENV).stdout)  # fmt: skip
         assert [v["rule"] for v in held[0]["violations"]] == ["category"]
-        sink = pd.concat(
-            pq.read_table(p).to_pandas() for p in (manifest.parent / "scored").iterdir()
-        )
+        with engine.connect() as conn:  # the answers, in a table beside the source's
+            sink = pd.read_sql(sa.text(f"SELECT * FROM {table}_scored"), conn)
         assert len(sink) == 39 and sink["decision_id"].is_unique
+        assert set(sink["decision_id"]) == {d["id"] for d in logged}
 
         # a missing table, an unreachable database: the run fails saying why
         for url, query, words in (
@@ -181,6 +181,8 @@ def test_a_sql_source_takes_new_rows_once_by_cursor_and_key(
             assert res.returncode == 1 and words in res.stderr, res.stderr
     finally:
         meta.drop_all(engine)
+        with engine.begin() as conn:
+            conn.execute(sa.text(f"DROP TABLE IF EXISTS {table}_scored"))
         engine.dispose()
 
 
@@ -502,7 +504,8 @@ def test_train_batches_become_versions_and_labels_join_decisions(
     folder = tmp_path / "svc"
     manifest = _service(
         template, folder,
-        {"name": "nightly", "path": "incoming/*.csv", "sink": {"path": "scored"}},
+        {"name": "nightly", "path": "incoming/*.csv", "sink": {"path": "scored"},
+         "keep_inputs": True},
         {"name": "history", "use": "train", "label": "churn", "path": "history/*"},
         {"name": "truth", "use": "labels", "path": "truth/*.csv",
          "labels": {"key": "customer_id", "label": "churn"}},
@@ -542,7 +545,11 @@ def test_train_batches_become_versions_and_labels_join_decisions(
     scored = generate(15, seed=73)
     scored.drop(columns=["churn"]).to_csv(folder / "incoming" / "day.csv", index=False)
     _settled(folder / "incoming" / "day.csv")
-    assert _run(manifest, "nightly")[0] == 0
+    code, run = _run(manifest, "nightly")
+    assert code == 0 and run["files"][0]["dataset_version"] == 1  # what was scored, kept
+    kept = json.loads(run_cli("datasets", "list", "--source", "nightly", "-m", str(manifest),
+                              "--json", env=ENV).stdout)  # fmt: skip
+    assert kept[0]["rows"] == 15
     truth = scored[["customer_id", "churn"]].copy()
     truth.loc[truth.index[0], "customer_id"] = 1  # no decision carries it
     truth.loc[truth.index[1], "churn"] = "maybe"  # not a label the output spec allows

@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -901,10 +902,36 @@ class AuditSpec(_Model):
 
 
 class SinkSpec(_Model):
-    """Where a scoring source writes its answers: one file per input file, written whole."""
+    """Where a scoring source writes its answers: a folder (one file per batch, written whole)
+    or a SQL table (each batch's rows in one transaction)."""
 
-    path: str = Field(..., description="A folder (relative to the manifest's folder).")
-    format: Literal["parquet", "csv"] = Field("parquet", description="parquet or csv.")
+    path: str | None = Field(None, description="A folder (relative to the manifest's folder).")
+    format: Literal["parquet", "csv"] = Field("parquet", description="Folder: parquet or csv.")
+    table: str | None = Field(
+        None, description="Or a SQL table (created when missing), in the database at url."
+    )
+    url: str | None = Field(
+        None, description="Table: a SQLAlchemy URL; 'env:NAME' reads it from the environment."
+    )
+
+    @model_validator(mode="after")
+    def _one_place(self) -> SinkSpec:
+        if (self.path is None) == (self.table is None):
+            raise ValueError("a sink is a folder (path) or a SQL table (table and url)")
+        if self.table is not None and not self.url:
+            raise ValueError("a table sink needs the url of its database")
+        if self.table is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,62}", self.table):
+            raise ValueError(f"sink table {self.table!r}: letters, digits and _ only")
+        return self
+
+    def database_url(self) -> str:
+        url = self.url or ""
+        if url.startswith("env:"):
+            value = os.environ.get(url[4:])
+            if not value:
+                raise ValueError(f"the sink's url reads ${url[4:]}, which is not set")
+            return value
+        return url
 
 
 class BadShareSpec(_Model):
@@ -1059,6 +1086,11 @@ class SourceSpec(_Model):
     label: str | None = Field(
         None, description="use train: a column kept with each dataset version (the target)."
     )
+    keep_inputs: bool = Field(
+        False,
+        description="use score: also keep each batch's good rows as a dataset version "
+        "(shipway datasets), so what was scored can be read back as it was.",
+    )
     max_bad_share: BadShareSpec = Field(
         default_factory=BadShareSpec, description="Bad-row shares that warn and that hold."
     )
@@ -1109,14 +1141,14 @@ class SourceSpec(_Model):
                 )
         elif self.labels is not None:
             raise ValueError(f"labels: is for labels sources; this one's use is {self.use}")
+        if self.keep_inputs and self.use != "score":
+            raise ValueError("keep_inputs is for score sources (a train source keeps all)")
         if self.label is not None and self.use != "train":
             raise ValueError("label: is for train sources (use labels: on a labels source)")
         return self
 
     def source_url(self) -> str:
         """The SQL URL, read from the environment when written as 'env:NAME'."""
-        import os
-
         url = self.url or ""
         if url.startswith("env:"):
             name = url[4:]

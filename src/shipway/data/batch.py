@@ -363,7 +363,7 @@ def _reason(exc: BaseException) -> str:
 
 
 def _sink_dir(spec: SourceSpec, base: Path) -> Path | None:
-    if spec.sink is None:
+    if spec.sink is None or spec.sink.path is None:
         return None
     folder = Path(spec.sink.path)
     return folder if folder.is_absolute() else base / folder
@@ -709,13 +709,35 @@ async def _score(
         )  # fmt: skip
         return FileOutcome(shown, "failed", n, len(answers), bad, error=why,
                            schema_changes=diff, resumed=batch.resumed)  # fmt: skip
-    await asyncio.to_thread(
-        functools.partial(settle, "scored", held, rows_in=n, rows_good=len(records),
-                          rows_bad=bad, sink=sink, schema_diff=diff)
-    )  # fmt: skip
+    if not (spec.keep_inputs and records):
+        await asyncio.to_thread(
+            functools.partial(settle, "scored", held, rows_in=n, rows_good=len(records),
+                              rows_bad=bad, sink=sink, schema_diff=diff)
+        )  # fmt: skip
+        version = None
+    else:  # the scored rows kept as a dataset version too, recorded with the batch
+        version = await asyncio.to_thread(
+            _keep_scored, run, batch, checked.good, held, rows_in=n, rows_good=len(records),
+            rows_bad=bad, sink=sink, schema_diff=diff,
+        )  # fmt: skip
     return FileOutcome(shown, "scored", n, len(records), bad, sink=sink, warned=warned,
-                       schema_changes=diff, resumed=batch.resumed,
+                       schema_changes=diff, resumed=batch.resumed, dataset_version=version,
                        answers=answers if spec.sink is None else None)  # fmt: skip
+
+
+def _keep_scored(run: _Run, batch: Batch, good: pa.Table, held: list[Any], **counts: Any) -> int:
+    assert run.uses.datasets_dir is not None
+    with run.engine.begin() as conn:
+        version = datasets.save(
+            conn, service=run.service, source=run.spec.name, run_id=run.run_id, table=good,
+            folder=run.uses.datasets_dir, contract=run.contract,
+            cursor_from=batch.cursor_from, cursor_to=batch.cursor_to,
+        )  # fmt: skip
+        _hold(run, batch, conn, held)
+        _record(run, batch, conn, "scored", **counts)
+    if batch.staged is not None:
+        batch.staged.unlink(missing_ok=True)
+    return int(version["version"])
 
 
 def _store_dataset(
@@ -864,14 +886,10 @@ def _write_sink(
     good: pa.Table,
     answers: list[dict[str, Any]],
 ) -> str:
-    """The batch's answers beside its rows, written to a hidden name and renamed into place,
-    so a reader of the sink never sees half a file."""
+    """The batch's answers beside its rows: to a folder, written to a hidden name and renamed
+    into place, so a reader of the sink never sees half a file; or to a SQL table, in one
+    transaction."""
     assert spec.sink is not None
-    folder = _sink_dir(spec, base)
-    assert folder is not None
-    folder.mkdir(parents=True, exist_ok=True)
-    ext = "parquet" if spec.sink.format == "parquet" else "csv"
-    final = folder / f"{batch.stem}.{batch.sha256[:12]}.{ext}"
     out = good
     for name, values in (
         ("decision_id", [a["id"] for a in answers]),
@@ -881,6 +899,15 @@ def _write_sink(
         ("route", [a["route"] for a in answers]),
     ):
         out = out.append_column(name, _column(values))
+    if spec.sink.table is not None:
+        from shipway.data.sql import write_table
+
+        return write_table(spec.sink, out, batch.sha256)
+    folder = _sink_dir(spec, base)
+    assert folder is not None
+    folder.mkdir(parents=True, exist_ok=True)
+    ext = "parquet" if spec.sink.format == "parquet" else "csv"
+    final = folder / f"{batch.stem}.{batch.sha256[:12]}.{ext}"
     tmp = folder / f".{final.name}.{run_id}.partial"  # one run's own name
     try:
         if ext == "parquet":

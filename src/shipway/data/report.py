@@ -83,7 +83,7 @@ def read_source(
         )
     if not spec.path:
         raise InputError(f"source {spec.name!r} has no path (the glob of its files)")
-    sink = Path(spec.sink.path) if spec.sink is not None else None
+    sink = Path(spec.sink.path) if spec.sink is not None and spec.sink.path else None
     sink = sink if sink is None or sink.is_absolute() else base / sink
     found, changing = new_files(spec.path, base, 0.0, (), exclude=sink)
     paths = [c.path for c in found] + changing  # changing: modified while read, or dated later

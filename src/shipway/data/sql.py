@@ -128,6 +128,54 @@ class Reader:
         return pa.table(columns), (to_json(last), keys)
 
 
+#: The sink table's column naming the batch its rows came from (a batch written again, by a
+#: run that took up a killed one's claim, replaces its rows instead of adding them twice).
+BATCH_COLUMN = "shipway_batch"
+
+
+def _sql_type(t: pa.DataType) -> Any:
+    import sqlalchemy as sa
+
+    if pa.types.is_integer(t):
+        return sa.BigInteger()
+    if pa.types.is_floating(t) or pa.types.is_decimal(t):
+        return sa.Float()
+    if pa.types.is_boolean(t):
+        return sa.Boolean()
+    return sa.Text()
+
+
+def write_table(sink: Any, table: pa.Table, batch: str) -> str:
+    """A batch's answers into the sink's SQL table (created when missing) in one transaction,
+    replacing any rows an earlier write of the same batch left."""
+    import sqlalchemy as sa
+
+    try:
+        engine = create_engine(sink.database_url())
+    except (SQLAlchemyError, ImportError, ValueError) as exc:
+        raise InputError(f"the sink's url cannot be used: {exc}") from None
+    meta = sa.MetaData()
+    target = sa.Table(
+        sink.table,
+        meta,
+        sa.Column(BATCH_COLUMN, sa.String(64), nullable=False, index=True),
+        *(sa.Column(f.name, _sql_type(f.type)) for f in table.schema),
+    )
+    rows = [{BATCH_COLUMN: batch, **r} for r in table.to_pylist()]
+    try:
+        meta.create_all(engine, checkfirst=True)
+        with engine.begin() as conn:
+            conn.execute(target.delete().where(target.c[BATCH_COLUMN] == batch))
+            if rows:
+                conn.execute(target.insert(), rows)
+    except SQLAlchemyError as exc:
+        first = str(getattr(exc, "orig", exc) or exc).strip().splitlines()[0]
+        raise InputError(f"the sink table {sink.table} could not be written: {first}") from None
+    finally:
+        engine.dispose()
+    return f"table {sink.table} ({len(rows)} rows)"
+
+
 def _column(values: list[Any]) -> pa.Array:
     try:
         return pa.array(values)
@@ -135,4 +183,4 @@ def _column(values: list[Any]) -> pa.Array:
         return pa.array([None if v is None else str(v) for v in values])
 
 
-__all__ = ["Reader", "from_json", "to_json"]
+__all__ = ["BATCH_COLUMN", "Reader", "from_json", "to_json", "write_table"]
