@@ -492,8 +492,10 @@ class Service(ServiceParts):
         from shipway.data import Uses
         from shipway.decisions import queries
 
-        async def score(records: list[dict[str, Any]], caller: str, ids: list[str]) -> Any:
-            return await self.predict(records, caller=caller, allow_partial=False, ids=ids)
+        async def score(rows: list[Any], caller: str, ids: list[str]) -> Any:
+            return await self.predict(
+                rows, caller=caller, allow_partial=False, ids=ids, validated=True
+            )
 
         def answers(ids: list[str]) -> dict[str, dict[str, Any]]:
             return queries.answers(self.store.engine, self.name, ids)
@@ -669,9 +671,11 @@ class Service(ServiceParts):
         allow_partial: bool = True,
         probabilities: bool = False,
         ids: list[str] | None = None,
+        validated: bool = False,
     ) -> dict[str, Any]:
         """Validate, answer and log parsed rows (the ingress has parsed and limited them);
-        class probabilities when asked for or when the manifest always returns them."""
+        class probabilities when asked for or when the manifest always returns them.
+        ``validated``: rows a data source checked as a table, as tuples in contract order."""
         return await self.predict_path.run(
             records,
             single,
@@ -680,6 +684,7 @@ class Service(ServiceParts):
             allow_partial=allow_partial,
             probabilities=probabilities or self.return_probabilities,
             ids=ids,
+            validated=validated,
         )
 
     def admit(self, keys: Any) -> None:

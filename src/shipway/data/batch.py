@@ -36,9 +36,10 @@ from shipway.decisions.ids import derived_ids, new_id
 from shipway.errors import FeedbackInvalid, InputError, ShipwayError
 from shipway.manifest import ContractSpec, SourceSpec
 
-#: ``score(records, caller, ids)``: the service's predict path, answering
-#: ``{"decisions": [...]}`` with each row logged under its given id.
-Score = Callable[[list[dict[str, Any]], str, list[str]], Awaitable[dict[str, Any]]]
+#: ``score(rows, caller, ids)``: the service's predict path for rows already validated as a
+#: table (tuples in contract order), answering ``{"decisions": [...]}`` with each row logged
+#: under its given id.
+Score = Callable[[list[tuple[Any, ...]], str, list[str]], Awaitable[dict[str, Any]]]
 #: ``answers(ids)``: the logged answers among ``ids`` (a resumed batch's scored rows).
 Answers = Callable[[list[str]], dict[str, dict[str, Any]]]
 #: ``label(conn, items)``: store ``{"id"|"key", "label"}`` items in ``conn``'s transaction;
@@ -438,8 +439,6 @@ def _read_staged(path: Path, contract: ContractSpec) -> pa.Table:
 def _stage(run: _Run, table: pa.Table) -> tuple[Path, str, int]:
     """Keep a batch that is not a file (SQL rows, a pushed body) as Parquet in the store,
     named by its content, so a run that takes up its claim reads the same rows."""
-    import pyarrow.parquet as pq
-
     sha = datasets.content_hash(table)
     folder = run.staging / run.spec.name
     folder.mkdir(parents=True, exist_ok=True)
@@ -447,7 +446,7 @@ def _stage(run: _Run, table: pa.Table) -> tuple[Path, str, int]:
     if not final.exists():
         tmp = folder / f".{sha}.{run.run_id}.partial"
         try:
-            pq.write_table(table, tmp)
+            datasets.write_parquet(table, tmp)
             os.replace(tmp, final)
         finally:
             tmp.unlink(missing_ok=True)
@@ -661,54 +660,64 @@ async def _score(
 ) -> FileOutcome:
     spec, uses, shown = run.spec, run.uses, batch.shown
     assert uses.score is not None
-    records = checked.good.to_pylist()
-    ids = derived_ids(batch.sha256, batch.claimed_at, 0, len(records))
-    answers: list[dict[str, Any]] = []
-    try:
-        for start in range(0, len(records), spec.batch_rows):
-            chunk = records[start : start + spec.batch_rows]
-            chunk_ids = ids[start : start + len(chunk)]
-            logged = {}
-            if batch.resumed and uses.answers is not None:  # rows a killed run scored
-                logged = await asyncio.to_thread(uses.answers, chunk_ids)
-            todo = [k for k, i in enumerate(chunk_ids) if i not in logged]
-            fresh: list[dict[str, Any]] = []
-            if todo:
-                body = await uses.score([chunk[k] for k in todo], f"source:{spec.name}",
-                                        [chunk_ids[k] for k in todo])  # fmt: skip
-                fresh = body["decisions"]
-            it = iter(fresh)
-            answers.extend(logged[i] if i in logged else next(it) for i in chunk_ids)
+    good: pa.Table = checked.good
+    total, size = good.num_rows, spec.batch_rows
+    starts = list(range(0, total, size))
+    done: dict[int, list[dict[str, Any]]] = {}
+    failures: list[BaseException] = []
+    scored = 0
+    window = asyncio.Semaphore(CHUNKS_IN_FLIGHT)
+
+    async def one(start: int) -> None:
+        nonlocal scored
+        async with window:
+            if failures:
+                return  # stop at the first failure; chunks under way finish
+            try:
+                done[start] = await _score_chunk(run, batch, good, start)
+            except Exception as exc:  # kept, reported below
+                failures.append(exc)
+                return
+            scored += len(done[start])
             if run.progress is not None:
-                run.progress(shown, len(answers), len(records))
-        sink = None
-        if records and spec.sink is not None:
+                run.progress(shown, scored, total)
+
+    await asyncio.gather(*(one(st) for st in starts))
+    sink = None
+    try:
+        if failures:
+            raise failures[0]
+        answers = [a for st in starts for a in done[st]]
+        if total and spec.sink is not None:
             sink = await asyncio.to_thread(
-                _write_sink, spec, run.base, batch, run.run_id, checked.good, answers
+                _write_sink, spec, run.base, batch, run.run_id, good, answers
             )
     except Exception as exc:  # the model, the sink's disk: nothing unscored is lost
         reason = _reason(exc)
-        if len(answers) < len(records):
+        if scored < total:
             why = (
-                f"stopped after {len(answers)} of {len(records)} good rows were scored (their "
-                f"decisions are logged): {reason}; the rest are quarantined as unscored"
+                f"stopped after {scored} of {total} good rows were scored (their decisions "
+                f"are logged): {reason}; the rest are quarantined as unscored"
             )
         else:
             why = (
-                f"all {len(records)} good rows were scored (their decisions are logged: "
+                f"all {total} good rows were scored (their decisions are logged: "
                 f"shipway decisions export), but the sink could not be written: {reason}"
             )
         good_index = _good_index(n, checked)
         unscored = [
-            (good_index[k], _kept_row(records[k], uses.treat), [UNSCORED | {"expected": reason}])
-            for k in range(len(answers), len(records))
+            (good_index[st + k], _kept_row(row, uses.treat), [UNSCORED | {"expected": reason}])
+            for st in starts
+            if st not in done
+            for k, row in enumerate(good.slice(st, size).to_pylist())
         ]
         await asyncio.to_thread(
             functools.partial(settle, "failed", held + unscored, rows_in=n,
-                              rows_good=len(answers), rows_bad=bad, error=why, schema_diff=diff)
+                              rows_good=scored, rows_bad=bad, error=why, schema_diff=diff)
         )  # fmt: skip
-        return FileOutcome(shown, "failed", n, len(answers), bad, error=why,
+        return FileOutcome(shown, "failed", n, scored, bad, error=why,
                            schema_changes=diff, resumed=batch.resumed)  # fmt: skip
+    records = answers
     if not (spec.keep_inputs and records):
         await asyncio.to_thread(
             functools.partial(settle, "scored", held, rows_in=n, rows_good=len(records),
@@ -723,6 +732,34 @@ async def _score(
     return FileOutcome(shown, "scored", n, len(records), bad, sink=sink, warned=warned,
                        schema_changes=diff, resumed=batch.resumed, dataset_version=version,
                        answers=answers if spec.sink is None else None)  # fmt: skip
+
+
+#: Scoring calls a batch keeps under way at once: while the model thread answers and logs
+#: one, the event loop prepares the next.
+CHUNKS_IN_FLIGHT = 2
+
+
+async def _score_chunk(run: _Run, batch: Batch, good: pa.Table, start: int) -> list[dict[str, Any]]:
+    """Score rows ``start ..`` of a batch's good rows (already validated as a table): their
+    values go to the predict path as rows in contract order, under the ids the batch gives
+    them. A resumed batch reads back the rows a killed run logged and scores the rest."""
+    uses = run.uses
+    assert uses.score is not None
+    part = good.slice(start, run.spec.batch_rows)
+    ids = derived_ids(batch.sha256, batch.claimed_at, start, part.num_rows)
+    rows = list(zip(*(c.to_pylist() for c in part.columns), strict=True))
+    logged: dict[str, dict[str, Any]] = {}
+    if batch.resumed and uses.answers is not None:
+        logged = await asyncio.to_thread(uses.answers, ids)
+    todo = [k for k, i in enumerate(ids) if i not in logged]
+    fresh: list[dict[str, Any]] = []
+    if todo:
+        body = await uses.score(
+            [rows[k] for k in todo], f"source:{run.spec.name}", [ids[k] for k in todo]
+        )
+        fresh = body["decisions"]
+    it = iter(fresh)
+    return [logged[i] if i in logged else next(it) for i in ids]
 
 
 def _keep_scored(run: _Run, batch: Batch, good: pa.Table, held: list[Any], **counts: Any) -> int:

@@ -24,12 +24,71 @@ from shipway.manifest import ContractSpec
 from shipway.store.tables import datasets
 
 
+class _Hashing:
+    """A write-only file that hashes what is written to it (nothing kept in memory)."""
+
+    def __init__(self) -> None:
+        self.h = hashlib.sha256()
+        self.closed = False
+
+    def write(self, data: Any) -> int:
+        self.h.update(data)
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def _canonical(table: pa.Table) -> pa.Table:
+    """The rows with nothing but their values in the buffers: a column with nulls becomes its
+    values (nulls filled) beside a column saying which were null, since the bytes under a null
+    are whatever the reader left there."""
+    import pyarrow.compute as pc
+
+    table = table.combine_chunks().replace_schema_metadata(None)  # a writer's notes, not rows
+    for i, name in enumerate(table.column_names):
+        col = table.column(i)
+        if col.null_count == 0:
+            continue
+        t = col.type
+        fill = (
+            "" if pa.types.is_string(t) or pa.types.is_large_string(t)
+            else False if pa.types.is_boolean(t)
+            else 0 if pa.types.is_integer(t) or pa.types.is_floating(t)
+            else None
+        )  # fmt: skip
+        if fill is None:  # other types: compared as text
+            col = pc.cast(col, pa.string())
+            fill = ""
+        table = table.set_column(i, name, pc.fill_null(col, pa.scalar(fill, col.type)))
+        table = table.append_column(f"{name}\x00valid", pc.is_valid(col))
+    return table.combine_chunks()
+
+
 def content_hash(table: pa.Table) -> str:
-    """SHA-256 of the rows (schema and values), independent of how they were chunked."""
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table.combine_chunks())
-    return hashlib.sha256(sink.getvalue()).hexdigest()
+    """SHA-256 of the rows (names, types and values) in Arrow's stream format, independent of
+    how they were chunked or stored; streamed into the hash as it is written."""
+    canon = _canonical(table)
+    sink = _Hashing()
+    with pa.ipc.new_stream(pa.PythonFile(sink, mode="w"), canon.schema) as writer:
+        writer.write_table(canon)
+    return sink.h.hexdigest()
+
+
+def write_parquet(table: pa.Table, path: Path) -> None:
+    """Parquet as datasets and staged batches keep it: dictionary encoding for text columns
+    only (numbers rarely repeat enough to gain from it, and trying costs time)."""
+    import pyarrow.parquet as pq
+
+    texts = [
+        f.name
+        for f in table.schema
+        if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)
+    ]
+    pq.write_table(table, path, use_dictionary=texts or False)
 
 
 def contract_hash(contract: ContractSpec) -> str:
@@ -80,12 +139,10 @@ def save(
     ).scalar()
     final = folder / service / source / f"{sha}.parquet"
     if not final.exists():
-        import pyarrow.parquet as pq
-
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = final.with_name(f".{final.name}.{run_id}.partial")
         try:
-            pq.write_table(table, tmp)
+            write_parquet(table, tmp)
             os.replace(tmp, final)
         finally:
             tmp.unlink(missing_ok=True)
@@ -178,4 +235,13 @@ def diff(a: pa.Table, b: pa.Table) -> dict[str, Any]:
     }
 
 
-__all__ = ["content_hash", "contract_hash", "diff", "get", "read", "save", "versions"]
+__all__ = [
+    "content_hash",
+    "contract_hash",
+    "diff",
+    "get",
+    "read",
+    "save",
+    "versions",
+    "write_parquet",
+]

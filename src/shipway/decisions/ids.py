@@ -61,10 +61,11 @@ def derived_ids(seed: str, at: float, start: int, n: int) -> list[str]:
     every time they are made, so a run that takes up a killed run's batch can tell the rows
     already logged (their ids exist) from the rest. Still version 7 ids of the claim's time."""
     ms = (int(at * 1000) & ((1 << 48) - 1)) << 80
-    prefix = seed.encode() + b":"
+    base = int.from_bytes(hashlib.blake2b(seed.encode(), digest_size=10).digest())
+    mask = (1 << 80) - 1
     out = []
     for i in range(start, start + n):
-        v = ms | int.from_bytes(hashlib.blake2b(prefix + str(i).encode(), digest_size=10).digest())
+        v = ms | ((base + i) & mask)  # distinct within the batch, apart across batches
         out.append(_fmt((v & _VERSION_MASK & _VARIANT_MASK) | _VERSION | _VARIANT))
     return out
 

@@ -18,7 +18,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from shipway.contract import Contract
+from shipway.contract import Contract, RecordsResult
 from shipway.decisions.ids import new_ids
 from shipway.errors import ContractViolation, ModelError, ShipwayError, StoreError
 from shipway.metrics import ServiceMetrics
@@ -85,8 +85,13 @@ class PredictPath:
         allow_partial: bool = True,
         probabilities: bool = False,
         ids: list[str] | None = None,
+        validated: bool = False,
     ) -> dict[str, Any]:
         """Validate and answer parsed records (``single``: one object, not a batch).
+
+        ``validated``: ``records`` are rows already checked against this contract as a table
+        (a data source's batch), each a tuple of values in contract order; they are not
+        checked again.
 
         ``ids``: the decision ids to log the rows under (a data source's batch names its
         rows, so a resumed run can tell which are logged); fresh ids otherwise.
@@ -99,7 +104,10 @@ class PredictPath:
         before this returns. Raises ShipwayError subclasses on refusal.
         """
         t0 = _perf()
-        checked = self.contract.validate_records(records)
+        if validated:
+            checked = RecordsResult(values=records, good=list(range(len(records))))
+        else:
+            checked = self.contract.validate_records(records)
         rejected: list[dict[str, Any]] = []
         if checked.violations:
             self._count_violations(checked.violations, len(checked.bad_rows))
