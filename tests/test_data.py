@@ -139,6 +139,9 @@ def test_a_bad_batch_is_held_whole_and_an_unreadable_file_fails_alone(
     os.utime(incoming / "broken.parquet", (then, then))
     renamed = generate(8, seed=25).drop(columns=["churn"]).rename(columns={"contract": "plan"})
     _drop(incoming / "renamed.csv", renamed)
+    quoted = generate(4, seed=28).drop(columns=["churn"]).to_csv(index=False)
+    (incoming / "quote.csv").write_text(quoted.replace("monthly", '"monthly', 1))  # unclosed
+    os.utime(incoming / "quote.csv", (then, then))
 
     code, run = _run(manifest, env)
     assert code == 1 and run["status"] == "failed"
@@ -147,6 +150,8 @@ def test_a_bad_batch_is_held_whole_and_an_unreadable_file_fails_alone(
     assert "6 of 10 rows" in files["bad.csv"]["error"]
     assert files["broken.parquet"]["status"] == "failed"
     assert "broken.parquet cannot be read as parquet" in files["broken.parquet"]["error"]
+    assert files["quote.csv"]["status"] == "failed"
+    assert "quote.csv cannot be read as csv" in files["quote.csv"]["error"]
     # a renamed column: every row misses a required field, so the file is held, not crashed
     assert files["renamed.csv"]["status"] == "held" and files["renamed.csv"]["rows_bad"] == 8
     assert files["renamed.csv"]["ignored_columns"] == ["plan"]

@@ -387,7 +387,7 @@ async def ingest(ing: Ingress, call: Call) -> tuple[int, bytes, list[tuple[bytes
             field="source",
             rule="push_source",
         )
-    table = _pushed_rows(ing, call, spec)
+    table = await run_in_threadpool(_pushed_rows, ing, call, spec)  # off the event loop
     ing.check_rows(table.num_rows, ing.max_ingest_rows, "serving.max_ingest_rows")
     result = await service.run_source(name, call.principal.actor, pushed=table)
     body = result.to_json()
