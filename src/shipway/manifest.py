@@ -245,6 +245,13 @@ class Threshold(_Model):
     max: float | None = Field(None, description="The metric must be at most this.")
 
 
+class SliceSpec(_Model):
+    """A named part of the holdout, chosen by an expression over ``inputs.FIELD``."""
+
+    name: str = Field(..., description="Its name in gate results.")
+    when: Condition = Field(..., description="Expression, e.g. \"inputs.purpose == 'business'\".")
+
+
 class QualitySpec(_Model):
     """Quality the service must keep, measured on the holdout at init."""
 
@@ -272,6 +279,66 @@ class QualitySpec(_Model):
             "on the metrics both produce; 'fail' fails its gate."
         ),
     )
+    slices: list[SliceSpec] = Field(
+        default_factory=list,
+        description="Parts of the data a retrained candidate must not do worse on than the "
+        "champion (by not_worse_than_champion_by), each checked on its own.",
+    )
+
+
+class TrainingSpec(_Model):
+    """Retraining: a candidate fitted on recent labelled decisions (and train datasets), gated
+    against the champion on the most recent part of the window, then promoted as ``promote``
+    says."""
+
+    fit: str = Field(
+        "clone",
+        description="clone: refit a clone of the champion's scikit-learn estimator (same "
+        "pipeline and hyper-parameters). Or python:module:function, called with the training "
+        "frame and the contract, returning a fitted model.",
+    )
+    last: Duration | None = Field(
+        Duration("90d"), description="The window: labelled decisions logged this recently."
+    )
+    max_rows: int | None = Field(
+        None, ge=1, description="At most this many labelled decisions, the newest."
+    )
+    datasets: list[str] = Field(
+        default_factory=list,
+        description="train sources whose dataset versions join the window (their label column "
+        "is the target).",
+    )
+    holdout: float = Field(
+        0.2,
+        gt=0,
+        lt=1,
+        description="The most recent share of the window, never trained on, on which the "
+        "candidate and the champion are compared.",
+    )
+    min_labels: int = Field(50, ge=2, description="Fewer labelled rows refuse the run.")
+    seed: int = Field(0, description="Random seed given to the estimator (random_state).")
+    promote: Literal["manual", "shadow", "canary"] = Field(
+        "manual",
+        description="A candidate that passes its gate: manual (registered only), shadow, or "
+        "canary (then the rollout's steps; automatic with rollout.auto).",
+    )
+    interval: Duration | None = Field(
+        None, description="shipway serve retrains this often (unset: on demand and by alerts)."
+    )
+    schedule: str | None = Field(None, description="Or a cron expression (UTC).")
+
+    @model_validator(mode="after")
+    def _when(self) -> TrainingSpec:
+        if self.schedule is not None:
+            from croniter import croniter
+
+            if self.interval is not None:
+                raise ValueError("give training an interval or a schedule, not both")
+            if not croniter.is_valid(self.schedule):
+                raise ValueError(f"schedule {self.schedule!r} is not a cron expression")
+        if self.fit != "clone" and not self.fit.startswith("python:"):
+            raise ValueError("fit is clone or python:module:function")
+        return self
 
 
 class DecisionLogSpec(_Model):
@@ -1206,6 +1273,9 @@ class Manifest(_Model):
         default_factory=MonitorSpec, description="Drift, performance, operations, alerts."
     )
     review: ReviewSpec = Field(default_factory=ReviewSpec, description="Human review.")
+    training: TrainingSpec | None = Field(
+        None, description="Retraining from labelled decisions (shipway retrain)."
+    )
     sources: list[SourceSpec] = Field(
         default_factory=list,
         description="Data sources (files, SQL, HTTP push): validated, quarantined, then scored, "
@@ -1233,6 +1303,14 @@ class Manifest(_Model):
                 raise ValueError(
                     f"source {s.name}: labels.key joins on the contract's role: id field, and "
                     "the contract has none (use labels.decision_id)"
+                )
+        if self.training is not None:
+            train = {s.name for s in self.sources if s.use == "train"}
+            wrong = sorted(set(self.training.datasets) - train)
+            if wrong:
+                raise ValueError(
+                    f"training.datasets names {wrong}, which are not train sources "
+                    f"(train sources: {sorted(train) or 'none'})"
                 )
         return self
 
@@ -1303,6 +1381,16 @@ def _name_problems(m: Manifest) -> list[tuple[tuple[Any, ...], str]]:
                         ("monitor", "alerts", i, "when"),
                         _unknown(name, figures) + " (alert rules use the monitor's figures: "
                         "see the manifest reference)",
+                    )
+                )
+    slice_names = [f"inputs.{f}" for f in fields]
+    for i, sl in enumerate(m.quality.slices):
+        for name in sorted(Expression(sl.when).names):
+            if name not in slice_names:
+                out.append(
+                    (
+                        ("quality", "slices", i, "when"),
+                        _unknown(name, slice_names) + " (slices use inputs.FIELD)",
                     )
                 )
     for i, policy in enumerate(m.review.policies):
@@ -1403,9 +1491,11 @@ __all__ = [
     "RolloutSpec",
     "ServiceSpec",
     "ServingSpec",
+    "SliceSpec",
     "StopSpec",
     "StorageSpec",
     "Threshold",
+    "TrainingSpec",
     "WebhookSpec",
     "dump_manifest",
     "load_manifest",

@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 
 from shipway.decisions import labels
-from shipway.errors import ModelError, NotFound
+from shipway.errors import InputError, ModelError, NotFound
 from shipway.govern import audit
 from shipway.govern.keys import Keys
 from shipway.govern.pii import Redactor
@@ -63,6 +63,7 @@ class ServiceParts:
             actions={
                 **alert_actions(self.rollout, after=self.refresh),
                 "review": self.review.alert_action,
+                "retrain": self.retrain_action,
             },
             metrics=self.metrics,
             review_figures=self.review.window_figures,
@@ -99,6 +100,49 @@ class ServiceParts:
         return False
 
     # -- operations every face offers ---------------------------------------------------------
+
+    def retrain(
+        self, trigger: str, actor: str, *, wait: bool = True, on_progress: Any = None
+    ) -> dict[str, Any]:
+        """Start a retrain job in a process of its own (see ``lifecycle/training.py``); with
+        ``wait``, return its record once it has ended, else at once (a thread records how it
+        ends). Conflict if one is under way; InputError if the manifest has no training."""
+        import threading
+
+        from shipway.lifecycle import training
+
+        if self.manifest.training is None:
+            raise InputError(
+                "the manifest has no training: section; add one (fit, last, promote, ...) to "
+                "retrain (see the manifest reference)"
+            )
+        engine = self.store.engine
+        job_id = training.start_job(engine, self.name, trigger, actor)
+        audit.record(engine, actor=actor, action="retrain.start", target=f"job:{job_id}",
+                     service=self.name, after={"trigger": trigger})  # fmt: skip
+        try:
+            proc = training.launch(self.location.manifest_path, job_id)
+        except OSError as exc:
+            training.finish(engine, job_id, "failed", error=f"could not start the job: {exc}")
+            raise
+        if wait:
+            return training.wait(engine, job_id, proc, on_progress)
+        threading.Thread(
+            target=training.wait, args=(engine, job_id, proc), name=f"shipway-retrain-{job_id}",
+            daemon=True,
+        ).start()  # fmt: skip
+        return training.get_job(engine, job_id)
+
+    def retrain_action(self, reason: str) -> str:
+        """The ``retrain`` alert action: a job started in the background."""
+        from shipway.errors import Conflict
+        from shipway.govern.roles import system_actor
+
+        try:
+            job = self.retrain(reason[:64], system_actor("monitor"), wait=False)
+        except Conflict as exc:
+            return exc.message
+        return f"retrain job {job['id']} started"
 
     def key_join(self, within_s: float | None = None) -> labels.KeyJoin:
         """How labels given by key find their decision here (see ``decisions/labels.py``)."""

@@ -521,3 +521,7 @@ __all__ = ["app", "main"]
 from shipway.cli.data_report import register as _register_data_report  # noqa: E402
 
 _register_data_report(app)
+
+from shipway.cli.training import register as _register_training  # noqa: E402
+
+_register_training(app)

@@ -4,9 +4,10 @@ the condition clears, each transition exactly once (the state is stored), and ac
 Actions: ``notify`` (a JSON message to every webhook, queued in the notification outbox in the
 same transaction as the firing, and delivered by the outbox worker with retries), ``rollback``
 and ``pause_canary`` (through the rollout machinery the service hands in), ``review`` (a batch
-of recent decisions queued for people), and ``retrain`` (recorded as requested until
-retraining exists). Firings, resolutions and what each action did are stored in
-``alert_events`` and shown by ``shipway alerts list``, with each notification's delivery.
+of recent decisions queued for people), and ``retrain`` (a retrain job started in the
+background, when the manifest has a training section). Firings, resolutions and what each
+action did are stored in ``alert_events`` and shown by ``shipway alerts list``, with each
+notification's delivery.
 """
 
 from __future__ import annotations

@@ -437,6 +437,32 @@ source_cursors = Table(
     Column("updated_at", Float, nullable=False),
 )
 
+#: Retraining jobs. ``running`` is set while a job runs and cleared when it ends: unique per
+#: service, so two retrains of one service never overlap, on any replica.
+training_jobs = Table(
+    "training_jobs",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("service", String(64), nullable=False),
+    Column("trigger", String(64), nullable=False),
+    Column("actor", String(128), nullable=False),
+    Column("status", String(16), nullable=False),  # running, ok, refused, failed
+    Column("running", String(8), nullable=True),
+    Column("started_at", Float, nullable=False),
+    Column("finished_at", Float, nullable=True),
+    Column("owner", String(160), nullable=True),
+    Column("progress", Text, nullable=True),
+    Column("rows", Integer, nullable=True),
+    Column("labels", Integer, nullable=True),
+    Column("candidate", Integer, nullable=True),
+    Column("gate", Text, nullable=True),
+    Column("lineage", Text, nullable=True),
+    Column("error", Text, nullable=True),
+    Column("log", Text, nullable=False),
+    UniqueConstraint("service", "running", name="uq_training_jobs_running"),
+)
+Index("ix_training_jobs_service", training_jobs.c.service, training_jobs.c.started_at)
+
 #: Immutable dataset versions (``use: train`` batches): a Parquet file named by its content.
 datasets = Table(
     "datasets",
@@ -484,4 +510,5 @@ __all__ = [
     "source_cursors",
     "source_files",
     "source_runs",
+    "training_jobs",
 ]
