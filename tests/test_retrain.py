@@ -198,10 +198,26 @@ def test_a_job_killed_mid_fit_is_failed_and_the_next_one_runs(
     assert _json("rollout", "status", "-m", str(manifest), "--json")["state"]["canary"] is None
 
 
-def test_the_window_is_the_newest_labelled_decisions_in_time_order(
-    labelled: Path, tmp_path: Path
+def test_a_retrain_over_http_runs_once_at_a_time_on_the_newest_window(
+    labelled: Path, tmp_path: Path, start_server: Any
 ) -> None:
     manifest = _copy(labelled, tmp_path / "svc", max_rows=100)
     plan = _json("retrain", "--dry-run", "-m", str(manifest), "--json")
     assert (plan["rows"], plan["train_rows"], plan["holdout_rows"]) == (100, 75, 25)
     assert plan["first"] <= plan["holdout_from"] <= plan["last"]
+
+    server = start_server(manifest, ENV)
+    started = server.client.post("/v1/retrain")
+    assert started.status_code == 202, started.text
+    job_id = started.json()["id"]
+    again = server.client.post("/v1/retrain")
+    assert again.status_code == 409 and job_id in again.json()["error"]["message"]
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        job = server.client.get(f"/v1/retrain/{job_id}").json()
+        if job["status"] != "running":
+            break
+        time.sleep(0.3)
+    assert (job["status"], job["rows"], job["trigger"]) == ("ok", 100, "api")
+    listed = server.client.get("/v1/retrain").json()["jobs"]
+    assert [j["id"] for j in listed] == [job_id]

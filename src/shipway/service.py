@@ -447,6 +447,17 @@ class Service(ServiceParts):
             add(Task("canary-step", m.rollout.check_interval_s, self._auto_step))
         if m.monitor.schedule:
             add(Task("monitor", m.monitor.interval.seconds, self.monitor.run, once=True))
+        train = m.training
+        if train is not None and (train.interval is not None or train.schedule is not None):
+            add(
+                Task(
+                    "retrain",
+                    train.interval.seconds if train.interval is not None else 3600.0,
+                    self._scheduled_retrain,
+                    once=True,
+                    cron=train.schedule,
+                )
+            )
         for source in m.sources:
             if source.interval is not None or source.schedule is not None:
                 every = source.interval.seconds if source.interval is not None else 3600.0
@@ -460,6 +471,16 @@ class Service(ServiceParts):
                         retry_s=source.retry_after.seconds if source.retry_after else None,
                     )
                 )
+
+    def _scheduled_retrain(self) -> None:
+        """A scheduled retrain, waited for on the scheduler's thread (the fit runs in a
+        process of its own); one already under way (started by an alert) is left to finish."""
+        from shipway.errors import Conflict
+
+        if self._closing:
+            return
+        with contextlib.suppress(Conflict):
+            self.retrain("schedule", system_actor("retrain-schedule"), wait=True)
 
     def _run_source_on_loop(self, name: str) -> None:
         """A scheduled source run, on the server's event loop (where requests are answered),

@@ -5,6 +5,7 @@ Labels (``POST /v1/feedback``) carry rows, so they come through the ingress.
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Any
 
@@ -14,10 +15,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from shipway.api.access import principal_of
-from shipway.api.common import json_response, service_of
+from shipway.api.common import actor_of, json_response, service_of
 from shipway.data import ledger
 from shipway.errors import NotFound
 from shipway.govern.roles import ADMIN
+from shipway.lifecycle import training
 from shipway.notify import host_of
 
 router = APIRouter()
@@ -40,6 +42,35 @@ async def monitor_history(request: Request, limit: int = 20) -> Response:
 @router.post("/v1/monitor/run", tags=["monitoring"], summary="Run the monitor on a window now")
 async def monitor_run(request: Request) -> Response:
     return json_response(await run_in_threadpool(service_of(request).monitor.run))
+
+
+@router.post("/v1/retrain", tags=["monitoring"], summary="Start a retrain job", status_code=202)
+async def retrain(request: Request) -> Response:
+    """A retrain job, started in a process of its own (202 with its record; follow it with
+    GET /v1/retrain/{job}). 409 while another retrain of the service is under way."""
+    service = service_of(request)
+    job = await run_in_threadpool(
+        functools.partial(service.retrain, "api", actor_of(request), wait=False)
+    )
+    return json_response(job, status=202)
+
+
+@router.get("/v1/retrain", tags=["monitoring"], summary="Retrain jobs, newest first")
+async def retrain_jobs(request: Request, limit: int = 20) -> Response:
+    service = service_of(request)
+    jobs = await run_in_threadpool(
+        training.list_jobs, service.store.engine, service.name, min(limit, 500)
+    )
+    return json_response({"jobs": [{k: v for k, v in j.items() if k != "log"} for j in jobs]})
+
+
+@router.get("/v1/retrain/{job_id}", tags=["monitoring"], summary="One retrain job")
+async def retrain_job(request: Request, job_id: str) -> Response:
+    service = service_of(request)
+    job = await run_in_threadpool(training.get_job, service.store.engine, job_id)
+    if job["service"] != service.name:
+        raise NotFound(f"no retrain job {job_id}")
+    return json_response(job)
 
 
 @router.get("/v1/sources", tags=["monitoring"], summary="Data sources: freshness and runs")
