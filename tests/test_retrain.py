@@ -192,9 +192,17 @@ def test_a_job_killed_mid_fit_is_failed_and_the_next_one_runs(
     listed = _json("models", "list", "-m", str(manifest), "--json")["models"]
     assert [m["version"] for m in listed] == [1]
 
-    edit_sections(manifest, training={"min_labels": 50, "holdout": 0.25})  # clone, manual
-    job = _json("retrain", "-m", str(manifest), "--json")  # nothing left locked
-    assert job["status"] == "ok" and job["candidate"] == 2
+    # nothing left locked. With the pilot's 1,500 rows (the old world) beside ~400 new ones,
+    # a plain refit learns mostly the old world and is refused; weighted by recency it passes
+    training = {"fit": "clone", "min_labels": 50, "holdout": 0.1, "include_pilot_data": True}
+    edit_sections(manifest, training=training)  # promote: manual
+    plan = _json("retrain", "--dry-run", "-m", str(manifest), "--json")
+    assert plan["pilot_rows"] == 1500 and plan["holdout_rows"] < plan["labelled_decisions"]
+    res = run_cli("retrain", "-m", str(manifest), "--json", env=ENV)
+    assert res.returncode == 1 and json.loads(res.stdout)["status"] == "refused"
+    edit_sections(manifest, training={**training, "recency_half_life": "0.1s"})
+    job = _json("retrain", "-m", str(manifest), "--json")
+    assert job["status"] == "ok" and job["candidate"] == 3
     assert _json("rollout", "status", "-m", str(manifest), "--json")["state"]["canary"] is None
 
 

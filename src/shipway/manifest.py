@@ -308,6 +308,16 @@ class TrainingSpec(_Model):
         description="train sources whose dataset versions join the window (their label column "
         "is the target).",
     )
+    include_pilot_data: bool = Field(
+        False,
+        description="Also train on the pilot's data (kept with the first version), as the "
+        "oldest rows of the window: never part of the time holdout.",
+    )
+    recency_half_life: Duration | None = Field(
+        None,
+        description="Weight rows by age: a row this old counts half as much as a new one "
+        "(the estimator must take sample_weight).",
+    )
     holdout: float = Field(
         0.2,
         gt=0,

@@ -52,8 +52,9 @@ def retrain(
             raise typer.Exit(1)
         if dry_run:
             try:
+                pilot = training.pilot_rows(parts) if spec.include_pilot_data else None
                 window = training.build_window(
-                    parts.store.engine, parts.manifest, spec, time.time()
+                    parts.store.engine, parts.manifest, spec, time.time(), pilot
                 )
             except ShipwayError as exc:
                 err.print(f"[bold red]refused:[/] {exc.message}", highlight=False)

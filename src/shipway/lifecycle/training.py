@@ -91,6 +91,7 @@ class Window:
             "holdout_rows": len(self.records) - self.split,
             "labelled_decisions": self.labels,
             "dataset_rows": self.dataset_rows,
+            "pilot_rows": sum(1 for r in self.records if r[ORIGIN] == "pilot"),
             "datasets": self.datasets,
             "since": self.since,
             "first": min(ts) if ts else None,
@@ -101,9 +102,35 @@ class Window:
         }
 
 
-def build_window(engine: Engine, manifest: Manifest, spec: TrainingSpec, now: float) -> Window:
+def pilot_rows(parts: Any) -> list[dict[str, Any]]:
+    """The pilot's data (kept with the first version as its reference data), as window rows
+    older than any decision."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    first = parts.registry.get(parts.name, 1)
+    if not first.reference_sha256:
+        raise InputError("training.include_pilot_data: version 1 has no reference data kept")
+    table = pq.read_table(io.BytesIO(parts.store.artifacts.read_verified(first.reference_sha256)))
+    names = [f.name for f in parts.manifest.contract.inputs if f.name in table.column_names]
+    cols = {n: table.column(n).to_pylist() for n in [*names, "__target__"]}
+    return [
+        {**{n: cols[n][i] for n in names}, TARGET: cols["__target__"][i], TS: first.created_at,
+         ORIGIN: "pilot"}
+        for i in range(table.num_rows)
+    ]  # fmt: skip
+
+
+def build_window(
+    engine: Engine,
+    manifest: Manifest,
+    spec: TrainingSpec,
+    now: float,
+    pilot: list[dict[str, Any]] | None = None,
+) -> Window:
     """The window ``spec`` describes, split by time; InputError (nothing trained) when it is
-    too small or holds one class only."""
+    too small or holds one class only. ``pilot``: the pilot's rows, when asked for."""
     service = manifest.service.name
     names = [f.name for f in manifest.contract.inputs]
     since = now - spec.last.seconds if spec.last is not None else None
@@ -131,6 +158,8 @@ def build_window(engine: Engine, manifest: Manifest, spec: TrainingSpec, now: fl
                                 TS: v["created_at"], ORIGIN: origin})  # fmt: skip
                 dataset_rows += 1
             used.append({"source": name, "version": v["version"], "sha256": v["sha256"]})
+    if pilot:
+        records.extend(pilot)
     records.sort(key=lambda r: r[TS])
     n = len(records)
     if n < spec.min_labels:
@@ -338,7 +367,8 @@ def run_job(parts: Any, job_id: str) -> Outcome:
         conn.execute(update(training_jobs).where(training_jobs.c.id == job_id).values(owner=OWNER))
     actor = f"system:retrain-{job_id}"
     note(engine, job_id, "reading the window")
-    window = build_window(engine, m, spec, time.time())
+    pilot = pilot_rows(parts) if spec.include_pilot_data else None
+    window = build_window(engine, m, spec, time.time(), pilot)
     info = window.summary()
     line = (
         f"window: {info['rows']} rows ({info['labelled_decisions']} labelled decisions, "
@@ -456,10 +486,25 @@ def _fit(
         x = frame[features]
         if fitted_on is None:
             x = x.to_numpy()
-        model.fit(x, frame[TARGET])
+        weights = _weights(frame, spec)
+        if weights is None:
+            model.fit(x, frame[TARGET])
+        else:
+            steps = getattr(model, "steps", None)
+            key = f"{steps[-1][0]}__sample_weight" if steps else "sample_weight"
+            try:
+                model.fit(x, frame[TARGET], **{key: weights})
+            except TypeError as exc:
+                raise InputError(
+                    f"training.recency_half_life weights rows, and the estimator does not take "
+                    f"sample_weight ({exc}); remove it or fit with a training function"
+                ) from None
         estimator = hashlib.sha256(repr(est.get_params(deep=True)).encode()).hexdigest()
     else:
         fn = import_callable(spec.fit)
+        weights = _weights(frame, spec)
+        if weights is not None:
+            frame["__weight__"] = weights
         try:
             model = fn(frame.drop(columns=[TS, ORIGIN]), m.contract)
         except Exception as exc:
@@ -474,6 +519,16 @@ def _fit(
             )
     joblib.dump(model, path)
     return path, estimator
+
+
+def _weights(frame: Any, spec: TrainingSpec) -> Any:
+    """Each row's weight by age (halved every ``recency_half_life``), or None."""
+    if spec.recency_half_life is None:
+        return None
+    import numpy as np
+
+    age = frame[TS].max() - frame[TS].to_numpy(dtype=float)
+    return np.power(0.5, age / spec.recency_half_life.seconds)
 
 
 def _slices(m: Manifest, window: Window, cand: Any, champ: Any, result: GateResult) -> None:
@@ -544,6 +599,7 @@ __all__ = [
     "launch",
     "list_jobs",
     "note",
+    "pilot_rows",
     "run_job",
     "running_job",
     "start_job",
