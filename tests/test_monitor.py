@@ -266,7 +266,7 @@ def test_drift_alert_fires_within_its_windows_names_features_and_resolves_once(
         assert [a["status"] for a in fired["alerts"]] == ["firing"]
         acts = {a["action"]: a for a in fired["alerts"][0]["actions"]}
         assert len(acts["notify"]["queued"]) == 1  # queued with the firing, sent by the outbox
-        assert acts["retrain"]["result"] == "requested (not available yet)"
+        assert acts["retrain"]["result"] == "not run: the manifest has no training: section"
         receiver.wait_for(1)
         assert receiver.statuses() == [("input-drift", "firing")]
         listed = server.client.get("/v1/alerts").json()["events"][0]["detail"]["actions"]

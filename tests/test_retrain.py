@@ -153,7 +153,9 @@ def test_refusals_leave_the_champion_alone(labelled: Path, tmp_path: Path) -> No
                 "fit": "python:tests.pilots.retrain:fit_wrong_on_b"}  # fmt: skip
     quality = {"metrics": {"accuracy": {"min": 0.5}}, "not_worse_than_champion_by": 0.02,
                "slices": [{"name": "segment b", "when": "inputs.segment == 'b'"}]}  # fmt: skip
-    edit_sections(manifest, training=training, quality=quality)
+    hook = {"url": "http://127.0.0.1:9/retrain-hook"}  # nothing listens: the message waits
+    edit_sections(manifest, training=training, quality=quality,
+                  monitor={"schedule": False, "alerts": [], "webhooks": [hook]})  # fmt: skip
     res = run_cli("retrain", "-m", str(manifest), "--json", env=ENV)
     assert res.returncode == 1
     job = json.loads(res.stdout)
@@ -162,6 +164,9 @@ def test_refusals_leave_the_champion_alone(labelled: Path, tmp_path: Path) -> No
     status = _json("rollout", "status", "-m", str(manifest), "--json")["state"]
     assert (status["champion"], status["canary"]) == (1, None)
     assert [j["status"] for j in _jobs(manifest)] == ["refused", "failed", "refused"]
+    res = run_cli("outbox", "list", "-m", str(manifest), "--json", env=ENV)
+    told = [q for q in map(json.loads, res.stdout.splitlines()) if q["topic"] == "retrain"]
+    assert len(told) == 1 and told[0]["payload"]["candidate"] == 2  # the refusal says why
 
 
 def test_a_job_killed_mid_fit_is_failed_and_the_next_one_runs(

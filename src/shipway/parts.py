@@ -125,11 +125,12 @@ class ServiceParts:
         except OSError as exc:
             training.finish(engine, job_id, "failed", error=f"could not start the job: {exc}")
             raise
+        hooks = self.manifest.monitor.webhooks
         if wait:
-            return training.wait(engine, job_id, proc, on_progress)
+            return training.wait(engine, job_id, proc, on_progress, hooks)
         threading.Thread(
-            target=training.wait, args=(engine, job_id, proc), name=f"shipway-retrain-{job_id}",
-            daemon=True,
+            target=training.wait, args=(engine, job_id, proc, None, hooks),
+            name=f"shipway-retrain-{job_id}", daemon=True,
         ).start()  # fmt: skip
         return training.get_job(engine, job_id)
 
@@ -138,6 +139,8 @@ class ServiceParts:
         from shipway.errors import Conflict
         from shipway.govern.roles import system_actor
 
+        if self.manifest.training is None:
+            return "not run: the manifest has no training: section"
         try:
             job = self.retrain(reason[:64], system_actor("monitor"), wait=False)
         except Conflict as exc:

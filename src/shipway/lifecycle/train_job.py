@@ -20,18 +20,21 @@ def main(argv: list[str]) -> int:
     job_id, manifest = argv
     parts = ServiceParts.open(manifest)
     engine = parts.store.engine
+    hooks = parts.manifest.monitor.webhooks  # a job that does not pass is a notification
     try:
         outcome = training.run_job(parts, job_id)
         return 0 if outcome.status == "ok" else 3
     except ShipwayError as exc:
         training.note(engine, job_id, f"stopped: {exc.message}")
         status = "refused" if isinstance(exc, InputError) else "failed"
-        training.finish(engine, job_id, status, error=exc.message)
+        training.finish(engine, job_id, status, hooks, error=exc.message)
         return 3
     except Exception as exc:
         why = f"{type(exc).__name__}: {exc}"
         training.note(engine, job_id, f"failed: {why}")
-        training.finish(engine, job_id, "failed", error=f"{why}; the champion was not touched")
+        training.finish(
+            engine, job_id, "failed", hooks, error=f"{why}; the champion was not touched"
+        )
         return 1
     finally:
         parts.close()

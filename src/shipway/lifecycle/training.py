@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,7 @@ from shipway.manifest import Manifest, TrainingSpec
 from shipway.models import ModelVersion, Registry
 from shipway.models.predictor import import_callable, load_sklearn_bytes, probe
 from shipway.models.registry import model_params
+from shipway.notify.outbox import enqueue_all
 from shipway.store.tables import training_jobs
 
 OWNER = f"{socket.gethostname()}:{os.getpid()}"
@@ -266,16 +268,35 @@ def note(engine: Engine, job_id: str, line: str, **fields: Any) -> None:
         conn.execute(update(training_jobs).where(training_jobs.c.id == job_id).values(**values))
 
 
-def finish(engine: Engine, job_id: str, status: str, **fields: Any) -> None:
+def finish(
+    engine: Engine, job_id: str, status: str, hooks: Sequence[Any] = (), **fields: Any
+) -> None:
+    """End a running job. A job that did not pass (refused, failed) is also a notification to
+    ``hooks`` (the monitor's webhooks), queued in the same transaction."""
     for k in ("gate", "lineage"):
         if k in fields and fields[k] is not None:
             fields[k] = orjson.dumps(fields[k], default=str).decode()
     with engine.begin() as conn:
-        conn.execute(
+        res = conn.execute(
             update(training_jobs)
             .where(training_jobs.c.id == job_id, training_jobs.c.running.is_not(None))
             .values(status=status, running=None, finished_at=time.time(), **fields)
         )
+        if res.rowcount and status != "ok" and hooks:
+            job = conn.execute(
+                select(
+                    training_jobs.c.service, training_jobs.c.trigger, training_jobs.c.candidate
+                ).where(training_jobs.c.id == job_id)
+            ).one()
+            payload = {
+                "service": job.service,
+                "job": job_id,
+                "status": status,
+                "trigger": job.trigger,
+                "candidate": job.candidate,
+                "why": fields.get("error"),
+            }
+            enqueue_all(conn, job.service, "retrain", list(hooks), payload)
 
 
 def get_job(engine: Engine, job_id: str) -> dict[str, Any]:
@@ -319,7 +340,11 @@ def launch(manifest_path: Path, job_id: str) -> subprocess.Popen[bytes]:
 
 
 def wait(
-    engine: Engine, job_id: str, proc: subprocess.Popen[bytes], on_progress: Any = None
+    engine: Engine,
+    job_id: str,
+    proc: subprocess.Popen[bytes],
+    on_progress: Any = None,
+    hooks: Sequence[Any] = (),
 ) -> dict[str, Any]:
     """Wait for the job's process; a process that ended without finishing its job (killed,
     crashed) leaves the job failed with the reason."""
@@ -339,7 +364,7 @@ def wait(
         code = proc.returncode
         how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
         tail = err.strip().splitlines()[-1] if err.strip() else ""
-        finish(engine, job_id, "failed",
+        finish(engine, job_id, "failed", hooks,
                error=f"the job's process {how} before it finished"
                + (f": {tail}" if tail else "") + "; the champion was not touched")  # fmt: skip
         job = get_job(engine, job_id)
@@ -442,8 +467,8 @@ def run_job(parts: Any, job_id: str) -> Outcome:
         promoted = _promote(parts, spec, mv.version, actor, job_id)
         note(engine, job_id, promoted)
     status = "ok" if result.passed else "refused"
-    finish(engine, job_id, status, gate=result.to_dict(), lineage=lineage, candidate=mv.version,
-           error=None if result.passed else verdict)  # fmt: skip
+    finish(engine, job_id, status, m.monitor.webhooks, gate=result.to_dict(), lineage=lineage,
+           candidate=mv.version, error=None if result.passed else verdict)  # fmt: skip
     return Outcome(status, mv.version, result.to_dict(), promoted)
 
 
