@@ -214,7 +214,8 @@ def test_a_job_killed_mid_fit_is_failed_and_the_next_one_runs(
 def test_a_retrain_over_http_runs_once_at_a_time_on_the_newest_window(
     labelled: Path, tmp_path: Path, start_server: Any
 ) -> None:
-    manifest = _copy(labelled, tmp_path / "svc", max_rows=100)
+    chatty = "python:tests.pilots.retrain:fit_chatty"  # writes ~300 KB while it fits
+    manifest = _copy(labelled, tmp_path / "svc", max_rows=100, fit=chatty)
     plan = _json("retrain", "--dry-run", "-m", str(manifest), "--json")
     assert (plan["rows"], plan["train_rows"], plan["holdout_rows"]) == (100, 75, 25)
     assert plan["first"] <= plan["holdout_from"] <= plan["last"]

@@ -19,10 +19,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import queue
+import socket
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar
+
+#: This process as the owner of work recorded in the store (a source run, a retrain job).
+OWNER = f"{socket.gethostname()}:{os.getpid()}"
+
+
+def local_owner_alive(owner: str) -> bool | None:
+    """Whether the process ``owner`` (``host:pid``) names is alive, when it is on this host;
+    None when it is on another host (or not a host:pid), where only its beats can tell."""
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return None
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
 
 T = TypeVar("T")
 R = TypeVar("R")

@@ -548,18 +548,21 @@ class Service(ServiceParts):
         from shipway.data import run_source
 
         spec = self.source(name)
-        return await run_source(
-            engine=self.store.engine,
-            service=self.name,
-            spec=spec,
-            base=self.location.manifest_path.parent,
-            staging=self.location.storage_dir / "staged",
-            contract=self.manifest.contract,
-            uses=self._source_uses(spec, actor),
-            actor=actor,
-            progress=progress,
-            pushed=pushed,
-        )
+        return await run_source(**self._source_run(spec, actor, progress), pushed=pushed)
+
+    def _source_run(self, spec: Any, actor: str, progress: Any) -> dict[str, Any]:
+        """What every run of ``spec`` is given: the store, where it lives, the contract."""
+        return {
+            "engine": self.store.engine,
+            "service": self.name,
+            "spec": spec,
+            "base": self.location.manifest_path.parent,
+            "staging": self.location.storage_dir / "staged",
+            "contract": self.manifest.contract,
+            "uses": self._source_uses(spec, actor),
+            "actor": actor,
+            "progress": progress,
+        }
 
     async def replay_quarantine(
         self, name: str, actor: str, seqs: list[int] | None = None, progress: Any = None
@@ -575,18 +578,7 @@ class Service(ServiceParts):
                 "replaying them would use dropped, masked or hashed values; fix the source "
                 "and send the rows again instead"
             )
-        result = await replay(
-            engine=self.store.engine,
-            service=self.name,
-            spec=spec,
-            base=self.location.manifest_path.parent,
-            staging=self.location.storage_dir / "staged",
-            contract=self.manifest.contract,
-            uses=self._source_uses(spec, actor),
-            actor=actor,
-            seqs=seqs,
-            progress=progress,
-        )
+        result = await replay(**self._source_run(spec, actor, progress), seqs=seqs)
         await asyncio.to_thread(
             functools.partial(
                 audit.record,

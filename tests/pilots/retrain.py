@@ -68,3 +68,12 @@ def fit_slowly(frame: pd.DataFrame, contract: Any) -> Any:
 
 def fit_broken(frame: pd.DataFrame, contract: Any) -> Any:
     raise ValueError("the feature store is unreachable")
+
+
+def fit_chatty(frame: pd.DataFrame, contract: Any) -> Any:
+    """Fits as the pilot did, after writing far more to its output than a pipe holds."""
+    import sys
+
+    for k in range(3000):
+        print(f"epoch {k}: " + "." * 100, file=sys.stderr)
+    return pipeline().fit(frame[["x1", "x2", "segment"]], frame["__target__"])

@@ -18,7 +18,6 @@ import asyncio
 import functools
 import hashlib
 import os
-import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ import orjson
 import pyarrow as pa
 from sqlalchemy import Connection, Engine
 
+from shipway.concurrency import OWNER, local_owner_alive
 from shipway.contract import Contract
 from shipway.data import datasets, ledger, schema
 from shipway.data.files import file_format, new_files, normalise, read_table, records_table
@@ -50,8 +50,6 @@ Treat = Callable[[str, Any], Any]
 #: ``progress(batch, rows done, rows in the batch)``.
 Progress = Callable[[str, int, int], None]
 
-#: This process, as a run's owner: a run whose owner is gone left its claims to the next run.
-OWNER = f"{socket.gethostname()}:{os.getpid()}"
 #: A run on another host silent this long is taken for dead (runs beat between batches).
 STALE_S = 600.0
 #: Runs under way in this process (a server runs several at once: pushes, schedules).
@@ -167,17 +165,11 @@ def _alive(run_id: str, owner: str | None, beat_at: float | None, now: float) ->
     """Whether a run's process may still be working on its claims."""
     if not owner:
         return False
-    host, _, pid = owner.rpartition(":")
-    if host == socket.gethostname() and pid.isdigit():
-        if int(pid) == os.getpid():
-            return run_id in _LIVE  # ours: under way, or ended leaving the claim behind
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
+    if owner == OWNER:
+        return run_id in _LIVE  # ours: under way, or ended leaving the claim behind
+    alive = local_owner_alive(owner)
+    if alive is not None:
+        return alive
     return beat_at is not None and now - beat_at < STALE_S
 
 
@@ -762,7 +754,11 @@ async def _score_chunk(run: _Run, batch: Batch, good: pa.Table, start: int) -> l
     return [logged[i] if i in logged else next(it) for i in ids]
 
 
-def _keep_scored(run: _Run, batch: Batch, good: pa.Table, held: list[Any], **counts: Any) -> int:
+def _save_version(
+    run: _Run, batch: Batch, good: pa.Table, held: list[Any], status: str, **counts: Any
+) -> dict[str, Any]:
+    """The good rows as a dataset version, recorded with the batch (its quarantined rows,
+    its status) in one transaction; the version's record."""
     assert run.uses.datasets_dir is not None
     with run.engine.begin() as conn:
         version = datasets.save(
@@ -771,10 +767,17 @@ def _keep_scored(run: _Run, batch: Batch, good: pa.Table, held: list[Any], **cou
             cursor_from=batch.cursor_from, cursor_to=batch.cursor_to,
         )  # fmt: skip
         _hold(run, batch, conn, held)
-        _record(run, batch, conn, "scored", **counts)
+        if not version["new"]:
+            counts["error"] = f"the same rows as version {version['version']}"
+        counts.setdefault("sink", version["path"])  # a train batch's output is its version
+        _record(run, batch, conn, status, **counts)
     if batch.staged is not None:
         batch.staged.unlink(missing_ok=True)
-    return int(version["version"])
+    return version
+
+
+def _keep_scored(run: _Run, batch: Batch, good: pa.Table, held: list[Any], **counts: Any) -> int:
+    return int(_save_version(run, batch, good, held, "scored", **counts)["version"])
 
 
 def _store_dataset(
@@ -787,21 +790,10 @@ def _store_dataset(
     diff: list[dict[str, Any]],
     warned: bool,
 ) -> FileOutcome:
-    """The good rows as a dataset version, recorded with the batch in one transaction."""
-    assert run.uses.datasets_dir is not None
-    with run.engine.begin() as conn:
-        version = datasets.save(
-            conn, service=run.service, source=run.spec.name, run_id=run.run_id, table=good,
-            folder=run.uses.datasets_dir, contract=run.contract,
-            cursor_from=batch.cursor_from, cursor_to=batch.cursor_to,
-        )  # fmt: skip
-        _hold(run, batch, conn, held)
-        note = None if version["new"] else f"the same rows as version {version['version']}"
-        _record(run, batch, conn, "stored", rows_in=n,
-                           rows_good=good.num_rows, rows_bad=bad, sink=version["path"],
-                           error=note, schema_diff=diff)  # fmt: skip
-    if batch.staged is not None:
-        batch.staged.unlink(missing_ok=True)
+    """A train batch: its good rows kept as a dataset version."""
+    version = _save_version(run, batch, good, held, "stored", rows_in=n,
+                            rows_good=good.num_rows, rows_bad=bad, schema_diff=diff)  # fmt: skip
+    note = None if version["new"] else f"the same rows as version {version['version']}"
     return FileOutcome(batch.shown, "stored", n, good.num_rows, bad, sink=version["path"],
                        warned=warned, schema_changes=diff, resumed=batch.resumed,
                        dataset_version=int(version["version"]), error=note)  # fmt: skip

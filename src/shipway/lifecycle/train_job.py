@@ -8,6 +8,8 @@ ever changed by a finished job whose candidate passed its gate.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 
 from shipway.errors import InputError, ShipwayError
@@ -18,6 +20,8 @@ def main(argv: list[str]) -> int:
     from shipway.parts import ServiceParts
 
     job_id, manifest = argv
+    with contextlib.suppress(OSError):
+        os.nice(10)  # a fit yields the CPU to the server answering requests beside it
     parts = ServiceParts.open(manifest)
     engine = parts.store.engine
     hooks = parts.manifest.monitor.webhooks  # a job that does not pass is a notification

@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,6 +34,7 @@ import orjson
 from sqlalchemy import Engine, desc, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from shipway.concurrency import OWNER, local_owner_alive
 from shipway.data import datasets as data_sets
 from shipway.decisions import labels
 from shipway.decisions.ids import new_id
@@ -48,7 +48,6 @@ from shipway.models.registry import model_params
 from shipway.notify.outbox import enqueue_all
 from shipway.store.tables import training_jobs
 
-OWNER = f"{socket.gethostname()}:{os.getpid()}"
 TARGET, TS, ORIGIN = "__target__", "__ts__", "__from__"
 #: Slices with fewer holdout rows than this are noted, not compared.
 MIN_SLICE_ROWS = 10
@@ -194,16 +193,8 @@ def _when(ts: float | None) -> str:
 def _alive(owner: str | None) -> bool:
     if not owner:
         return True  # not started yet: its launcher is responsible for it
-    host, _, pid = owner.rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
-        return True  # another host: its launcher marks it
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    alive = local_owner_alive(owner)
+    return True if alive is None else alive  # another host: its launcher marks it
 
 
 def start_job(engine: Engine, service: str, trigger: str, actor: str) -> str:
@@ -330,13 +321,18 @@ def list_jobs(engine: Engine, service: str, limit: int = 20) -> list[dict[str, A
 
 
 def launch(manifest_path: Path, job_id: str) -> subprocess.Popen[bytes]:
-    """The job's own process (its output is kept in the job's log, not here)."""
-    return subprocess.Popen(
+    """The job's own process. What it prints goes to a temporary file, not a pipe (a training
+    function that prints a lot must never block on a pipe nobody reads); the last line of it
+    names the cause when the process dies. The job's own account is its log in the store."""
+    out = tempfile.TemporaryFile()  # noqa: SIM115 - handed to the child; closed by wait()
+    proc = subprocess.Popen(
         [sys.executable, "-m", "shipway.lifecycle.train_job", job_id, str(manifest_path)],
         stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stdout=out,
+        stderr=subprocess.STDOUT,
     )
+    proc.shipway_output = out  # type: ignore[attr-defined]
+    return proc
 
 
 def wait(
@@ -356,9 +352,13 @@ def wait(
             if job["progress"] != last:
                 last = job["progress"]
                 on_progress(last)
-    err = proc.stderr.read().decode(errors="replace") if proc.stderr is not None else ""
-    if proc.stderr is not None:
-        proc.stderr.close()
+    err = ""
+    out = getattr(proc, "shipway_output", None)
+    if out is not None:
+        out.seek(0, os.SEEK_END)
+        out.seek(max(0, out.tell() - 4096))  # the end says why a process died
+        err = out.read().decode(errors="replace")
+        out.close()
     job = get_job(engine, job_id)
     if job["running"] is not None:
         code = proc.returncode
@@ -405,10 +405,8 @@ def run_job(parts: Any, job_id: str) -> Outcome:
     champion_no = parts.champion_version()
     champion = registry.get(m.service.name, champion_no)
     note(engine, job_id, f"fitting ({spec.fit}) on {window.split} rows")
-    t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="shipway-retrain-") as scratch:
-        path, estimator = _fit(registry, m, spec, champion, window, Path(scratch))
-        fit_s = time.perf_counter() - t0
+        path, estimator, fit_s = _fit(registry, m, spec, champion, window, Path(scratch))
         note(engine, job_id, f"fitted in {fit_s:.1f} s; registering the candidate")
         flavor, uri, digest, obj = registry.stage(str(path), Path(scratch))
     names = [f.name for f in m.contract.inputs]
@@ -479,8 +477,9 @@ def _fit(
     champion: ModelVersion,
     window: Window,
     scratch: Path,
-) -> tuple[Path, str]:
-    """Fit the candidate; its file (joblib) and the estimator's hash (lineage)."""
+) -> tuple[Path, str, float]:
+    """Fit the candidate; its file (joblib), the estimator's hash (lineage) and the seconds
+    the fit itself took."""
     import joblib
     import pandas as pd
 
@@ -512,6 +511,7 @@ def _fit(
         if fitted_on is None:
             x = x.to_numpy()
         weights = _weights(frame, spec)
+        t0 = time.perf_counter()
         if weights is None:
             model.fit(x, frame[TARGET])
         else:
@@ -530,20 +530,22 @@ def _fit(
         weights = _weights(frame, spec)
         if weights is not None:
             frame["__weight__"] = weights
+        t0 = time.perf_counter()
         try:
             model = fn(frame.drop(columns=[TS, ORIGIN]), m.contract)
         except Exception as exc:
             raise ModelError(f"{spec.fit} raised {type(exc).__name__}: {exc}") from None
         estimator = hashlib.sha256(spec.fit.encode()).hexdigest()
         if isinstance(model, str | Path):
-            return Path(model), estimator
+            return Path(model), estimator, time.perf_counter() - t0
         if model is None or not hasattr(model, "predict"):
             raise ModelError(
                 f"{spec.fit} returned {type(model).__name__}, not a fitted model (an object "
                 "with predict, or the path of a model file)"
             )
+    fit_s = time.perf_counter() - t0  # the estimator's fit (or the function) alone
     joblib.dump(model, path)
-    return path, estimator
+    return path, estimator, fit_s
 
 
 def _weights(frame: Any, spec: TrainingSpec) -> Any:
