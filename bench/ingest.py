@@ -23,9 +23,8 @@ purpose, one problem per row: an out-of-range number, an unknown category, or a 
                   committed by ``shipway.data.ledger.hold_rows`` to a SQLite store opened by
                   ``open_store`` (migrations applied), as the project builds stores;
       write+hash  the good rows kept as a dataset version: ``shipway.data.datasets.save``
-                  (content hash of the rows, a Parquet file named by it, a version row) when
-                  the tree has it, else a Parquet file written, its sha256 taken and renamed
-                  to it. The hash and the Parquet write are also timed apart.
+                  (content hash of the rows, a Parquet file named by it, a version row). The
+                  hash and the Parquet write are also timed apart.
     Baseline in the same run: the same file read, written and hashed with no validation and
     no quarantine (the floor of any pipeline that keeps a dataset version). Target: 2,000,000
     rows/s end to end. It also checks that every run gives the same hash and that the same
@@ -77,7 +76,6 @@ import argparse
 import asyncio
 import collections
 import gc
-import hashlib
 import linecache
 import math
 import resource
@@ -101,6 +99,7 @@ from serving import init_shipway
 
 from shipway.contract import Contract
 from shipway.manifest import ContractSpec
+from shipway.store.artifacts import sha256_file
 
 N_FLOAT, N_INT = 14, 3
 CATEGORIES = {
@@ -218,11 +217,6 @@ def build(
 # -- helpers ----------------------------------------------------------------------------------
 
 
-def sha256_file(path: Path) -> str:
-    with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
 def cpu_s() -> float:
     ru = resource.getrusage(resource.RUSAGE_SELF)
     return ru.ru_utime + ru.ru_stime
@@ -257,33 +251,6 @@ def best_of(repeat: int, fn: Any, *args: Any) -> tuple[float, Any]:
     return best, out
 
 
-class _HashSink:
-    """A file-like object that feeds what is written to a sha256."""
-
-    def __init__(self) -> None:
-        self.h = hashlib.sha256()
-        self.closed = False
-
-    def write(self, data: Any) -> int:
-        self.h.update(data)
-        return len(data)
-
-    def flush(self) -> None:
-        pass
-
-    def close(self) -> None:
-        self.closed = True
-
-
-def streamed_hash(table: pa.Table) -> str:
-    """The content hash ``datasets.content_hash`` computes (sha256 of the rows as an Arrow
-    IPC stream), with the stream fed to the hash as it is written instead of kept whole."""
-    sink = _HashSink()
-    with pa.ipc.new_stream(pa.PythonFile(sink, mode="w"), table.schema) as writer:
-        writer.write_table(table.combine_chunks())
-    return sink.h.hexdigest()
-
-
 def rate(rows: int, seconds: float) -> str:
     return f"{rows / seconds:14,.0f}" if seconds > 0 else f"{'-':>14}"
 
@@ -291,34 +258,12 @@ def rate(rows: int, seconds: float) -> str:
 # -- (1) ingest -------------------------------------------------------------------------------
 
 
-def held_rows(checked: Any) -> list[tuple[int, dict[str, Any], list[dict[str, Any]]]]:
-    """The bad rows as ``ledger.hold_rows`` takes them, built as ``data/batch.py`` builds them
-    (row index in the file, the row, the rules it broke)."""
-    out = []
-    for row, broken in zip(checked.bad.to_pylist(), checked.reasons, strict=True):
-        index = int(broken[0]["row"]) if broken else -1
-        rules = [
-            {"field": v.get("field"), "rule": v.get("rule"), "expected": v.get("expected")}
-            for v in broken
-        ]
-        out.append((index, row, rules))
-    return out
-
-
-def dataset_module() -> Any:
-    """``shipway.data.datasets`` when this tree has it (``save``: the dataset version as the
-    project keeps it), else None (the bench writes and hashes the file itself)."""
-    try:
-        from shipway.data import datasets
-    except ImportError:
-        return None
-    return datasets if hasattr(datasets, "save") else None
-
-
 def ingest_once(
-    path: Path, spec: ContractSpec, engine: Any, out_dir: Path, run: int, ds: Any
+    path: Path, spec: ContractSpec, engine: Any, out_dir: Path, run: int
 ) -> dict[str, Any]:
+    from shipway.data import datasets as ds
     from shipway.data import ledger
+    from shipway.data.batch import held_rows
     from shipway.data.files import read_table
     from shipway.decisions.ids import new_id
 
@@ -328,25 +273,18 @@ def ingest_once(
     t1 = time.perf_counter()
     checked = Contract(spec).validate_table(table)
     t2 = time.perf_counter()
-    held = held_rows(checked)
+    held = held_rows(checked.bad.to_pylist(), checked.reasons, None)
     with engine.begin() as conn:
         ledger.hold_rows(
             conn, service="ingest", source="bench", run_id=run_id, file=path.name, rows=held
         )
     t3 = time.perf_counter()
-    if ds is not None:  # a source of its own per run, so every run writes its version
-        with engine.begin() as conn:
-            rec = ds.save(
-                conn, service="ingest", source=f"bench-{run}", run_id=run_id,
-                table=checked.good, folder=out_dir, contract=spec,
-            )  # fmt: skip
-        digest, final = rec["sha256"], Path(rec["path"])
-    else:
-        tmp = out_dir / f".dataset.{run}.partial"
-        pq.write_table(checked.good, tmp)
-        digest = sha256_file(tmp)
-        final = out_dir / f"{digest[:16]}.parquet"
-        os.replace(tmp, final)
+    with engine.begin() as conn:  # a source of its own per run, so every run writes its version
+        rec = ds.save(
+            conn, service="ingest", source=f"bench-{run}", run_id=run_id,
+            table=checked.good, folder=out_dir, contract=spec,
+        )  # fmt: skip
+    digest, final = rec["sha256"], Path(rec["path"])
     t4 = time.perf_counter()
     return {
         "read": t1 - t0,
@@ -386,7 +324,8 @@ def part_ingest(
     out_dir = folder / "datasets"
     out_dir.mkdir(parents=True)
     store = open_store(f"sqlite:///{folder / '.shipway' / 'shipway.db'}", folder / ".shipway")
-    ds = dataset_module()
+    from shipway.data import datasets as ds
+
     pinned = None
     if hasattr(os, "sched_setaffinity"):
         before = os.sched_getaffinity(0)
@@ -395,26 +334,21 @@ def part_ingest(
     try:
         runs = []
         for k in range(repeat):
-            runs.append(ingest_once(path, spec, store.engine, out_dir, k, ds))
+            runs.append(ingest_once(path, spec, store.engine, out_dir, k))
             if k < repeat - 1:
                 runs[-1].pop("table")  # keep one good table in memory at most
         bares = [bare_once(path, out_dir, k) for k in range(repeat)]
         good = runs[-1]["table"]
-        sub: dict[str, float] = {}
-        streamed_same = True
-        if ds is not None:  # what the dataset version's stage is made of, timed apart
-            sub["content hash"] = best_of(repeat, ds.content_hash, good)[0]
-            sub["Parquet write"] = best_of(
-                repeat, pq.write_table, good, out_dir / ".write-only.parquet"
-            )[0]
-            t_streamed, digest = best_of(repeat, streamed_hash, good)
-            sub["(the same hash, streamed)"] = t_streamed
-            streamed_same = digest == ds.content_hash(good)
-            with store.engine.begin() as conn:  # the same rows again: no new version
-                again = ds.save(
-                    conn, service="ingest", source="bench-0", run_id="again", table=good,
-                    folder=out_dir, contract=spec,
-                )  # fmt: skip
+        sub: dict[str, float] = {}  # what the dataset version's stage is made of, timed apart
+        sub["content hash"] = best_of(repeat, ds.content_hash, good)[0]
+        sub["Parquet write"] = best_of(
+            repeat, ds.write_parquet, good, out_dir / ".write-only.parquet"
+        )[0]
+        with store.engine.begin() as conn:  # the same rows again: no new version
+            again = ds.save(
+                conn, service="ingest", source="bench-0", run_id="again", table=good,
+                folder=out_dir, contract=spec,
+            )  # fmt: skip
     finally:
         if pinned is not None:
             os.sched_setaffinity(0, before)
@@ -427,11 +361,7 @@ def part_ingest(
     hashes = {r["sha256"] for r in runs}
     written = pq.read_metadata(best["file"]).num_rows
     where = f"pinned to CPU {pinned}" if pinned is not None else "not pinned (no affinity call)"
-    how = (
-        "shipway.data.datasets.save (rows hashed, Parquet named by the hash, a version row)"
-        if ds is not None
-        else "Parquet written, sha256 of the file, renamed to it (no datasets module here)"
-    )
+    how = "shipway.data.datasets.save (rows hashed, Parquet named by the hash, a version row)"
     print(f"(1) ingest: read, validate, quarantine, keep a dataset version; one core ({where})")
     print(f"    best of {repeat} runs each, {rows:,} rows; dataset version by {how}")
     print(f"    {'stage':34} {'seconds':>8} {'rows/s':>14} {'share':>6}")
@@ -439,14 +369,7 @@ def part_ingest(
         s = best[stage]
         print(f"    {stage:34} {s:8.3f} {rate(rows, s)} {s / best['total']:6.0%}")
     for label, s in sub.items():
-        name = label if label.startswith("(") else f"of which {label}"
-        print(f"      {name:32} {s:8.3f} {rate(rows, s)}")
-    if sub:
-        print(
-            "      (content hash: datasets.content_hash, the rows as an Arrow IPC stream in "
-            "memory, then sha256; streamed: the same stream fed to sha256 as it is written, "
-            f"same digest: {'yes' if streamed_same else 'NO'})"
-        )
+        print(f"      {'of which ' + label:32} {s:8.3f} {rate(rows, s)}")
     print(f"    {'(a) end to end':34} {best['total']:8.3f} {rate(rows, best['total'])}")
     print(
         f"    {'(b) bare: read, write, sha256 file':34} {bare['total']:8.3f} "
@@ -458,10 +381,10 @@ def part_ingest(
         f"    ratio (a) rows/s to the target of {TARGETS['ingest']:,} rows/s: {ratio:.2f}   "
         f"time (a)/(b): {best['total'] / bare['total']:.2f}"
     )
-    same = len(hashes) == 1 and (ds is None or not again["new"])
+    same = len(hashes) == 1 and not again["new"]
     print(
         f"    {best['good']:,} good rows in the dataset (sha256 {best['sha256'][:16]}..., the same "
-        f"in every run{', and saving them again made no new version' if ds else ''}: "
+        "in every run, and saving them again made no new version: "
         f"{'yes' if same else 'NO'}); {best['bad']:,} bad rows quarantined per run "
         f"({quarantined:,} in the store after {repeat} runs)"
     )
@@ -471,7 +394,6 @@ def part_ingest(
         and quarantined == n_bad * repeat
         and written == rows - n_bad
         and same
-        and streamed_same
     )
     if not ok:
         print("    warning: a count is off (bad rows, quarantined rows or dataset rows)")
@@ -493,7 +415,7 @@ STAGES: list[tuple[str, str | None, str]] = [
     ("shipway/contract/validate.py", "validate_records", "validation per call (validate_records)"),
     ("shipway/contract/validate.py", "validate_table", "validation of the file (validate_table)"),
     ("shipway/data/batch.py", "_write_sink", "sink: answers to columns, Parquet write"),
-    ("shipway/data/batch.py", "_held_rows", "quarantine rows built"),
+    ("shipway/data/batch.py", "held_rows", "quarantine rows built"),
     ("shipway/data/ledger.py", None, "quarantine + ledger commits"),
     ("shipway/data/files.py", "new_files", "finding new files (sha256 of the file)"),
     ("shipway/data/files.py", "read_table", "reading the file"),

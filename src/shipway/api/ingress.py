@@ -31,6 +31,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from shipway.api import v2
 from shipway.api.access import permissions_for
 from shipway.api.errors import error_body, error_headers, status_for
+from shipway.data.files import normalise, read_bytes, records_table
 from shipway.errors import (
     BadRequest,
     Forbidden,
@@ -348,11 +349,9 @@ _PUSH_FORMATS = {
 }
 
 
-def _pushed_rows(ing: Ingress, call: Call, spec: Any) -> Any:  # a pyarrow.Table
+def _pushed_rows(ing: Ingress, call: Call) -> Any:  # a pyarrow.Table
     """A push body as a table: JSON (a list of records, or ``{"records": [...]}``), JSON
     lines, CSV or Parquet (by Content-Type; Parquet is also known by its magic bytes)."""
-    from shipway.data.files import normalise, read_bytes, records_table
-
     ctype = (call.headers.get("content-type") or "").split(";")[0].strip().lower()
     fmt = _PUSH_FORMATS.get(ctype)
     if fmt is None and call.body[:4] == b"PAR1":
@@ -387,7 +386,7 @@ async def ingest(ing: Ingress, call: Call) -> tuple[int, bytes, list[tuple[bytes
             field="source",
             rule="push_source",
         )
-    table = await run_in_threadpool(_pushed_rows, ing, call, spec)  # off the event loop
+    table = await run_in_threadpool(_pushed_rows, ing, call)  # off the event loop
     ing.check_rows(table.num_rows, ing.max_ingest_rows, "serving.max_ingest_rows")
     result = await service.run_source(name, call.principal.actor, pushed=table)
     body = result.to_json()

@@ -290,12 +290,8 @@ def datasets_show(
 
     with _opened(manifest) as parts:
         cli_principal(parts.store, Settings(), READ_INPUTS, "datasets show", reads_only=True)
-        try:
-            record = datasets.get(parts.store.engine, parts.name, source, version)
-            table = datasets.read(record)
-        except ShipwayError as exc:
-            err.print(f"[bold red]error:[/] {exc.message}", highlight=False)
-            raise typer.Exit(1) from None
+        record = datasets.get(parts.store.engine, parts.name, source, version)
+        table = datasets.read(record)
     print(orjson.dumps(record, option=orjson.OPT_INDENT_2).decode())
     out.print(table.slice(0, 5).to_pandas().to_string(), highlight=False)
 
@@ -312,14 +308,9 @@ def datasets_diff(
 
     with _opened(manifest) as parts:
         cli_principal(parts.store, Settings(), READ, "datasets diff", reads_only=True)
-        try:
-            ta, tb = (
-                datasets.read(datasets.get(parts.store.engine, parts.name, source, v))
-                for v in (a, b)
-            )
-        except ShipwayError as exc:
-            err.print(f"[bold red]error:[/] {exc.message}", highlight=False)
-            raise typer.Exit(1) from None
+        ta, tb = (
+            datasets.read(datasets.get(parts.store.engine, parts.name, source, v)) for v in (a, b)
+        )
     print(orjson.dumps(datasets.diff(ta, tb), option=orjson.OPT_INDENT_2).decode())
 
 
@@ -335,12 +326,8 @@ def datasets_export(
 
     with _opened(manifest) as parts:
         cli_principal(parts.store, Settings(), READ_INPUTS, "datasets export", reads_only=True)
-        try:
-            record = datasets.get(parts.store.engine, parts.name, source, version)
-            table = datasets.read(record)
-        except ShipwayError as exc:
-            err.print(f"[bold red]error:[/] {exc.message}", highlight=False)
-            raise typer.Exit(1) from None
+        record = datasets.get(parts.store.engine, parts.name, source, version)
+        table = datasets.read(record)
     if out_path.suffix.lower() == ".csv":
         import pyarrow.csv as pacsv
 

@@ -85,11 +85,7 @@ def retrain(
                 if line:
                     status.update(f"Retrain: {line}")
 
-            try:
-                job = parts.retrain("cli", actor, wait=True, on_progress=progress)
-            except ShipwayError as exc:
-                err.print(f"[bold red]error:[/] {exc.message}", highlight=False)
-                raise typer.Exit(1) from None
+            job = parts.retrain("cli", actor, wait=True, on_progress=progress)
     if as_json:
         print(orjson.dumps(job).decode())
     else:
@@ -169,11 +165,7 @@ def jobs_show(
 
     with _opened(manifest) as parts:
         cli_principal(parts.store, Settings(), READ, "jobs show", reads_only=True)
-        try:
-            job = training.get_job(parts.store.engine, job_id)
-        except ShipwayError as exc:
-            err.print(f"[bold red]error:[/] {exc.message}", highlight=False)
-            raise typer.Exit(1) from None
+        job = training.get_job(parts.store.engine, job_id)
     if as_json:
         print(orjson.dumps(job).decode())
         return
@@ -194,11 +186,7 @@ def jobs_logs(
 
     with _opened(manifest) as parts:
         cli_principal(parts.store, Settings(), READ, "jobs logs", reads_only=True)
-        try:
-            job = training.get_job(parts.store.engine, job_id)
-        except ShipwayError as exc:
-            err.print(f"[bold red]error:[/] {exc.message}", highlight=False)
-            raise typer.Exit(1) from None
+        job = training.get_job(parts.store.engine, job_id)
     print(job["log"], end="")
 
 

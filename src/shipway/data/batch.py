@@ -54,8 +54,6 @@ Progress = Callable[[str, int, int], None]
 STALE_S = 600.0
 #: Runs under way in this process (a server runs several at once: pushes, schedules).
 _LIVE: set[str] = set()
-#: What a used batch is recorded as, by the source's use.
-DONE_STATUS = {"score": "scored", "train": "stored", "labels": "labelled"}
 
 
 @dataclass
@@ -110,6 +108,7 @@ class FileOutcome:
     dataset_version: int | None = None
     resumed: bool = False
     answers: list[dict[str, Any]] | None = None
+    replayed: bool = False
 
 
 @dataclass
@@ -190,30 +189,18 @@ async def run_source(
     body of a push (the only batch a push source's run takes, after any abandoned ones)."""
     run = _Run(engine, service, spec, base, staging, contract, Contract(contract), uses,
                new_id(), progress)  # fmt: skip
-    _LIVE.add(run.run_id)
-    try:
-        return await _run_source(run, actor, pushed)
-    finally:
-        _LIVE.discard(run.run_id)
 
-
-async def _run_source(run: _Run, actor: str, pushed: pa.Table | None) -> RunResult:
-    engine, service, spec, base, contract = (
-        run.engine, run.service, run.spec, run.base, run.contract
-    )  # fmt: skip
-    await asyncio.to_thread(ledger.start_run, engine, run.run_id, service, spec.name, actor, OWNER)
-    outcomes: list[FileOutcome] = []
-    waiting: list[Path] = []
-    try:
+    async def work(outcomes: list[FileOutcome], waiting: list[Path]) -> None:
         for batch in await asyncio.to_thread(_abandoned, run):
             outcomes.append(await _take(run, batch))
         if spec.kind == "files":
             sink_dir = _sink_dir(spec, base)
             seen = await asyncio.to_thread(ledger.taken, engine, service, spec.name)
             assert spec.path is not None
-            found, waiting = await asyncio.to_thread(
+            found, later = await asyncio.to_thread(
                 new_files, spec.path, base, spec.settle_s, seen, None, sink_dir
             )
+            waiting.extend(later)
             for cand in found:
                 shown = _shown(cand.path, base)
                 now = time.time()
@@ -237,12 +224,8 @@ async def _run_source(run: _Run, actor: str, pushed: pa.Table | None) -> RunResu
 
             reader = sql.Reader(spec)
             try:
-                while True:
-                    got = await asyncio.to_thread(_claim_sql, run, reader)
-                    if got is None:
-                        break
-                    if got.read is not _NOTHING:
-                        outcomes.append(await _take(run, got))
+                while (got := await asyncio.to_thread(_claim_sql, run, reader)) is not None:
+                    outcomes.append(await _take(run, got))
                     await asyncio.to_thread(ledger.beat, engine, run.run_id)
             finally:
                 reader.close()
@@ -257,33 +240,56 @@ async def _run_source(run: _Run, actor: str, pushed: pa.Table | None) -> RunResu
                 )  # fmt: skip
             else:
                 outcomes.append(await _take(run, got))
-    except Exception as exc:
+
+    return await _as_run(run, actor, work)
+
+
+Work = Callable[[list[FileOutcome], list[Path]], Awaitable[None]]
+
+
+async def _as_run(run: _Run, actor: str, work: Work) -> RunResult:
+    """A run's record around its work: started (owned by this process, known to be under
+    way here), then finished with its counts and status (``failed`` if a batch failed,
+    ``warn`` if one was held, went over the warn share or still has bad rows after a replay),
+    or failed with the reason if the work raised."""
+    engine = run.engine
+    _LIVE.add(run.run_id)
+    try:
+        await asyncio.to_thread(
+            ledger.start_run, engine, run.run_id, run.service, run.spec.name, actor, OWNER
+        )
+        outcomes: list[FileOutcome] = []
+        waiting: list[Path] = []
+        try:
+            await work(outcomes, waiting)
+        except Exception as exc:
+            await asyncio.to_thread(
+                functools.partial(
+                    ledger.finish_run, engine, run.run_id, status="failed",
+                    files=len(outcomes), rows_in=sum(f.rows_in for f in outcomes),
+                    rows_good=sum(f.rows_good for f in outcomes),
+                    rows_bad=sum(f.rows_bad for f in outcomes), error=_reason(exc)[:4000],
+                )
+            )  # fmt: skip
+            raise
+        if any(f.status == "failed" for f in outcomes):
+            status = "failed"
+        elif any(f.status == "held" or f.warned or (f.replayed and f.rows_bad) for f in outcomes):
+            status = "warn"
+        else:
+            status = "ok"
+        result = RunResult(run.run_id, run.spec.name, status, outcomes, [str(p) for p in waiting])
+        errors = "; ".join(f"{f.path}: {f.error}" for f in outcomes if f.error)
         await asyncio.to_thread(
             functools.partial(
-                ledger.finish_run, engine, run.run_id, status="failed", files=len(outcomes),
-                rows_in=sum(f.rows_in for f in outcomes),
-                rows_good=sum(f.rows_good for f in outcomes),
-                rows_bad=sum(f.rows_bad for f in outcomes),
-                error=_reason(exc)[:4000],
+                ledger.finish_run, engine, run.run_id, status=status, files=len(outcomes),
+                rows_in=result.rows_in, rows_good=result.rows_good, rows_bad=result.rows_bad,
+                error=errors[:4000] or None,
             )
         )  # fmt: skip
-        raise
-    if any(f.status == "failed" for f in outcomes):
-        status = "failed"
-    elif any(f.status == "held" or f.warned for f in outcomes):
-        status = "warn"
-    else:
-        status = "ok"
-    result = RunResult(run.run_id, spec.name, status, outcomes, [str(p) for p in waiting])
-    errors = [f"{Path(f.path).name}: {f.error}" for f in outcomes if f.error]
-    await asyncio.to_thread(
-        functools.partial(
-            ledger.finish_run, engine, run.run_id, status=status, files=len(outcomes),
-            rows_in=result.rows_in, rows_good=result.rows_good, rows_bad=result.rows_bad,
-            error="; ".join(errors)[:4000] or None,
-        )
-    )  # fmt: skip
-    return result
+        return result
+    finally:
+        _LIVE.discard(run.run_id)
 
 
 async def replay(
@@ -308,12 +314,11 @@ async def replay(
         raise InputError(f"source {spec.name} has no held {which} to replay")
     run = _Run(engine, service, spec, base, staging, contract, Contract(contract), uses,
                new_id(), progress)  # fmt: skip
-    await asyncio.to_thread(ledger.start_run, engine, run.run_id, service, spec.name, actor, OWNER)
     groups: dict[str, list[dict[str, Any]]] = {}
     for r in rows:  # one batch per file they came from: its columns are its own
         groups.setdefault(r["file"] or "", []).append(r)
-    outcomes: list[FileOutcome] = []
-    try:
+
+    async def work(outcomes: list[FileOutcome], waiting: list[Path]) -> None:
         for k, (file, group) in enumerate(groups.items()):
             table = normalise(records_table([r["row"] for r in group]), contract)
             now = time.time()
@@ -325,30 +330,17 @@ async def replay(
                     run_id=run.run_id, path=shown, sha256=sha, size=0, claimed_at=now,
                 )
             )  # fmt: skip
-            batch = Batch(shown, sha, 0, now, functools.partial(lambda t: t, table),
-                          f"replay-{run.run_id[-12:]}-{k}",
+            read = functools.partial(_given, table)
+            batch = Batch(shown, sha, 0, now, read, f"replay-{run.run_id[-12:]}-{k}",
                           replaying=[int(r["seq"]) for r in group])  # fmt: skip
             outcomes.append(await _take(run, batch))
-    except Exception as exc:
-        await asyncio.to_thread(
-            functools.partial(ledger.finish_run, engine, run.run_id, status="failed",
-                              files=len(outcomes), rows_in=len(rows), rows_good=0, rows_bad=0,
-                              error=_reason(exc)[:4000])
-        )  # fmt: skip
-        raise
-    result = RunResult(run.run_id, spec.name, "ok", outcomes, [])
-    if any(f.status not in DONE_STATUS.values() and f.status != "held" for f in outcomes):
-        result.status = "failed"
-    elif result.rows_bad:
-        result.status = "warn"
-    errors = "; ".join(f"{f.path}: {f.error}" for f in outcomes if f.error)
-    await asyncio.to_thread(
-        functools.partial(ledger.finish_run, engine, run.run_id, status=result.status,
-                          files=len(outcomes), rows_in=result.rows_in,
-                          rows_good=result.rows_good, rows_bad=result.rows_bad,
-                          error=errors[:4000] or None)
-    )  # fmt: skip
-    return result
+
+    return await _as_run(run, actor, work)
+
+
+def _given(table: pa.Table) -> pa.Table:
+    """A batch whose rows are already in hand (a replay's) reads as itself."""
+    return table
 
 
 def _reason(exc: BaseException) -> str:
@@ -367,10 +359,6 @@ def _shown(path: Path, base: Path) -> str:
         return str(path.resolve().relative_to(base.resolve()))
     except ValueError:
         return str(path)
-
-
-def _NOTHING() -> pa.Table:  # a claim skipped: the same rows were taken before
-    raise AssertionError("not read")
 
 
 def _abandoned(run: _Run) -> list[Batch]:
@@ -448,25 +436,25 @@ def _stage(run: _Run, table: pa.Table) -> tuple[Path, str, int]:
 def _claim_sql(run: _Run, reader: Any) -> Batch | None:
     """Read the rows past the cursor, stage them and claim them with the cursor's move in one
     transaction. None when no row is past the cursor."""
-    position = ledger.cursor(run.engine, run.service, run.spec.name)
-    got = reader.next_batch(position)
-    if got is None:
-        return None
-    table, after = got
-    staged, sha, size = _stage(run, table)
-    now = time.time()
-    shown = f"sql {run.spec.name} rows {reader.describe(position[0], after[0])}"
-    claimed = ledger.reserve(
-        run.engine, service=run.service, source=run.spec.name, run_id=run.run_id, path=shown,
-        sha256=sha, size=size, claimed_at=now, staged=str(staged),
-        cursor_from=position[0], cursor_to=after[0], position=after,
-    )  # fmt: skip
-    if not claimed:  # the same rows were claimed before: move past them only
-        ledger.move_cursor(run.engine, run.service, run.spec.name, after)
-        return Batch(shown, sha, size, now, _NOTHING, "")
-    read = functools.partial(_read_staged, staged, run.contract)
-    return Batch(shown, sha, size, now, read, f"{run.spec.name}-{sha[:8]}",
-                 position[0], after[0], staged)  # fmt: skip
+    while True:
+        position = ledger.cursor(run.engine, run.service, run.spec.name)
+        got = reader.next_batch(position)
+        if got is None:
+            return None
+        table, after = got
+        staged, sha, size = _stage(run, table)
+        now = time.time()
+        shown = f"sql {run.spec.name} rows {reader.describe(position[0], after[0])}"
+        claimed = ledger.reserve(
+            run.engine, service=run.service, source=run.spec.name, run_id=run.run_id,
+            path=shown, sha256=sha, size=size, claimed_at=now, staged=str(staged),
+            cursor_from=position[0], cursor_to=after[0], position=after,
+        )  # fmt: skip
+        if claimed:
+            read = functools.partial(_read_staged, staged, run.contract)
+            return Batch(shown, sha, size, now, read, f"{run.spec.name}-{sha[:8]}",
+                         position[0], after[0], staged)  # fmt: skip
+        ledger.move_cursor(run.engine, run.service, run.spec.name, after)  # taken before
 
 
 async def _take_stream(run: _Run) -> list[FileOutcome]:
@@ -535,6 +523,7 @@ def _claim_pushed(run: _Run, table: pa.Table) -> Batch | None:
 
 async def _take(run: _Run, batch: Batch) -> FileOutcome:
     outcome = await _take_rows(run, batch)
+    outcome.replayed = batch.replaying is not None
     if batch.unreadable:
         outcome.rows_in += len(batch.unreadable)
         outcome.rows_bad += len(batch.unreadable)
@@ -616,7 +605,7 @@ async def _use(
     extra = {c: table[c] for c in _kept_columns(spec) if c in table.column_names}
     checked = await asyncio.to_thread(run.checker.validate_table, table.drop_columns(list(extra)))
     n, bad = table.num_rows, checked.bad_count
-    held = _held_rows(checked.bad.to_pylist(), checked.reasons, run.uses.treat)
+    held = held_rows(checked.bad.to_pylist(), checked.reasons, run.uses.treat)
     share = bad / n if n else 0.0
     limits = spec.max_bad_share
     if bad and share > limits.fail:
@@ -884,7 +873,7 @@ def _kept_row(row: dict[str, Any], treat: Treat | None) -> dict[str, Any]:
     return {k: treat(k, v) for k, v in row.items()} if treat is not None else row
 
 
-def _held_rows(
+def held_rows(
     rows: list[dict[str, Any]], reasons: list[list[Any]], treat: Treat | None
 ) -> list[tuple[int, dict[str, Any], list[dict[str, Any]]]]:
     out = []
@@ -960,6 +949,7 @@ __all__ = [
     "RunResult",
     "Score",
     "Uses",
+    "held_rows",
     "replay",
     "run_source",
 ]

@@ -19,6 +19,7 @@ from sqlalchemy import bindparam, create_engine, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from shipway.data.files import records_table
 from shipway.errors import InputError
 from shipway.manifest import SourceSpec
 
@@ -124,8 +125,10 @@ class Reader:
         keys = [to_json(r[ki]) for r in rows if r[ci] == last]
         if value is not None and from_json(value) == last:
             keys = list(boundary) + keys
-        columns = {n: _column([r[i] for r in rows]) for i, n in enumerate(names)}
-        return pa.table(columns), (to_json(last), keys)
+        return records_table([dict(zip(names, r, strict=True)) for r in rows]), (
+            to_json(last),
+            keys,
+        )
 
 
 #: The sink table's column naming the batch its rows came from (a batch written again, by a
@@ -174,13 +177,6 @@ def write_table(sink: Any, table: pa.Table, batch: str) -> str:
     finally:
         engine.dispose()
     return f"table {sink.table} ({len(rows)} rows)"
-
-
-def _column(values: list[Any]) -> pa.Array:
-    try:
-        return pa.array(values)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
-        return pa.array([None if v is None else str(v) for v in values])
 
 
 __all__ = ["BATCH_COLUMN", "Reader", "from_json", "to_json", "write_table"]

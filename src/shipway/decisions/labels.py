@@ -36,7 +36,7 @@ from shipway.decisions import queries
 from shipway.decisions.records import key_text
 from shipway.errors import FeedbackInvalid, InputError
 from shipway.manifest import OutputSpec
-from shipway.store.tables import decisions, feedback
+from shipway.store.tables import feedback
 
 
 def label_problem(label: Any, output: OutputSpec) -> str | None:
@@ -319,23 +319,7 @@ def labelled(
     each with its inputs as logged, its time and the label that counts: the rows a retrain
     learns from, with the features exactly as they were served."""
     labelled_ids = select(feedback.c.decision_id).where(feedback.c.service == service)
-    q = (
-        select(decisions.c.id, decisions.c.ts, decisions.c.inputs, decisions.c.model_version)
-        .where(
-            decisions.c.service == service,
-            decisions.c.ts >= since,
-            decisions.c.error.is_(None),
-            decisions.c.id.in_(labelled_ids),
-        )
-        .order_by(decisions.c.ts.desc())
-    )
-    if limit is not None:
-        q = q.limit(limit)
-    with engine.connect() as conn:
-        rows = [
-            {"id": r[0], "ts": r[1], "inputs": orjson.loads(r[2]), "model_version": r[3]}
-            for r in conn.execute(q)
-        ]
+    rows = queries.answered_among(engine, service, since, labelled_ids, limit)
     truth = latest(engine, [r["id"] for r in rows])
     for r in rows:
         r["label"] = truth.get(r["id"])

@@ -127,6 +127,30 @@ def answers(engine: Engine, service: str, ids: Iterable[str]) -> dict[str, dict[
     return out
 
 
+def answered_among(
+    engine: Engine, service: str, since: float, among: Select[Any], limit: int | None = None
+) -> list[dict[str, Any]]:
+    """Answered decisions since ``since`` whose id is in ``among`` (a select of ids), newest
+    first, at most ``limit``: id, time, inputs as logged, model version."""
+    q = (
+        select(decisions.c.id, decisions.c.ts, decisions.c.inputs, decisions.c.model_version)
+        .where(
+            decisions.c.service == service,
+            decisions.c.ts >= since,
+            decisions.c.error.is_(None),
+            decisions.c.id.in_(among),
+        )
+        .order_by(desc(decisions.c.ts))
+    )
+    if limit is not None:
+        q = q.limit(limit)
+    with engine.connect() as conn:
+        return [
+            {"id": r[0], "ts": r[1], "inputs": _loads(r[2]), "model_version": r[3]}
+            for r in conn.execute(q)
+        ]
+
+
 def callers(conn: Connection, ids: Iterable[str]) -> dict[str, str | None]:
     """The caller logged with each of ``ids``."""
     ids = list(ids)
@@ -334,6 +358,7 @@ def purge(
 __all__ = [
     "CanaryFigures",
     "ShadowPair",
+    "answered_among",
     "answers",
     "callers",
     "canary_figures",
